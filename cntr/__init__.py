@@ -1,0 +1,15 @@
+"""cntr: attach to a running container with every tool of the host at hand.
+
+Layers, bottom up:
+
+- ``cntr.linux``: the only code that talks to the kernel (ctypes syscalls, procfs,
+  namespaces, mounts, capabilities, cgroups, LSM labels, pty);
+- ``cntr.engines``: one module per container engine, turning ids and names into pids;
+- ``cntr.fs``: the pyfuse3 filesystem that serves the host's tree into a session;
+- ``cntr.context`` and ``cntr.schema``: the records passed between stages, checked
+  against ``schemas/``; ``cntr.errors``: what can go wrong and its exit code;
+- ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;
+- ``cntr.cli``: the command line, the only user of click.
+"""
+
+__version__ = "0.1.0"

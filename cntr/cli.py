@@ -1,0 +1,277 @@
+"""The command line: parse arguments, call one stage, map errors to exit codes.
+
+The only module that imports click.  Stages are imported inside each command, so a
+command pays only for what it uses (``enter`` never imports trio or pyfuse3).
+Errors print one line, ``cntr: STAGE: message``, and exit with the code documented in
+``cntr.errors``; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from cntr.errors import BadInput, CntrError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = click.Choice(["msgpack", "json"])
+
+
+def _die(stage: str, message: str, code: int) -> NoReturn:
+    click.echo(f"cntr: {stage}: {message}", err=True)
+    sys.exit(code)
+
+
+def _run(stage: str, fn: Callable[[], int | None]) -> NoReturn:
+    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    try:
+        code = fn()
+    except CntrError as exc:
+        if debug:
+            raise
+        _die(stage, exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        _die(stage, "interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(141)
+    except OSError as exc:
+        if debug:
+            raise
+        _die(stage, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+             1)
+    sys.exit(code or 0)
+
+
+def _types(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    from cntr import engines
+
+    try:
+        return engines.parse_types(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _effective_user(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        entry = pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except (KeyError, ValueError):
+        if value.isdigit():
+            return (int(value), int(value))
+        raise click.BadParameter(f"no user {value!r} on the host") from None
+    return (entry.pw_uid, entry.pw_gid)
+
+
+def _out_format(fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    return "json" if sys.stdout.isatty() else "msgpack"
+
+
+def _write_record(record: Any, fmt: str | None) -> None:
+    from cntr import context
+
+    data = context.encode(record, _out_format(fmt))
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _read_stdin_record(stage: str) -> bytes:
+    from cntr import context
+
+    if sys.stdin.isatty():
+        raise BadInput(f"{stage} reads a record on stdin (a pipe from the previous stage)")
+    return context.read_stream(sys.stdin.buffer)
+
+
+def _types_option(f: F) -> F:
+    return click.option(
+        "-t", "--type", "types", metavar="TYPES",
+        help="Engines to ask, comma-separated: process_id, docker, podman, lxc, lxd, "
+        "nspawn, containerd, kubernetes, rkt, command.",
+    )(f)
+
+
+def _effective_user_option(f: F) -> F:
+    return click.option(
+        "--effective-user", metavar="USER",
+        help="Host user (name or uid) that owns files the session creates on the host.",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="cntr")
+def main(debug: bool) -> None:
+    """Attach to a running container with every tool of the host at hand."""
+
+
+@main.command()
+@click.argument("ident", metavar="ID")
+@_types_option
+@click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
+              "pipe, json on a terminal).")
+def resolve(ident: str, types: str | None, fmt: str | None) -> None:
+    """Resolve a container id, name or pid to its process; print the record."""
+
+    def run() -> None:
+        from stages.resolve import resolve as do_resolve
+
+        _write_record(do_resolve(ident, _types(types)), fmt)
+
+    _run("resolve", run)
+
+
+@main.command()
+@click.argument("pid", type=int, required=False)
+@click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
+              "pipe, json on a terminal).")
+def capture(pid: int | None, fmt: str | None) -> None:
+    """Dump the context of PID (or of the record on stdin) as a record."""
+
+    def run() -> None:
+        from cntr import context
+        from stages.capture import capture as do_capture
+
+        resolved = None
+        target = pid
+        if target is None:
+            record = context.read_any(_read_stdin_record("capture"), "stdin")
+            if isinstance(record, context.Context):
+                resolved = context.Resolved(record.engine, record.container_id,
+                                            record.name, record.pid, record.start_time)
+            else:
+                resolved = record
+            target = resolved.pid
+        if target <= 0:
+            raise BadInput(f"invalid pid {target}")
+        _write_record(do_capture(target, resolved), fmt)
+
+    _run("capture", run)
+
+
+@main.command("serve-fs")
+@click.argument("root", default="/", type=click.Path(exists=True, file_okay=False))
+@click.option("--mountpoint", type=click.Path(exists=True, file_okay=False),
+              help="Mount the filesystem here and serve it.")
+@click.option("--fuse-fd", type=int, help="Serve an inherited /dev/fuse descriptor that "
+              "another process mounted.")
+@_effective_user_option
+@click.option("--fs-debug", is_flag=True, help="Log every request.")
+def serve_fs(root: str, mountpoint: str | None, fuse_fd: int | None,
+             effective_user: str | None, fs_debug: bool) -> None:
+    """Serve ROOT (default /) through FUSE until it is unmounted."""
+    if (mountpoint is None) == (fuse_fd is None):
+        raise click.UsageError("give exactly one of --mountpoint and --fuse-fd")
+
+    def run() -> int:
+        from stages.enter import check_host
+        from stages.serve_fs import serve_fs as do_serve
+
+        check_host()
+        return do_serve(root, mountpoint=mountpoint, fuse_fd=fuse_fd,
+                        effective_user=_effective_user(effective_user), debug=fs_debug)
+
+    _run("serve-fs", run)
+
+
+def _enter_options(command: tuple[str, ...], effective_user: str | None,
+                   tty: bool | None) -> Any:
+    from stages.enter import EnterOptions
+
+    return EnterOptions(command=list(command), effective_user=_effective_user(effective_user),
+                        tty=tty)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--context", "context_file", type=click.Path(dir_okay=False),
+              help="Read the context from this file instead of stdin.")
+@_effective_user_option
+@click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
+              "stdin and stdout are terminals).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def enter(context_file: str | None, effective_user: str | None, tty: bool | None,
+          command: tuple[str, ...]) -> None:
+    """Build the nested container from a context and run COMMAND (default: $SHELL)."""
+
+    def run() -> int:
+        from cntr import context
+        from stages.enter import enter as do_enter
+
+        if context_file:
+            try:
+                with open(context_file, "rb") as f:
+                    raw = context.read_stream(f)
+            except OSError as exc:
+                raise BadInput(f"cannot read {context_file}: {exc.strerror}") from None
+            ctx = context.decode(context.Context, raw, context_file)
+        else:
+            if sys.stdin.isatty():
+                raise BadInput("enter reads a context on stdin or from --context FILE")
+            ctx = context.decode(context.Context, context.read_stream(sys.stdin.buffer),
+                                 "stdin")
+            _reopen_stdin()
+        return do_enter(ctx, _enter_options(command, effective_user, tty))
+
+    _run("enter", run)
+
+
+def _reopen_stdin() -> None:
+    """After a context came on stdin, give the session the terminal (or nothing)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        fd = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ident", metavar="ID")
+@_types_option
+@_effective_user_option
+@click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
+              "stdin and stdout are terminals).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def attach(ident: str, types: str | None, effective_user: str | None, tty: bool | None,
+           command: tuple[str, ...]) -> None:
+    """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
+
+    def run() -> int:
+        from stages.attach import attach as do_attach
+
+        return do_attach(ident, _types(types), _enter_options(command, effective_user, tty))
+
+    _run("attach", run)
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@_types_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def exec_(types: str | None, args: tuple[str, ...]) -> None:
+    """Run a container command in the container's root and environment.
+
+    Inside a session: cntr exec CMD [ARGS...]. From the host: cntr exec ID -- CMD [ARGS...].
+    """
+    argv = sys.argv[sys.argv.index("exec") + 1:] if "exec" in sys.argv else []
+    from_host = "--" in argv
+
+    def run() -> int:
+        from stages import exec as stage
+
+        if from_host:
+            if not args:
+                raise click.UsageError("cntr exec ID -- CMD: missing ID")
+            return stage.exec_in_container(args[0], _types(types), args[1:])
+        return stage.exec_in_session(args)
+
+    _run("exec", run)

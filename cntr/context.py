@@ -1,0 +1,203 @@
+"""The records passed between stages, and their encoding.
+
+``Resolved`` is what ``cntr resolve`` writes; ``Context`` is what ``cntr capture`` writes
+and ``cntr enter`` reads.  Both are msgpack maps on a pipe, or JSON (``--format json``,
+and by default when the output is a terminal).  Every decoded record is checked against
+its schema in ``schemas/`` before any field is used; the schema is the documentation of
+each field.
+
+In JSON, ``bytes`` values (the captured files) are written as ``"base64:..."`` strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, BinaryIO, ClassVar, TypeVar
+
+import msgpack
+
+from cntr import schema
+from cntr.errors import BadInput
+
+MAX_RECORD = 16 << 20
+"""Largest record a stage accepts (a context with a huge environment is ~1 MiB)."""
+
+R = TypeVar("R", "Resolved", "Context")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The process a container id or name resolved to."""
+
+    KIND: ClassVar[str] = "cntr.resolve"
+    SCHEMA: ClassVar[str] = "resolve.v1"
+
+    engine: str
+    """engine that matched: docker, podman, process_id, ..."""
+    container_id: str
+    """the engine's full id, or the pid as text."""
+    name: str
+    """the container's name; empty when it has none."""
+    pid: int
+    """host pid of the container's main process."""
+    start_time: int
+    """field 22 of /proc/PID/stat, to detect a reused pid."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """A process's capability sets, as bit masks."""
+
+    bounding: int
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything enter needs to build a session inside a container."""
+
+    KIND: ClassVar[str] = "cntr.context"
+    SCHEMA: ClassVar[str] = "context.v1"
+
+    engine: str
+    container_id: str
+    name: str
+    pid: int
+    """host pid of the container's process."""
+    start_time: int
+    """clock ticks since boot at which the process started."""
+    boot_id: str
+    """the boot the context was captured in."""
+    nspid: int
+    """the process's pid inside its own pid namespace."""
+    namespaces: dict[str, int]
+    """namespace kind -> inode, for every kind the kernel has."""
+    uid_map: list[tuple[int, int, int]]
+    gid_map: list[tuple[int, int, int]]
+    uid: int
+    """effective uid inside the container's user namespace."""
+    gid: int
+    groups: list[int]
+    caps: Caps
+    no_new_privs: bool
+    cgroups: list[tuple[int, str, str]]
+    """lines of /proc/PID/cgroup (hierarchy, controllers, path) in the host's view."""
+    lsm: str
+    """apparmor, selinux, or empty."""
+    label: str
+    env: dict[str, str]
+    cwd: str
+    """working directory relative to the container's root."""
+    root: str
+    """the container's root as the host sees it."""
+    files: dict[str, bytes | None] = field(default_factory=dict)
+    """container files enter binds over the host's (etc/passwd, ...); None when absent."""
+
+
+def to_dict(record: Resolved | Context) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": record.KIND, "version": 1}
+    out.update(asdict(record))
+    return out
+
+
+def from_dict(cls: type[R], data: Any) -> R:
+    """Check ``data`` against the schema of ``cls`` and build the record."""
+    if not isinstance(data, dict):
+        raise BadInput(f"expected a {cls.KIND} record (a map), got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind != cls.KIND:
+        raise BadInput(f"expected a {cls.KIND} record, got kind {kind!r:.60}")
+    if data.get("version") != 1:
+        raise BadInput(
+            f"{cls.KIND} record version {data.get('version')!r:.20} is not supported "
+            "(this cntr reads version 1)"
+        )
+    try:
+        schema.validate(data, schema.load(cls.SCHEMA))
+    except schema.SchemaError as exc:
+        raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
+    values = {f.name: data[f.name] for f in fields(cls)}
+    if cls is Context:
+        values["caps"] = Caps(**values["caps"])
+        values["uid_map"] = [tuple(x) for x in values["uid_map"]]
+        values["gid_map"] = [tuple(x) for x in values["gid_map"]]
+        values["cgroups"] = [tuple(x) for x in values["cgroups"]]
+    return cls(**values)
+
+
+# --- encoding -------------------------------------------------------------------------
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return "base64:" + base64.b64encode(obj).decode()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _json_hook(obj: dict[str, Any]) -> dict[str, Any]:
+    files = obj.get("files")
+    if isinstance(files, dict) and obj.get("kind") == Context.KIND:
+        for key, value in files.items():
+            if isinstance(value, str) and value.startswith("base64:"):
+                try:
+                    files[key] = base64.b64decode(value[7:], validate=True)
+                except ValueError:
+                    raise BadInput(f"files.{key}: invalid base64") from None
+    return obj
+
+
+def encode(record: Resolved | Context, fmt: str) -> bytes:
+    data = to_dict(record)
+    if fmt == "json":
+        return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
+    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]  # untyped
+
+
+def decode(cls: type[R], raw: bytes, what: str = "input") -> R:
+    """Decode msgpack or JSON (told apart by the first byte) and validate."""
+    if not raw.strip():
+        raise BadInput(f"{what} is empty: the previous stage printed nothing (did it fail?)")
+    if len(raw) > MAX_RECORD:
+        raise BadInput(f"{what} is larger than {MAX_RECORD >> 20} MiB: not a cntr record")
+    first = raw.lstrip()[:1]
+    data: Any
+    if first == b"{":
+        try:
+            data = json.loads(raw, object_hook=_json_hook)
+        except (ValueError, RecursionError) as exc:
+            raise BadInput(f"{what} is not valid JSON: {exc}") from None
+    else:
+        try:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError, TypeError) as exc:
+            raise BadInput(f"{what} is not a msgpack or JSON record ({exc})") from None
+    return from_dict(cls, data)
+
+
+def read_stream(stream: BinaryIO) -> bytes:
+    """Read a whole record, refusing more than MAX_RECORD bytes."""
+    raw = stream.read(MAX_RECORD + 1)
+    if len(raw) > MAX_RECORD:
+        raise BadInput(f"input is larger than {MAX_RECORD >> 20} MiB: not a cntr record")
+    return raw
+
+
+def read_any(raw: bytes, what: str = "input") -> Resolved | Context:
+    """Decode either record kind (capture accepts a resolve record or a context)."""
+    first = raw.lstrip()[:1]
+    kind: Any = None
+    try:
+        if first == b"{":
+            kind = json.loads(raw).get("kind")
+        elif raw.strip():
+            kind = msgpack.unpackb(raw, raw=False, strict_map_key=False).get("kind")
+    except Exception:  # noqa: BLE001 - decode() below reports the real error
+        kind = None
+    if kind == Context.KIND:
+        return decode(Context, raw, what)
+    return decode(Resolved, raw, what)

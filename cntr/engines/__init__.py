@@ -1,0 +1,178 @@
+"""Container engines: turn the name a user gave into the host pid of a container's main process.
+
+Each module holds one engine with the same small interface (base.Engine): `lookup(ident)` and
+`list()`.  `resolve()` asks the engines of the requested types (all by default, in TYPES' order)
+at once and returns the single match, or raises NotFound (saying what each engine answered) or
+Ambiguous (naming every candidate).
+
+Caveats:
+- An all-digits name is first taken as a host pid (process_id) when such a process exists, and
+  then no engine is asked: pass `types` without process_id to reach a docker id made of digits.
+- `k8s:...` names go to the kubernetes type only.
+- The same process reached through two engines (a docker container is also a task in
+  containerd's `moby` namespace) counts once, for the engine that comes first in TYPES.
+- Engines are asked from a short-lived thread pool, joined before resolve() returns: callers
+  that later need a single-threaded process (setns of a mount namespace) are not affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from cntr.engines.base import Engine, EngineError, Match, NotRunning
+from cntr.engines.command import CommandEngine
+from cntr.engines.containerd import ContainerdEngine, KubernetesEngine
+from cntr.engines.docker import DockerEngine
+from cntr.engines.lxc import LxcEngine
+from cntr.engines.lxd import LxdEngine
+from cntr.engines.nspawn import NspawnEngine
+from cntr.engines.podman import PodmanEngine
+from cntr.engines.process_id import ProcessIdEngine
+from cntr.engines.rkt import RktEngine
+from cntr.errors import Ambiguous, NotFound
+
+#: every type, in the order resolve() prefers them; "command" is only used when asked for
+ENGINES: dict[str, Callable[[], Engine]] = {
+    "process_id": ProcessIdEngine,
+    "docker": DockerEngine,
+    "podman": PodmanEngine,
+    "lxc": LxcEngine,
+    "lxd": LxdEngine,
+    "nspawn": NspawnEngine,
+    "containerd": ContainerdEngine,
+    "kubernetes": KubernetesEngine,
+    "rkt": RktEngine,
+    "command": CommandEngine,
+}
+#: the default types, in order
+TYPES: list[str] = [t for t in ENGINES if t != "command"]
+#: other spellings accepted by parse_types
+ALIASES = {"process-id": "process_id", "pid": "process_id", "k8s": "kubernetes"}
+
+__all__ = [
+    "ALIASES",
+    "ENGINES",
+    "TYPES",
+    "Engine",
+    "EngineError",
+    "Match",
+    "NotRunning",
+    "list_all",
+    "make",
+    "parse_types",
+    "resolve",
+]
+
+
+def parse_types(text: str) -> list[str]:
+    """"docker,podman" -> ["docker", "podman"]; ValueError naming unknown types."""
+    out: list[str] = []
+    unknown = []
+    for raw in text.split(","):
+        word = raw.strip().lower()
+        if not word:
+            continue
+        word = ALIASES.get(word, word)
+        if word not in ENGINES:
+            unknown.append(raw.strip())
+        elif word not in out:
+            out.append(word)
+    if unknown:
+        known = ", ".join([*ENGINES, "process-id"])
+        raise ValueError(f"unknown container type {', '.join(map(repr, unknown))} (known: {known})")
+    if not out:
+        raise ValueError("no container type given")
+    return out
+
+
+def make(type_name: str) -> Engine:
+    """A fresh engine of `type_name`."""
+    return ENGINES[type_name]()
+
+
+def _ask(engine: Engine, ident: str) -> tuple[list[Match], str]:
+    """(matches, what the engine answered) without raising."""
+    try:
+        found = engine.lookup(ident)
+    except EngineError as exc:
+        return [], str(exc).removeprefix(f"{engine.name}: ")
+    except Exception as exc:  # a bug in one engine must not hide the others' answers
+        return [], f"internal error: {exc!r}"
+    return found, "" if found else engine.reason
+
+
+def _describe(m: Match) -> str:
+    ident = m.name or m.container_id[:12]
+    extra = f"id {m.container_id[:12]}" if m.name and m.container_id != m.name else ""
+    pid = f"pid {m.pid}" if m.pid else ""
+    details = ", ".join(x for x in (extra, pid) if x)
+    return f"{m.engine}:{ident}" + (f" ({details})" if details else "")
+
+
+def resolve(ident: str, types: list[str] | None = None) -> Match:
+    """The one running container (or process) called `ident` among the engines of `types`.
+
+    Raises NotFound (what every engine answered, on one line) or Ambiguous.
+    """
+    names = list(types) if types else list(TYPES)
+    for t in names:
+        if t not in ENGINES:
+            raise ValueError(f"unknown container type {t!r}")
+    if ident.startswith("k8s:"):
+        if "kubernetes" not in names:
+            raise NotFound(f"no container '{ident}': k8s: names need the kubernetes type")
+        names = ["kubernetes"]
+    answers: dict[str, str] = {}
+    if "process_id" in names:
+        found, answers["process_id"] = _ask(make("process_id"), ident)
+        if found:
+            return found[0]
+        names.remove("process_id")
+        if not ident.isdigit():
+            del answers["process_id"]  # "not a pid" is noise in the message
+    results: dict[str, list[Match]] = {}
+    if names:
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="cntr-lookup") as pool:
+            futures = {t: pool.submit(_ask, make(t), ident) for t in names}
+        for t in names:
+            results[t], answers[t] = futures[t].result()
+    # One process reached through two engines is one container: keep the first engine's.
+    matches: list[Match] = []
+    seen: set[int] = set()
+    for t in names:
+        for m in results[t]:
+            if m.pid and m.pid in seen:
+                continue
+            seen.add(m.pid)
+            matches.append(m)
+    if len(matches) == 1 and matches[0].pid:
+        return matches[0]
+    if matches:
+        listed = "; ".join(_describe(m) for m in matches)
+        narrow = " (narrow it with --type or give a longer id)"
+        raise Ambiguous(f"'{ident}' matches {len(matches)} containers: {listed}{narrow}")
+    said = "; ".join(f"{t}: {answers[t]}" for t in answers)
+    raise NotFound(f"no container '{ident}': {said}")
+
+
+def list_all(types: list[str] | None = None) -> list[Match]:
+    """Every running container of the engines of `types` (default TYPES), each process once."""
+    names = [t for t in (types or TYPES) if t != "process_id"]
+
+    def one(t: str) -> list[Match]:
+        try:
+            return make(t).list()
+        except EngineError:
+            return []
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        lists = list(pool.map(one, names))
+    out: list[Match] = []
+    seen: set[int] = set()
+    for found in lists:
+        for m in found:
+            if m.pid not in seen:
+                seen.add(m.pid)
+                out.append(m)
+    return out

@@ -1,0 +1,301 @@
+"""What every engine module shares: the Match record, the Engine protocol, and small helpers.
+
+An engine module answers one question: which host process is the main process of the container
+the user named?  Helpers here speak HTTP/1.1 over a unix socket (docker, podman, LXD APIs), run
+an engine's CLI with a hard timeout, and read /proc.
+
+Caveats:
+- Every helper fails fast: sockets and commands get a timeout of a few seconds and a command that
+  hangs is killed with its whole process group.  A lookup never blocks forever.
+- /proc readers take a `proc` argument so that tests can feed a fake tree; they tolerate
+  processes that vanish between listing and reading (the usual /proc race).
+- Pids are host pids: cntr runs in the host's pid namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cntr.errors import CntrError
+
+#: seconds an engine's API socket may take to answer
+SOCKET_TIMEOUT = 3.0
+#: seconds an engine's CLI may take to answer
+COMMAND_TIMEOUT = 5.0
+
+#: the reason of an empty answer when the engine's tools are absent
+NOT_INSTALLED = "not installed"
+#: the reason of an empty answer when the engine has no such container
+NO_SUCH_CONTAINER = "no such container"
+
+
+@dataclass(frozen=True)
+class Match:
+    """A running container (or process) that answers to the name the user gave."""
+
+    engine: str
+    """The engine that knows it: "docker", "podman", ..., "process_id"."""
+    container_id: str
+    """The engine's full id of the container (the pid as text for process_id and command)."""
+    name: str
+    """The container's name as the engine shows it ("" if it has none)."""
+    pid: int
+    """Host pid of the container's main process."""
+
+
+class EngineError(CntrError):
+    """The engine is there but failed or timed out; the message says what it answered."""
+
+
+class NotRunning(EngineError):
+    """The engine knows the container, but it has no running process (pid 0)."""
+
+
+class Engine(Protocol):
+    """One container engine.  Instances are cheap and used by one thread at a time."""
+
+    name: str
+    """The type name, as in `--type docker`."""
+    reason: str
+    """Why the last `lookup` returned []: "no such container", "not installed", ..."""
+
+    def lookup(self, ident: str) -> list[Match]:
+        """Containers answering to `ident` (name, full id or id prefix).
+
+        [] when none (see `reason`), several when an id prefix is ambiguous.
+        Raises EngineError when the engine is there but unusable (daemon down, timeout),
+        NotRunning when the container exists but is stopped.
+        """
+        ...
+
+    def list(self) -> list[Match]:
+        """Every running container of the engine (for `cntr ps`); [] when not installed."""
+        ...
+
+
+# --------------------------------------------------------------------------- HTTP on unix sockets
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over AF_UNIX: the daemons' local API sockets speak plain HTTP/1.1."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def unix_http_get(path: str, url: str, timeout: float = SOCKET_TIMEOUT) -> tuple[int, bytes]:
+    """GET `url` from the HTTP server on unix socket `path`: (status, body).
+
+    Raises OSError when the socket does not answer (ENOENT, ECONNREFUSED, timeout) and
+    EngineError when the answer is not HTTP.
+    """
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("GET", url, headers={"Host": "localhost", "Accept": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except http.client.HTTPException as exc:
+        raise EngineError(f"{path}: not an HTTP answer to GET {url}: {exc!r}") from exc
+    finally:
+        conn.close()
+
+
+def unix_http_json(path: str, url: str, timeout: float = SOCKET_TIMEOUT) -> tuple[int, Any]:
+    """Like unix_http_get, with the body decoded as JSON (None when it is not JSON)."""
+    status, body = unix_http_get(path, url, timeout)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def api_message(data: Any, body_default: str = "") -> str:
+    """The error text of a docker/podman/LXD API answer ({"message": ...} or {"error": ...})."""
+    if isinstance(data, dict):
+        for key in ("message", "error", "cause"):
+            if isinstance(data.get(key), str) and data[key]:
+                return str(data[key])
+    return body_default
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str] | None:
+    """Run an engine's CLI: (returncode, stdout, stderr), or None when it is not installed.
+
+    The command runs in its own session with stdin from /dev/null and LC_ALL=C (messages are
+    matched in English); on timeout its whole process group is killed and EngineError raised.
+    """
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        proc = subprocess.Popen(
+            [exe, *argv[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise EngineError(f"{argv[0]}: cannot run: {exc.strerror}") from exc
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=1)
+        raise EngineError(f"`{' '.join(argv)}` gave no answer within {timeout:g} s") from exc
+    return proc.returncode, out, err
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a tool's message, without a leading 'Error: '."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line:
+            return line.removeprefix("Error: ").removeprefix("error: ")
+    return ""
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def iter_pids(proc: str = "/proc") -> Iterator[int]:
+    """Every pid in `proc`, in no particular order."""
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return
+    for entry in names:
+        if entry.isdigit():
+            yield int(entry)
+
+
+def read_cmdline(pid: int, proc: str = "/proc") -> list[str]:
+    """argv of `pid` ([] for kernel threads, zombies and vanished processes)."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that lookups need (proc(5))."""
+
+    comm: str
+    """The command name, at most 15 characters."""
+    state: str
+    """R, S, D, Z, ..."""
+    ppid: int
+    """The parent's pid."""
+    starttime: int
+    """Clock ticks after boot when the process started."""
+    uid: int
+    """Owner (owner of the /proc/PID directory, i.e. the real uid)."""
+
+
+def read_stat(pid: int, proc: str = "/proc") -> ProcStat | None:
+    """The stat of `pid`, None when it vanished."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+        uid = os.stat(f"{proc}/{pid}").st_uid
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'.
+    lpar, rpar = raw.find("("), raw.rfind(")")
+    fields = raw[rpar + 2 :].split()
+    try:
+        return ProcStat(raw[lpar + 1 : rpar], fields[0], int(fields[1]), int(fields[19]), uid)
+    except (IndexError, ValueError):
+        return None
+
+
+def alive(pid: int, proc: str = "/proc") -> bool:
+    """`pid` exists and is not a zombie."""
+    st = read_stat(pid, proc)
+    return st is not None and st.state not in ("Z", "X")
+
+
+def children(pid: int, proc: str = "/proc") -> list[int]:
+    """Living children of `pid`, oldest first (from a scan of ppid: works without
+    CONFIG_PROC_CHILDREN and on fake trees)."""
+    found: list[tuple[int, int]] = []
+    for p in iter_pids(proc):
+        st = read_stat(p, proc)
+        if st is not None and st.ppid == pid and st.state not in ("Z", "X"):
+            found.append((st.starttime, p))
+    return [p for _, p in sorted(found)]
+
+
+def option_value(argv: Sequence[str], *names: str) -> str | None:
+    """The value of the last of the options `names` in argv.
+
+    Forms: `-n X`, `-nX`, `--name=X`, `--name X`.
+    """
+    value: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+                break
+            if name.startswith("--") and arg.startswith(name + "="):
+                value = arg[len(name) + 1 :]
+                break
+            short = not name.startswith("--") and len(name) == 2
+            if short and arg.startswith(name) and arg != name:
+                value = arg[2:]
+                break
+        i += 1
+    return value
+
+
+def is_hex(text: str) -> bool:
+    """`text` is a non-empty lowercase hex string (a possible id prefix)."""
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+class BaseEngine:
+    """Defaults shared by the engine classes."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.reason = NO_SUCH_CONTAINER
+
+    def _none(self, reason: str) -> list[Match]:
+        self.reason = reason
+        return []

@@ -1,0 +1,19 @@
+"""containerd (stub)."""
+
+from __future__ import annotations
+
+from cntr.engines.base import BaseEngine, Match
+
+
+class ContainerdEngine(BaseEngine):
+    name = "containerd"
+
+    def lookup(self, ident: str) -> list[Match]:
+        return self._none("not implemented")
+
+    def list(self) -> list[Match]:
+        return []
+
+
+class KubernetesEngine(ContainerdEngine):
+    name = "kubernetes"

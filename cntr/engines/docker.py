@@ -1,0 +1,238 @@
+"""Docker: find a container's main process through dockerd's API socket, else the docker CLI.
+
+`GET /containers/{ident}/json` on the local socket answers for a name, a full id or a unique id
+prefix, and carries State.Pid, Id and Name: one request, no process to start.  The socket is
+$DOCKER_HOST when it is unix://..., else /var/run/docker.sock.  When the socket does not answer
+(or DOCKER_HOST is tcp:// or ssh://) `docker inspect --type container` is asked instead: it also
+honours docker contexts.  The compatible parts are shared with podman (DockerCompatEngine).
+
+Caveats:
+- Measured on Debian 12 (dockerd 20.10): the socket lookup takes ~1.5 ms, `docker inspect` ~60 ms
+  (Debian's 20.10 CLI) to ~90 ms (the 28.x CLI in /usr/local/bin, which negotiates API 1.41).
+- An ambiguous id prefix makes dockerd answer an error; the candidates are then listed
+  (`GET /containers/json?all=1`) so that the caller can show them.
+- A stopped container (State.Pid 0) raises NotRunning.
+- Reading the socket needs root or the docker group, as every docker command does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+from urllib.parse import quote
+
+from cntr.engines.base import (
+    NO_SUCH_CONTAINER,
+    NOT_INSTALLED,
+    BaseEngine,
+    EngineError,
+    Match,
+    NotRunning,
+    api_message,
+    first_line,
+    run_tool,
+    unix_http_json,
+)
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+def socket_from_host(host: str | None, default: str | None) -> str | None:
+    """The unix socket path of a DOCKER_HOST/CONTAINER_HOST value; `default` when unset,
+    None when it names a remote (tcp://, ssh://) daemon."""
+    if not host:
+        return default
+    if host.startswith("unix://"):
+        return host[len("unix://") :]
+    return None
+
+
+def parse_inspect(obj: Any, engine: str) -> Match:
+    """A Match from one object of `docker inspect`/`podman inspect` or GET /containers/X/json.
+
+    Raises NotRunning for a container without a process and EngineError when the object
+    lacks the fields (not a container).
+    """
+    if not isinstance(obj, dict):
+        raise EngineError(f"{engine}: expected an inspect object, got {type(obj).__name__}")
+    state = obj.get("State")
+    cid, name = obj.get("Id"), obj.get("Name")
+    if not isinstance(state, dict) or not isinstance(cid, str):
+        keys = list(obj)
+        raise EngineError(f"{engine}: expected State and Id in the inspect object, got {keys}")
+    # docker prefixes names with "/" (a legacy of links); podman does not.
+    name = name.lstrip("/") if isinstance(name, str) else ""
+    pid = state.get("Pid")
+    if not isinstance(pid, int) or pid <= 0 or state.get("Running") is False:
+        status = state.get("Status", "not running")
+        raise NotRunning(f"{engine}: container '{name or cid}' is not running (status {status})")
+    return Match(engine, cid, name, pid)
+
+
+def parse_inspect_list(text: str, engine: str) -> list[Match]:
+    """Matches from the JSON array `docker inspect` / `podman inspect` print."""
+    try:
+        data = json.loads(text) if text.strip() else []
+    except ValueError as exc:
+        raise EngineError(f"{engine}: inspect printed no JSON: {text[:80]!r}") from exc
+    if not isinstance(data, list):
+        raise EngineError(f"{engine}: expected a JSON array from inspect, got {type(data).__name__}")
+    return [parse_inspect(obj, engine) for obj in data]
+
+
+def is_no_such(message: str) -> bool:
+    """docker's and podman's ways of saying "not found"."""
+    low = message.lower()
+    return "no such container" in low or "no such object" in low or "no container with" in low
+
+
+def is_ambiguous(message: str) -> bool:
+    """dockerd's and podman's answer to an id prefix shared by several containers."""
+    low = message.lower()
+    return "multiple" in low and ("prefix" in low or "ids" in low or "found" in low)
+
+
+class DockerCompatEngine(BaseEngine):
+    """An engine with a docker-compatible API socket and an `inspect` CLI (docker, podman)."""
+
+    cli = "docker"
+
+    def __init__(self, socket_path: str | None, timeout: float | None = None) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    # ---------------------------------------------------------------- API
+    def _get(self, url: str) -> tuple[int, Any]:
+        assert self.socket_path is not None
+        if self.timeout is None:
+            return unix_http_json(self.socket_path, url)
+        return unix_http_json(self.socket_path, url, self.timeout)
+
+    def api_lookup(self, ident: str) -> list[Match]:
+        """Ask the API socket; OSError when it does not answer."""
+        status, data = self._get(f"/containers/{quote(ident, safe='')}/json")
+        if status == 200:
+            return [parse_inspect(data, self.name)]
+        message = api_message(data, f"HTTP {status}")
+        if is_ambiguous(message):
+            return self._prefix_candidates(ident)
+        if status == 404 or is_no_such(message):
+            return self._none(NO_SUCH_CONTAINER)
+        raise EngineError(f"{self.name}: {self.socket_path}: {message}")
+
+    def _prefix_candidates(self, prefix: str) -> list[Match]:
+        status, data = self._get("/containers/json?all=1")
+        if status != 200 or not isinstance(data, list):
+            raise EngineError(f"{self.name}: id prefix '{prefix}' is ambiguous")
+        found = []
+        for entry in data:
+            cid = entry.get("Id", "") if isinstance(entry, dict) else ""
+            if isinstance(cid, str) and cid.startswith(prefix):
+                names = entry.get("Names") or [""]
+                pid = 0  # not in the listing; the caller only shows these candidates
+                found.append(Match(self.name, cid, str(names[0]).lstrip("/"), pid))
+        return found
+
+    def api_list(self) -> list[Match]:
+        status, data = self._get("/containers/json")
+        if status != 200 or not isinstance(data, list):
+            raise EngineError(f"{self.name}: {self.socket_path}: {api_message(data, str(status))}")
+        out = []
+        for entry in data:
+            if isinstance(entry, dict) and isinstance(entry.get("Id"), str):
+                try:
+                    out.extend(self.api_lookup(entry["Id"]))
+                except NotRunning:
+                    continue  # stopped between the listing and the inspect
+        return out
+
+    # ---------------------------------------------------------------- CLI
+    def cli_lookup(self, ident: str) -> list[Match] | None:
+        """Ask the CLI; None when it is not installed."""
+        res = run_tool([self.cli, "inspect", "--type", "container", ident])
+        if res is None:
+            return None
+        rc, out, err = res
+        if rc == 0:
+            return parse_inspect_list(out, self.name)
+        if is_ambiguous(err):
+            return self._cli_prefix_candidates(ident)
+        if is_no_such(err):
+            return self._none(NO_SUCH_CONTAINER)
+        raise EngineError(f"{self.name}: {first_line(err) or f'{self.cli} inspect exit {rc}'}")
+
+    def _cli_prefix_candidates(self, prefix: str) -> list[Match]:
+        res = run_tool([self.cli, "ps", "-a", "-q", "--no-trunc"])
+        ids = [i for i in (res[1].split() if res and res[0] == 0 else []) if i.startswith(prefix)]
+        return [Match(self.name, cid, "", 0) for cid in ids]
+
+    def cli_list(self) -> list[Match] | None:
+        res = run_tool([self.cli, "ps", "-q", "--no-trunc"])
+        if res is None:
+            return None
+        rc, out, err = res
+        if rc != 0:
+            raise EngineError(f"{self.name}: {first_line(err)}")
+        ids = out.split()
+        if not ids:
+            return []
+        res = run_tool([self.cli, "inspect", "--type", "container", *ids])
+        # A container may stop between ps and inspect: keep the others.
+        return [m for m in _parse_each(res[1] if res else "", self.name)]
+
+    # ---------------------------------------------------------------- Engine
+    def lookup(self, ident: str) -> list[Match]:
+        self.reason = NO_SUCH_CONTAINER
+        if not ident:
+            return self._none(NO_SUCH_CONTAINER)
+        api_error = None
+        if self.socket_path is not None and os.path.exists(self.socket_path):
+            try:
+                return self.api_lookup(ident)
+            except OSError as exc:
+                api_error = f"{self.socket_path}: {exc.strerror or exc!r}"
+        found = self.cli_lookup(ident)
+        if found is None:
+            if api_error is not None:
+                raise EngineError(f"{self.name}: {api_error}")
+            return self._none(NOT_INSTALLED)
+        return found
+
+    def list(self) -> list[Match]:
+        if self.socket_path is not None and os.path.exists(self.socket_path):
+            try:
+                return self.api_list()
+            except OSError:
+                pass
+        return self.cli_list() or []
+
+
+def _parse_each(text: str, engine: str) -> list[Match]:
+    try:
+        data = json.loads(text) if text.strip() else []
+    except ValueError:
+        return []
+    out = []
+    for obj in data if isinstance(data, list) else []:
+        try:
+            out.append(parse_inspect(obj, engine))
+        except EngineError:
+            continue
+    return out
+
+
+class DockerEngine(DockerCompatEngine):
+    """docker: API socket first, `docker inspect` second."""
+
+    name = "docker"
+    cli = "docker"
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
+        if socket_path is None:
+            socket_path = socket_from_host(os.environ.get("DOCKER_HOST"), DEFAULT_SOCKET)
+        super().__init__(socket_path, timeout)
+
+
+__all__ = ["DockerCompatEngine", "DockerEngine", "parse_inspect", "parse_inspect_list"]

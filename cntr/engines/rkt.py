@@ -1,0 +1,15 @@
+"""rkt (stub)."""
+
+from __future__ import annotations
+
+from cntr.engines.base import BaseEngine, Match
+
+
+class RktEngine(BaseEngine):
+    name = "rkt"
+
+    def lookup(self, ident: str) -> list[Match]:
+        return self._none("not implemented")
+
+    def list(self) -> list[Match]:
+        return []

@@ -1,0 +1,97 @@
+"""The errors cntr reports, each carrying a message a user can act on and an exit code.
+
+Exit codes (documented in README.md):
+  1  generic failure (CntrError)
+  2  usage error: bad arguments (click's own)
+  3  bad input: a record on stdin or in a file that does not decode or validate
+  4  not found: no container or process matches
+  5  stale: the context no longer describes the running container
+  6  permission: cntr needs root (or a capability it does not have)
+  7  unsupported: the kernel or machine lacks something cntr needs (/dev/fuse, a syscall)
+  8  ambiguous: a name matches containers in more than one engine
+  125 the session could not be built: nothing ran
+  126 the command was found but could not be executed (as sh reports it)
+  127 the command was not found (as sh reports it)
+  128+N the command was killed by signal N; any other code is the command's own
+"""
+
+from __future__ import annotations
+
+
+class CntrError(Exception):
+    """A failure with a one-line message for the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadInput(CntrError):
+    """A record did not decode or did not match its schema."""
+
+    exit_code = 3
+
+
+class NotFound(CntrError):
+    """No container or process matched."""
+
+    exit_code = 4
+
+
+class StaleContext(CntrError):
+    """The context describes a process that is gone or was replaced."""
+
+    exit_code = 5
+
+
+class PermissionDenied(CntrError):
+    """cntr lacks the privileges it needs."""
+
+    exit_code = 6
+
+
+class Unsupported(CntrError):
+    """The kernel or the machine lacks a feature cntr needs."""
+
+    exit_code = 7
+
+
+class Ambiguous(CntrError):
+    """A name matched containers of more than one engine."""
+
+    exit_code = 8
+
+
+class SessionSetupError(CntrError):
+    """The nested container could not be built; nothing ran."""
+
+    exit_code = 125
+
+
+def os_error(what: str, exc: OSError, hint: str | None = None) -> CntrError:
+    """Wrap an OSError once, naming the operation, e.g. 'setns(/proc/42/ns/mnt): ...'."""
+    reason = exc.strerror or str(exc)
+    # ctypes wrappers already prefix the call name: do not repeat it.
+    if ": " in reason:
+        reason = reason.split(": ", 1)[1]
+    msg = f"{what}: {reason}"
+    if hint:
+        msg += f" ({hint})"
+    if exc.errno in (1, 13):  # EPERM, EACCES
+        return PermissionDenied(msg)
+    if exc.errno == 38:  # ENOSYS
+        return Unsupported(msg)
+    return CntrError(msg)
+
+
+class CommandNotRun(CntrError):
+    """The session was built but its command could not be executed (126/127, as sh)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,325 @@
+"""The inode table of serve-fs: FUSE node ids <-> host files, without one fd per inode.
+
+Each inode the kernel knows about is an `Inode` keyed by the host's (st_dev, st_ino).  It
+stores how to reach the file again, not an open descriptor:
+
+- on filesystems that support file handles, the ``struct file_handle`` from
+  name_to_handle_at(2) plus the `Mount` it was seen on; open_by_handle_at(2) with that
+  mount's descriptor reopens it (on the same vfsmount, so mounts stacked below a
+  directory are still crossed by a later openat);
+- on filesystems without handles (procfs, overlayfs without ``nfs_export``, some FUSE
+  filesystems), the parent `Inode` and the name; reopening re-resolves the name and checks
+  that (st_dev, st_ino) still match, else ESTALE.
+
+Open O_PATH descriptors live only in a bounded LRU cache (``fd_cache_size``); one regular
+descriptor is kept per mount that supports handles (open_by_handle_at(2) rejects O_PATH
+mount descriptors with EBADF), and the root's descriptor is pinned.
+
+Node ids are never reused (a counter), so the generation stays 0.  A (dev, ino) found
+again with another file type or birth time is a new file that reused the inode number and
+gets a new node id; the kernel would otherwise mark its inode bad.
+
+Caveats:
+- cached descriptors pin host files: an unlinked file's space is freed only when its
+  descriptor leaves the cache, and ``umount`` (without ``-l``) of a host filesystem that
+  serve-fs has touched fails with EBUSY while serve-fs runs;
+- a file reached through two bind mounts of the same filesystem is one inode, reopened
+  through the mount it was first seen on;
+- the (parent, name) fallback follows renames done through serve-fs only; a rename behind
+  serve-fs's back makes the inode ESTALE until the kernel forgets it;
+- the table is not thread-safe; serve-fs handlers never await, so requests never
+  interleave.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import struct
+from collections import OrderedDict
+from typing import NewType
+
+from cntr.linux import syscalls as sc
+
+InodeT = NewType("InodeT", int)
+
+ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID
+STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# struct statx unpacked in one call (cheaper than reading ctypes fields one by one).
+_STATX = struct.Struct("=IIQIIIHHQQQQqIiqIiqIiqIiIIIIQ")
+# indices into the unpacked tuple
+NLINK, UID, GID, MODE, INO, SIZE, BLOCKS = 3, 4, 5, 6, 8, 9, 10
+BLKSIZE = 1
+ATIME, ATIME_NS, BTIME, BTIME_NS, CTIME, CTIME_NS, MTIME, MTIME_NS = (
+    12, 13, 15, 16, 18, 19, 21, 22,
+)
+RDEV_MAJ, RDEV_MIN, DEV_MAJ, DEV_MIN, MNT_ID = 24, 25, 26, 27, 28
+StatT = tuple[int, ...]
+
+
+class StatBuf:
+    """A reusable statx(2) buffer; `at` returns the unpacked struct as a tuple."""
+
+    __slots__ = ("_buf", "_ptr")
+
+    def __init__(self) -> None:
+        self._buf = bytearray(256)
+        self._ptr = ctypes.addressof((ctypes.c_char * 256).from_buffer(self._buf))
+
+    def at(self, dirfd: int, name: bytes, flags: int, mask: int = STATX_MASK) -> StatT:
+        """statx(dirfd, name, flags); raises OSError on failure."""
+        if sc.statx_raw(dirfd, name, flags, mask, self._ptr) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return _STATX.unpack_from(self._buf)
+
+
+def key_of(st: StatT) -> int:
+    """(st_dev, st_ino) as one int."""
+    return (st[DEV_MAJ] << 96) | (st[DEV_MIN] << 64) | st[INO]
+
+
+def ident_of(st: StatT) -> int:
+    """File type and birth time: what tells a reused inode number from the old file."""
+    return (((st[BTIME] << 30) | st[BTIME_NS]) << 4) | (st[MODE] >> 12)
+
+
+class Mount:
+    """One host mount that supports file handles."""
+
+    __slots__ = ("fd", "mount_id")
+
+    def __init__(self, mount_id: int, fd: int) -> None:
+        self.mount_id = mount_id
+        #: a regular (non-O_PATH) descriptor of some object on the mount
+        self.fd = fd
+
+
+class Inode:
+    """One file the kernel holds a lookup count on."""
+
+    __slots__ = ("fd", "ident", "key", "mount", "nlookup", "nodeid", "ref", "stamp")
+
+    def __init__(self, nodeid: int, key: int, ident: int, ref: bytes | tuple[Inode, bytes],
+                 mount: Mount | None) -> None:
+        self.nodeid = nodeid
+        self.key = key
+        self.ident = ident
+        self.nlookup = 0
+        #: a struct file_handle, or (parent, name) where handles are not supported
+        self.ref = ref
+        self.mount = mount
+        #: cached O_PATH descriptor or -1
+        self.fd = -1
+        #: (mtime_ns, size) when last opened or released: decides FOPEN_KEEP_CACHE
+        self.stamp: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Inode {self.nodeid} key={self.key:#x} nlookup={self.nlookup} fd={self.fd}>"
+
+
+class InodeTable:
+    """Node ids, (dev, ino) identity, lookup counts and the O_PATH descriptor cache.
+
+    ``root_fd`` is an O_PATH (or regular) descriptor of the served directory; the table
+    takes ownership.  ``use_handles=False`` forces the (parent, name) fallback everywhere
+    (open_by_handle_at needs CAP_DAC_READ_SEARCH).
+    """
+
+    def __init__(self, root_fd: int, *, fd_cache_size: int = 2048,
+                 use_handles: bool = True) -> None:
+        if fd_cache_size < 1:
+            raise ValueError("fd_cache_size must be >= 1")
+        self.fd_cache_size = fd_cache_size
+        self.use_handles = use_handles
+        self.statbuf = StatBuf()
+        st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
+                             else sc.AT_EMPTY_PATH)
+        self.root = Inode(ROOT_INODE, key_of(st), ident_of(st), b"", None)
+        self.root.fd = root_fd
+        self.root.nlookup = 1
+        self.by_id: dict[int, Inode] = {ROOT_INODE: self.root}
+        self.by_key: dict[int, Inode] = {self.root.key: self.root}
+        self.lru: OrderedDict[int, Inode] = OrderedDict()
+        #: mount id -> Mount, or None when that mount has no usable handles
+        self.mounts: dict[int, Mount | None] = {}
+        self._next_id = ROOT_INODE + 1
+        self._handle = sc.FileHandle()
+        self._handle_ptr = ctypes.addressof(self._handle)
+        self._mount_id = ctypes.c_int()
+        self._mount_id_ptr = ctypes.addressof(self._mount_id)
+
+    # --- lookups ---------------------------------------------------------------------
+    def get(self, nodeid: int) -> Inode:
+        """The inode for a node id the kernel sent; ESTALE if unknown."""
+        node = self.by_id.get(nodeid)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown node id")
+        return node
+
+    def fd(self, node: Inode) -> int:
+        """An O_PATH descriptor of ``node``, from the cache or reopened (then cached)."""
+        fd = node.fd
+        if fd >= 0:
+            if node.nodeid != ROOT_INODE:
+                self.lru.move_to_end(node.nodeid)
+            return fd
+        fd = self._reopen(node, _O_PATH)
+        self._cache(node, fd)
+        return fd
+
+    def open(self, node: Inode, flags: int) -> int:
+        """A new regular descriptor of ``node`` opened with ``flags`` (caller closes it)."""
+        ref = node.ref
+        if type(ref) is bytes and node.mount is not None:
+            return self._by_handle(node.mount, ref, flags | os.O_CLOEXEC)
+        return os.open(b"/proc/self/fd/%d" % self.fd(node), flags | os.O_CLOEXEC)
+
+    def learn(self, parent: Inode, parent_fd: int, name: bytes, st: StatT) -> Inode:
+        """The inode for ``name`` in ``parent`` whose statx is ``st``; created if new.
+
+        The lookup count is not changed: the caller adds one once the reply is sent.
+        """
+        key = (st[DEV_MAJ] << 96) | (st[DEV_MIN] << 64) | st[INO]
+        ident = (((st[BTIME] << 30) | st[BTIME_NS]) << 4) | (st[MODE] >> 12)
+        node = self.by_key.get(key)
+        if node is not None and node.ident == ident:
+            return node
+        ref: bytes | tuple[Inode, bytes] = (parent, name)
+        mount: Mount | None = None
+        if self.use_handles:
+            mnt_id = st[MNT_ID]
+            if mnt_id in self.mounts:
+                mount = self.mounts[mnt_id]
+            else:
+                mount = self._probe_mount(mnt_id, parent_fd, name, st[MODE])
+            if mount is not None:
+                handle = self._name_to_handle(parent_fd, name, 0)
+                if handle is None:
+                    mount = None
+                else:
+                    ref = handle
+        nodeid = self._next_id
+        self._next_id = nodeid + 1
+        node = Inode(nodeid, key, ident, ref, mount)
+        self.by_id[nodeid] = node
+        self.by_key[key] = node
+        return node
+
+    def drop_if_unused(self, node: Inode) -> None:
+        """Remove ``node`` if the kernel never got it (e.g. a readdir entry that did not fit)."""
+        if node.nlookup == 0 and node.nodeid != ROOT_INODE:
+            self._remove(node)
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """The kernel dropped ``nlookup`` references to ``nodeid``."""
+        node = self.by_id.get(nodeid)
+        if node is None or nodeid == ROOT_INODE:
+            return
+        node.nlookup -= nlookup
+        if node.nlookup <= 0:
+            self._remove(node)
+
+    def renamed(self, key: int, new_parent: Inode, new_name: bytes) -> None:
+        """Keep a (parent, name) inode reachable after a rename done through serve-fs."""
+        node = self.by_key.get(key)
+        if node is not None and type(node.ref) is tuple:
+            node.ref = (new_parent, new_name)
+
+    def close(self) -> None:
+        """Close every descriptor the table holds."""
+        for node in self.lru.values():
+            if node.fd >= 0:
+                os.close(node.fd)
+                node.fd = -1
+        self.lru.clear()
+        for mount in self.mounts.values():
+            if mount is not None:
+                os.close(mount.fd)
+        self.mounts.clear()
+        if self.root.fd >= 0:
+            os.close(self.root.fd)
+            self.root.fd = -1
+
+    def open_fds(self) -> int:
+        """Descriptors held by the table (cache + mounts + root), for tests and stats."""
+        return len(self.lru) + sum(1 for m in self.mounts.values() if m is not None) + 1
+
+    # --- internals -----------------------------------------------------------------
+    def _remove(self, node: Inode) -> None:
+        self.by_id.pop(node.nodeid, None)
+        if self.by_key.get(node.key) is node:
+            del self.by_key[node.key]
+        if node.fd >= 0:
+            os.close(node.fd)
+            node.fd = -1
+            self.lru.pop(node.nodeid, None)
+
+    def _cache(self, node: Inode, fd: int) -> None:
+        node.fd = fd
+        lru = self.lru
+        lru[node.nodeid] = node
+        if len(lru) > self.fd_cache_size:
+            _, old = lru.popitem(last=False)
+            os.close(old.fd)
+            old.fd = -1
+
+    def _reopen(self, node: Inode, flags: int) -> int:
+        ref = node.ref
+        if type(ref) is bytes:
+            if node.mount is None:  # the root: its descriptor is pinned
+                raise OSError(errno.ESTALE, "root descriptor closed")
+            return self._by_handle(node.mount, ref, flags)
+        parent, name = ref  # type: ignore[misc]  # narrowed by the bytes test above
+        pfd = self.fd(parent)
+        fd = os.open(name, flags, dir_fd=pfd)
+        try:
+            st = self.statbuf.at(fd, b"", sc.AT_EMPTY_PATH | sc.AT_STATX_DONT_SYNC)
+        except BaseException:
+            os.close(fd)
+            raise
+        if key_of(st) != node.key:
+            os.close(fd)
+            raise OSError(errno.ESTALE, "file replaced behind serve-fs")
+        return fd
+
+    @staticmethod
+    def _by_handle(mount: Mount, handle: bytes, flags: int) -> int:
+        fd: int = sc.open_by_handle_at_raw(mount.fd, handle, flags)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return fd
+
+    def _name_to_handle(self, dirfd: int, name: bytes, flags: int) -> bytes | None:
+        fh = self._handle
+        fh.handle_bytes = sc.MAX_HANDLE_SZ
+        ret = sc.name_to_handle_at_raw(dirfd, name, self._handle_ptr, self._mount_id_ptr,
+                                       flags)
+        if ret < 0:
+            return None
+        return ctypes.string_at(self._handle_ptr, 8 + fh.handle_bytes)
+
+    def _probe_mount(self, mnt_id: int, parent_fd: int, name: bytes, mode: int) -> Mount | None:
+        """First sight of a mount: open a mount descriptor and check handles round-trip."""
+        mount: Mount | None = None
+        handle = self._name_to_handle(parent_fd, name, 0)
+        if handle is not None and (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+            try:
+                mfd = os.open(name, flags, dir_fd=parent_fd)
+            except OSError:
+                mfd = -1
+            if mfd >= 0:
+                candidate = Mount(mnt_id, mfd)
+                try:
+                    os.close(self._by_handle(candidate, handle, _O_PATH))
+                    mount = candidate
+                except OSError:
+                    os.close(mfd)
+        self.mounts[mnt_id] = mount
+        return mount

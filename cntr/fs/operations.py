@@ -1,0 +1,613 @@
+"""The pyfuse3 Operations of serve-fs: a passthrough of a host directory tree.
+
+Every request is answered with descriptor-relative syscalls on the host (statx, openat,
+open_by_handle_at, *at calls with AT_EMPTY_PATH, /proc/self/fd/N only where Linux has no
+*at form: chmod, truncate, xattrs).  Handlers never await: a request runs to completion
+before the next one is read, so there is no locking and no per-request thread.
+
+Owners and ids:
+- FUSE request contexts carry host ids (the kernel maps them into the mounter's user
+  namespace, the init one).  New files, directories, nodes and symlinks are created as
+  root and then chowned to the caller's ids (or to ``effective_user``); in a setgid
+  directory the group is inherited as the host would do it, and setuid/setgid bits cleared
+  by the chown are put back.
+- With a ``uid_map``/``gid_map`` (the container's /proc/PID/uid_map lines), getattr and
+  lookup replies report host id 0 as the container root's host id when 0 itself is not
+  mapped into the container, so the container's root sees the host's root-owned files as
+  its own instead of as the overflow id.  Nothing is mapped back: a chown from the session
+  stores exactly the host ids the kernel sent.
+
+Caveats:
+- lookups and readdir use statx(AT_STATX_DONT_SYNC): on network and FUSE filesystems the
+  attributes in those replies may be as old as the host's cache (getattr is synchronous);
+  it is what lets a lookup land on serve-fs's own mount without deadlocking on itself.
+- serve-fs's own mount (served root ``/`` on a mountpoint under ``/``) is hidden: lookups
+  of it give ENOENT and readdir leaves it out.  In ``fuse_fd`` mode the mount lives in
+  another mount namespace that host lookups do not reach (/proc/PID/root is served as the
+  symlink it is, never traversed by serve-fs).
+- statfs reports the filesystem of the served root (pyfuse3 does not pass the inode).
+- the kernel checks permissions (``default_permissions``) on mode bits; POSIX ACLs pass
+  through as xattrs but are only enforced with ``acl=True`` (FUSE_POSIX_ACL), which costs a
+  getxattr per inode.
+- writes by serve-fs run as root, so they do not clear setuid bits as a user's write would.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
+
+from cntr.fs.inodes import (
+    ATIME,
+    ATIME_NS,
+    BLKSIZE,
+    BLOCKS,
+    CTIME,
+    CTIME_NS,
+    GID,
+    MNT_ID,
+    MODE,
+    MTIME,
+    MTIME_NS,
+    NLINK,
+    RDEV_MAJ,
+    RDEV_MIN,
+    ROOT_INODE,
+    SIZE,
+    UID,
+    Inode,
+    InodeTable,
+    StatT,
+    key_of,
+)
+from cntr.linux import syscalls as sc
+
+log = logging.getLogger("cntr.fs")
+
+IdMap = list[tuple[int, int, int]]
+
+_NOFOLLOW = sc.AT_SYMLINK_NOFOLLOW
+_LOOKUP_FLAGS = sc.AT_SYMLINK_NOFOLLOW | sc.AT_STATX_DONT_SYNC
+_EMPTY = sc.AT_EMPTY_PATH
+_EMPTY_NOFOLLOW = sc.AT_EMPTY_PATH | sc.AT_SYMLINK_NOFOLLOW
+_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+_NS = 1_000_000_000
+_makedev = os.makedev
+
+
+def host_root_id(idmap: IdMap | None) -> int | None:
+    """The host id to show for host id 0, or None when 0 needs no translation.
+
+    That is the outside id of the container's inside id 0, used only when host id 0 is
+    not itself mapped into the container.
+    """
+    if not idmap:
+        return None
+    for _inside, outside, count in idmap:
+        if outside <= 0 < outside + count:
+            return None
+    for inside, outside, count in idmap:
+        if inside <= 0 < inside + count:
+            root = outside - inside
+            return root if root != 0 else None
+    return None
+
+
+class _Dir:
+    """An open directory: the inode and the listing taken at the first readdir."""
+
+    __slots__ = ("entries", "node")
+
+    def __init__(self, node: Inode) -> None:
+        self.node = node
+        self.entries: list[bytes] | None = None
+
+
+class Operations(pyfuse3.Operations):  # type: ignore[misc]  # pyfuse3's base is untyped
+    """Passthrough of the directory ``root_fd`` refers to (the table takes the descriptor)."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        root_fd: int,
+        *,
+        entry_timeout: float = 1.0,
+        attr_timeout: float = 1.0,
+        fd_cache_size: int = 2048,
+        uid_map: IdMap | None = None,
+        gid_map: IdMap | None = None,
+        effective_user: tuple[int, int] | None = None,
+        acl: bool = False,
+        use_handles: bool = True,
+        debug: bool = False,
+    ) -> None:
+        super().__init__()
+        if fd_cache_size < 4:
+            raise ValueError("fd_cache_size must be >= 4 (rename holds two descriptors)")
+        self.enable_acl = acl
+        self.table = InodeTable(root_fd, fd_cache_size=fd_cache_size, use_handles=use_handles)
+        self.statbuf = self.table.statbuf
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.root_uid = host_root_id(uid_map)
+        self.root_gid = host_root_id(gid_map)
+        self.effective_user = effective_user
+        #: mount ids of serve-fs's own mount(s): never served back into themselves
+        self.self_mount_ids: set[int] = set()
+        self._dirs: dict[int, _Dir] = {}
+        self._next_dir = 1
+        #: open file handle -> inode, for writable opens (to refresh the cache stamp)
+        self._writers: dict[int, Inode] = {}
+        self.debug = debug
+        if debug:
+            self._install_debug_logging()
+
+    # --- helpers ---------------------------------------------------------------------
+    def _entry(self, nodeid: int, st: StatT) -> EntryAttributes:
+        e = EntryAttributes()
+        e.st_ino = nodeid
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = st[MODE]
+        e.st_nlink = st[NLINK]
+        uid = st[UID]
+        e.st_uid = uid if uid or self.root_uid is None else self.root_uid
+        gid = st[GID]
+        e.st_gid = gid if gid or self.root_gid is None else self.root_gid
+        if st[RDEV_MAJ] or st[RDEV_MIN]:
+            e.st_rdev = _makedev(st[RDEV_MAJ], st[RDEV_MIN])
+        e.st_size = st[SIZE]
+        e.st_blocks = st[BLOCKS]
+        e.st_blksize = st[BLKSIZE]
+        e.st_atime_ns = st[ATIME] * _NS + st[ATIME_NS]
+        e.st_mtime_ns = st[MTIME] * _NS + st[MTIME_NS]
+        e.st_ctime_ns = st[CTIME] * _NS + st[CTIME_NS]
+        return e
+
+    def _error(self, exc: BaseException, op: str) -> FUSEError:
+        if isinstance(exc, FUSEError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno:
+            return FUSEError(exc.errno)
+        log.error("serve-fs: %s failed: %r", op, exc, exc_info=self.debug)
+        return FUSEError(errno.EIO)
+
+    def _node(self, nodeid: int) -> Inode:
+        node = self.table.by_id.get(nodeid)
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _reply_entry(self, parent: Inode, pfd: int, name: bytes) -> EntryAttributes:
+        """statx ``name`` (just created or linked), count a lookup, build the reply."""
+        st = self.statbuf.at(pfd, name, _NOFOLLOW)
+        node = self.table.learn(parent, pfd, name, st)
+        node.nlookup += 1
+        return self._entry(node.nodeid, st)
+
+    def _owner(self, ctx: RequestContext, pfd: int) -> tuple[int, int]:
+        """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
+        if self.effective_user is not None:
+            uid, gid = self.effective_user
+        else:
+            uid, gid = ctx.uid, ctx.gid
+        if os.stat(pfd).st_mode & stat.S_ISGID:
+            gid = -1
+        return uid, gid
+
+    def _chown_new(self, ctx: RequestContext, pfd: int, name: bytes, mode: int,
+                   fd: int = -1) -> None:
+        uid, gid = self._owner(ctx, pfd)
+        if uid == 0 and gid in (0, -1):
+            return
+        if fd >= 0:
+            os.fchown(fd, uid, gid)
+        else:
+            sc.fchownat(pfd, name, uid, gid, _NOFOLLOW)
+        # chown clears setuid/setgid on non-directories: put back what was asked for.
+        if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
+            if fd >= 0:
+                os.fchmod(fd, stat.S_IMODE(mode))
+            elif not stat.S_ISLNK(mode):
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=pfd, follow_symlinks=False)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def init(self) -> None:
+        pass
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        try:
+            forget = self.table.forget
+            for nodeid, nlookup in inode_list:
+                forget(nodeid, nlookup)
+        except Exception as exc:  # forget must not raise
+            log.error("serve-fs: forget failed: %r", exc)
+
+    # --- metadata --------------------------------------------------------------------
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: RequestContext) -> EntryAttributes:
+        try:
+            table = self.table
+            parent = table.by_id.get(parent_inode)
+            if parent is None:
+                raise FUSEError(errno.ESTALE)
+            pfd = table.fd(parent)
+            if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
+                st = self.statbuf.at(pfd, b"", _EMPTY)
+                parent.nlookup += 1
+                return self._entry(parent_inode, st)
+            st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
+            if st[MNT_ID] in self.self_mount_ids:
+                raise FUSEError(errno.ENOENT)
+            node = table.learn(parent, pfd, name, st)
+            node.nlookup += 1
+            return self._entry(node.nodeid, st)
+        except Exception as exc:
+            raise self._error(exc, "lookup") from None
+
+    async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        try:
+            node = self.table.by_id.get(inode)
+            if node is None:
+                raise FUSEError(errno.ESTALE)
+            st = self.statbuf.at(self.table.fd(node), b"", _EMPTY)
+            return self._entry(inode, st)
+        except Exception as exc:
+            raise self._error(exc, "getattr") from None
+
+    async def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+                      fh: int | None, ctx: RequestContext) -> EntryAttributes:
+        try:
+            node = self._node(inode)
+            fd = self.table.fd(node)
+            if fields.update_size:
+                if fh is not None:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    os.truncate(b"/proc/self/fd/%d" % fd, attr.st_size)
+            if fields.update_mode:
+                os.chmod(b"/proc/self/fd/%d" % fd, stat.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                sc.fchownat(fd, b"", uid, gid, _EMPTY_NOFOLLOW)
+            if fields.update_atime or fields.update_mtime:
+                atime = (divmod(attr.st_atime_ns, _NS) if fields.update_atime
+                         else (0, sc.UTIME_OMIT))
+                mtime = (divmod(attr.st_mtime_ns, _NS) if fields.update_mtime
+                         else (0, sc.UTIME_OMIT))
+                sc.utimensat(fd, b"", atime, mtime, _EMPTY_NOFOLLOW)
+            # update_ctime: any change above already set ctime; it cannot be set directly.
+            st = self.statbuf.at(fd, b"", _EMPTY)
+            return self._entry(inode, st)
+        except Exception as exc:
+            raise self._error(exc, "setattr") from None
+
+    async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        try:
+            return os.readlink(b"", dir_fd=self.table.fd(self._node(inode)))
+        except Exception as exc:
+            raise self._error(exc, "readlink") from None
+
+    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
+        try:
+            sv = os.statvfs(self.table.root.fd)
+            out = pyfuse3.StatvfsData()
+            for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                          "f_files", "f_ffree", "f_favail", "f_namemax"):
+                setattr(out, field, getattr(sv, field))
+            return out
+        except Exception as exc:
+            raise self._error(exc, "statfs") from None
+
+    async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+        # Mounted with default_permissions: the kernel checks modes and never asks.
+        return True
+
+    # --- namespace changes -----------------------------------------------------------
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        try:
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=pfd)
+            self._chown_new(ctx, pfd, name, mode)
+            return self._reply_entry(parent, pfd, name)
+        except Exception as exc:
+            raise self._error(exc, "mknod") from None
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        try:
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            os.mkdir(name, mode & ~ctx.umask, dir_fd=pfd)
+            self._chown_new(ctx, pfd, name, mode)
+            return self._reply_entry(parent, pfd, name)
+        except Exception as exc:
+            raise self._error(exc, "mkdir") from None
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: RequestContext) -> EntryAttributes:
+        try:
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            os.symlink(target, name, dir_fd=pfd)
+            self._chown_new(ctx, pfd, name, stat.S_IFLNK)
+            return self._reply_entry(parent, pfd, name)
+        except Exception as exc:
+            raise self._error(exc, "symlink") from None
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        try:
+            os.unlink(name, dir_fd=self.table.fd(self._node(parent_inode)))
+        except Exception as exc:
+            raise self._error(exc, "unlink") from None
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        try:
+            os.rmdir(name, dir_fd=self.table.fd(self._node(parent_inode)))
+        except Exception as exc:
+            raise self._error(exc, "rmdir") from None
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: RequestContext) -> None:
+        try:
+            table = self.table
+            old_parent = self._node(parent_inode_old)
+            new_parent = self._node(parent_inode_new)
+            ofd = table.fd(old_parent)
+            nfd = table.fd(new_parent)
+            sc.renameat2(ofd, name_old, nfd, name_new, flags)
+            # Inodes without file handles are found again by (parent, name): follow them.
+            moved = self.statbuf.at(nfd, name_new, _LOOKUP_FLAGS)
+            table.renamed(key_of(moved), new_parent, name_new)
+            if flags & sc.RENAME_EXCHANGE:
+                other = self.statbuf.at(ofd, name_old, _LOOKUP_FLAGS)
+                table.renamed(key_of(other), old_parent, name_old)
+        except Exception as exc:
+            raise self._error(exc, "rename") from None
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: RequestContext) -> EntryAttributes:
+        try:
+            table = self.table
+            node = self._node(inode)
+            new_parent = self._node(new_parent_inode)
+            fd = table.fd(node)
+            nfd = table.fd(new_parent)
+            sc.linkat(fd, b"", nfd, new_name, sc.AT_EMPTY_PATH)
+            return self._reply_entry(new_parent, nfd, new_name)
+        except Exception as exc:
+            raise self._error(exc, "link") from None
+
+    # --- files -----------------------------------------------------------------------
+    def _keep_cache(self, node: Inode, fd: int) -> bool:
+        """FOPEN_KEEP_CACHE when size and mtime match what the kernel last cached."""
+        st = os.fstat(fd)
+        stamp = (st.st_mtime_ns, st.st_size)
+        keep = node.stamp == stamp
+        node.stamp = stamp
+        return keep
+
+    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        try:
+            node = self._node(inode)
+            fd = self.table.open(node, flags & ~_OPEN_STRIP)
+            keep = self._keep_cache(node, fd)
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                self._writers[fd] = node
+            return FileInfo(fh=fd, keep_cache=keep)
+        except Exception as exc:
+            raise self._error(exc, "open") from None
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        try:
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC,
+                         mode & ~ctx.umask, dir_fd=pfd)
+            try:
+                self._chown_new(ctx, pfd, name, mode, fd)
+                st = self.statbuf.at(fd, b"", _EMPTY)
+                node = self.table.learn(parent, pfd, name, st)
+            except BaseException:
+                os.close(fd)
+                raise
+            node.nlookup += 1
+            node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                self._writers[fd] = node
+            return FileInfo(fh=fd, keep_cache=True), self._entry(node.nodeid, st)
+        except Exception as exc:
+            raise self._error(exc, "create") from None
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return os.pread(fh, size, off)
+        except Exception as exc:
+            raise self._error(exc, "read") from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            return os.pwrite(fh, buf, off)
+        except Exception as exc:
+            raise self._error(exc, "write") from None
+
+    async def flush(self, fh: int) -> None:
+        try:
+            # What close(2) of the caller's descriptor would do on the host (release POSIX
+            # locks, report delayed write errors), as libfuse's passthrough_ll does.
+            os.close(os.dup(fh))
+        except Exception as exc:
+            raise self._error(exc, "flush") from None
+
+    async def release(self, fh: int) -> None:
+        try:
+            node = self._writers.pop(fh, None)
+            if node is not None:
+                st = os.fstat(fh)
+                node.stamp = (st.st_mtime_ns, st.st_size)
+            os.close(fh)
+        except Exception as exc:
+            raise self._error(exc, "release") from None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        try:
+            if datasync:
+                os.fdatasync(fh)
+            else:
+                os.fsync(fh)
+        except Exception as exc:
+            raise self._error(exc, "fsync") from None
+
+    async def poll(self, inode: int, fh: int, ph: Any, ctx: RequestContext) -> int:
+        try:
+            p = select.poll()
+            p.register(fh, select.POLLIN | select.POLLOUT | select.POLLPRI)
+            events = p.poll(0)
+            return events[0][1] if events else 0
+        except Exception as exc:
+            raise self._error(exc, "poll") from None
+
+    # --- directories -----------------------------------------------------------------
+    async def opendir(self, inode: int, ctx: RequestContext) -> int:
+        try:
+            node = self._node(inode)
+            self.table.fd(node)  # fail now (ESTALE/ENOENT) rather than at readdir
+            fh = self._next_dir
+            self._next_dir = fh + 1
+            self._dirs[fh] = _Dir(node)
+            return fh
+        except Exception as exc:
+            raise self._error(exc, "opendir") from None
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        try:
+            d = self._dirs.get(fh)
+            if d is None:
+                raise FUSEError(errno.EBADF)
+            table = self.table
+            node = d.node
+            pfd = table.fd(node)
+            entries = d.entries
+            if entries is None or start_id == 0:
+                # One snapshot per pass: offsets are indexes into it, so they stay valid
+                # while the directory changes (new names show up at the next rewind).
+                entries = d.entries = [b".", b"..", *os.listdir(b"/proc/self/fd/%d" % pfd)]
+            statx = self.statbuf.at
+            learn = table.learn
+            entry = self._entry
+            reply = pyfuse3.readdir_reply
+            self_mounts = self.self_mount_ids
+            for i in range(start_id, len(entries)):
+                name = entries[i]
+                if i < 2:
+                    # "." and ".." take no lookup count (the kernel does not link them).
+                    e = EntryAttributes()
+                    e.st_ino = node.nodeid if i == 0 else ROOT_INODE
+                    e.st_mode = stat.S_IFDIR
+                    if not reply(token, name, e, i + 1):
+                        return
+                    continue
+                try:
+                    st = statx(pfd, name, _LOOKUP_FLAGS)
+                except OSError:
+                    continue  # removed since the snapshot
+                if st[MNT_ID] in self_mounts:
+                    continue
+                child = learn(node, pfd, name, st)
+                if not reply(token, name, entry(child.nodeid, st), i + 1):
+                    table.drop_if_unused(child)
+                    return
+                child.nlookup += 1
+        except Exception as exc:
+            raise self._error(exc, "readdir") from None
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        try:
+            d = self._dirs.get(fh)
+            if d is None:
+                raise FUSEError(errno.EBADF)
+            fd = self.table.open(d.node, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if datasync:
+                    os.fdatasync(fd)
+                else:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except Exception as exc:
+            raise self._error(exc, "fsyncdir") from None
+
+    # --- extended attributes ---------------------------------------------------------
+    # An O_PATH descriptor cannot be passed to f*xattr(2); /proc/self/fd/N, followed,
+    # resolves to the inode itself (a symlink stays the symlink, not its target).
+    def _xpath(self, inode: int) -> bytes:
+        return b"/proc/self/fd/%d" % self.table.fd(self._node(inode))
+
+    async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        try:
+            return os.getxattr(self._xpath(inode), name)
+        except Exception as exc:
+            raise self._error(exc, "getxattr") from None
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: RequestContext) -> None:
+        try:
+            os.setxattr(self._xpath(inode), name, value)
+        except Exception as exc:
+            raise self._error(exc, "setxattr") from None
+
+    async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
+        try:
+            return [os.fsencode(n) for n in os.listxattr(self._xpath(inode))]
+        except Exception as exc:
+            raise self._error(exc, "listxattr") from None
+
+    async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        try:
+            os.removexattr(self._xpath(inode), name)
+        except Exception as exc:
+            raise self._error(exc, "removexattr") from None
+
+    # --- debugging -------------------------------------------------------------------
+    def _install_debug_logging(self) -> None:
+        """Log every request and its outcome (instance attributes shadow the methods)."""
+        names = ("lookup", "getattr", "setattr", "readlink", "statfs", "access", "mknod",
+                 "mkdir", "symlink", "unlink", "rmdir", "rename", "link", "open", "create",
+                 "read", "write", "flush", "release", "fsync", "poll", "opendir", "readdir",
+                 "releasedir", "fsyncdir", "getxattr", "setxattr", "listxattr",
+                 "removexattr", "forget")
+        for name in names:
+            method = getattr(self, name)
+
+            def wrapper(*args: Any, _m: Any = method, _n: str = name) -> Any:
+                async def logged() -> Any:
+                    shown = [a for a in args if not isinstance(a, RequestContext | bytes)
+                             or (isinstance(a, bytes) and len(a) < 256)]
+                    try:
+                        result = await _m(*args)
+                    except FUSEError as e:
+                        log.debug("%s%r -> %s", _n, tuple(shown), errno.errorcode.get(
+                            e.errno, e.errno))
+                        raise
+                    log.debug("%s%r -> ok", _n, tuple(shown))
+                    return result
+                return logged()
+
+            setattr(self, name, wrapper)

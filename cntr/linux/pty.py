@@ -1,0 +1,121 @@
+"""A pseudo-terminal for interactive sessions, and the loop that relays it.
+
+The pty is allocated on the host; its slave becomes the session's controlling terminal
+(inside the container's namespaces an inherited descriptor works like any other), and
+the host terminal is put in raw mode while bytes are relayed both ways.  Window size
+changes (SIGWINCH) are copied to the pty.
+
+Caveats:
+- the relay ends when the session's process exits and its output is drained; a
+  background job still holding the slave keeps its output, which is not relayed after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import termios
+import tty
+from collections.abc import Iterator
+
+_BUF = 65536
+
+
+def open_pty(stdin_fd: int = 0) -> tuple[int, int]:
+    """A (master, slave) pair sized like the terminal on ``stdin_fd``."""
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    copy_winsize(stdin_fd, master)
+    return master, slave
+
+
+def copy_winsize(src: int, dst: int) -> None:
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+
+
+def make_controlling(slave: int) -> None:
+    """In the session's process: new session, ``slave`` as controlling tty and stdio."""
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """Raw mode on the terminal ``fd`` for the duration, restored afterwards."""
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    tty.setraw(fd, termios.TCSANOW)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def relay(master: int, pidfd: int, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
+    """Copy stdin -> master and master -> stdout until the process behind ``pidfd`` ends."""
+    old_winch = signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(stdin_fd, master))
+    stdin_open = True
+    try:
+        with raw_terminal(stdin_fd):
+            while True:
+                watch = [master, pidfd] + ([stdin_fd] if stdin_open else [])
+                try:
+                    ready, _, _ = select.select(watch, [], [])
+                except InterruptedError:
+                    continue
+                if master in ready:
+                    try:
+                        data = os.read(master, _BUF)
+                    except OSError as exc:
+                        if exc.errno != errno.EIO:
+                            raise
+                        data = b""
+                    if not data:
+                        break
+                    _write_all(stdout_fd, data)
+                if stdin_open and stdin_fd in ready:
+                    data = os.read(stdin_fd, _BUF)
+                    if data:
+                        _write_all(master, data)
+                    else:
+                        stdin_open = False
+                if pidfd in ready and master not in ready:
+                    _drain(master, stdout_fd)
+                    break
+    finally:
+        signal.signal(signal.SIGWINCH, old_winch)
+
+
+def _drain(master: int, stdout_fd: int) -> None:
+    os.set_blocking(master, False)
+    while True:
+        try:
+            data = os.read(master, _BUF)
+        except OSError:
+            return
+        if not data:
+            return
+        _write_all(stdout_fd, data)

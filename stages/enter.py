@@ -1,0 +1,455 @@
+"""``cntr enter``: build the nested container from a context and run a command in it.
+
+Three processes, as in the original cntr's "two-process dance" plus a server:
+
+- this process (host namespaces) checks the context, opens ``/dev/fuse``, starts
+  serve-fs, relays the pty, forwards signals and returns the command's exit status;
+- a *setup child*, single-threaded, joins the container's cgroups, builds the session's
+  mount namespace (``cntr.linux.mounts``), joins the uts, ipc, net, cgroup, pid, time and
+  user namespaces, forks the session process, waits for it and exits with its status;
+- the *session process* (in the container's pid namespace) limits its capabilities to
+  the container's, takes its ids and LSM label, and executes the command.
+
+Messages from the setup child and the session process come back on a pipe: ``M`` (the
+FUSE filesystem exists: serve-fs may start reading), ``P<pid>`` (the session's host pid),
+``W<text>`` (a warning) and ``E<text>`` (setup failed: nothing ran).  The pipe is
+close-on-exec, so its end-of-file means the command was executed or setup failed.
+
+Caveats:
+- the session stays alive, and serve-fs with it, while any process started in it runs
+  (``sleep 100 &``): the mount namespace lives until its last process exits.
+- ``--effective-user`` changes the owner of files the session creates on the host; the
+  session itself keeps the container's ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cntr.context import Context
+from cntr.errors import (
+    CntrError,
+    PermissionDenied,
+    SessionSetupError,
+    StaleContext,
+    Unsupported,
+    os_error,
+)
+from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
+
+DEFAULT_BASE_DIR = "/var/lib/cntr"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FUSE_DEVICE = "/dev/fuse"
+SETUP_TIMEOUT = 30.0
+"""Seconds serve-fs may take to start before enter gives up."""
+
+BOUND_FILES = (
+    "etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
+    "etc/localtime",
+)
+
+
+@dataclass
+class EnterOptions:
+    """How to enter; every field has the default a user gets from ``cntr attach``."""
+
+    command: Sequence[str] = ()
+    """the command and its arguments; empty: the caller's ``$SHELL`` (or ``/bin/sh``)."""
+    base_dir: str = field(default_factory=lambda: os.environ.get("CNTR_BASE_DIR")
+                          or DEFAULT_BASE_DIR)
+    """where the container's root appears in the session."""
+    effective_user: tuple[int, int] | None = None
+    """uid and gid that own files the session creates on the host."""
+    tty: bool | None = None
+    """allocate a pty; None: when stdin and stdout are terminals."""
+    container_root: bool = False
+    """run in the container's own root instead of the host's served tree (``cntr exec``)."""
+
+
+def verify(ctx: Context, proc: str = "/proc") -> None:
+    """Refuse a context whose process is gone or replaced; the message says which field."""
+    pid = ctx.pid
+    try:
+        start = procfs.read_start_time(pid, proc)
+    except (FileNotFoundError, ProcessLookupError):
+        raise StaleContext(
+            f"process {pid} of container {ctx.name or ctx.container_id} is gone "
+            "(the container exited or was restarted)") from None
+    boot = procfs.read_boot_id(proc)
+    if boot != ctx.boot_id:
+        raise StaleContext(f"the context was captured in another boot ({ctx.boot_id})")
+    if start != ctx.start_time:
+        raise StaleContext(
+            f"process {pid} is not the captured one: its start time differs "
+            "(the pid was reused or the container restarted)")
+    current = procfs.read_namespaces(pid, proc)
+    for kind, ino in ctx.namespaces.items():
+        if current.get(kind) != ino:
+            raise StaleContext(
+                f"process {pid} is in another {kind} namespace than when captured "
+                f"({ino} -> {current.get(kind)})")
+
+
+def check_host() -> None:
+    """The one-line failures that need no container: not root, no /dev/fuse."""
+    if os.geteuid() != 0:
+        raise PermissionDenied(
+            "cntr must run as root: it joins namespaces and mounts a FUSE filesystem")
+
+
+def open_fuse() -> int:
+    try:
+        return os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Unsupported(
+            f"{FUSE_DEVICE} is missing: load the fuse module (modprobe fuse) or, in a "
+            "container, pass the device in") from None
+    except OSError as exc:
+        raise os_error(f"open({FUSE_DEVICE})", exc) from None
+
+
+def session_env(ctx: Context, interactive: bool, base_dir: str) -> dict[str, str]:
+    """The container's environment; PATH extended with the host's so its tools are found."""
+    env = dict(ctx.env)
+    cpath = env.get("PATH") or DEFAULT_PATH
+    parts = cpath.split(":")
+    for p in os.environ.get("PATH", DEFAULT_PATH).split(":"):
+        if p and p not in parts:
+            parts.append(p)
+    env["PATH"] = ":".join(parts)
+    env["CNTR_CONTAINER_PATH"] = cpath
+    if base_dir != DEFAULT_BASE_DIR:
+        env["CNTR_BASE_DIR"] = base_dir
+    if interactive and "TERM" in os.environ:
+        env.setdefault("TERM", os.environ["TERM"])
+    return env
+
+
+def default_command() -> list[str]:
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    return [shell if os.path.exists(shell) else "/bin/sh"]
+
+
+_SERVE_CODE = """\
+import json, os, sys
+start_fd, fuse_fd, ready_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+uid_map, gid_map, euser = json.loads(sys.argv[4])
+from stages.serve_fs import serve_fs
+if os.read(start_fd, 1) != b"G":
+    sys.exit(0)
+os.close(start_fd)
+sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, uid_map=uid_map,
+                  gid_map=gid_map, effective_user=euser))
+"""
+
+
+@dataclass
+class _Server:
+    proc: subprocess.Popen[bytes]
+    start_w: int
+    ready_r: int
+
+
+def _spawn_serve_fs(fuse_fd: int, ctx: Context, opts: EnterOptions) -> _Server:
+    """Start serve-fs now so its imports overlap the namespace work; it waits for 'G'."""
+    start_r, start_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [
+        sys.executable, "-c", _SERVE_CODE, str(start_r), str(fuse_fd), str(ready_w),
+        json.dumps([ctx.uid_map, ctx.gid_map, opts.effective_user]),
+    ]
+    # A session of its own: a Ctrl-C meant for the session's command must not stop it.
+    proc = subprocess.Popen(
+        argv, pass_fds=(start_r, fuse_fd, ready_w), start_new_session=True,
+        stdin=subprocess.DEVNULL, env=env, cwd="/",
+    )
+    os.close(start_r)
+    os.close(ready_w)
+    return _Server(proc, start_w, ready_r)
+
+
+def _send(fd: int, tag: bytes, text: str = "") -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, tag + text.encode(errors="replace").replace(b"\n", b" ") + b"\n")
+
+
+def _fail(fd: int, what: str, exc: BaseException) -> None:
+    if isinstance(exc, OSError):
+        msg = str(os_error(what, exc))
+        if exc.filename and str(exc.filename) not in msg:
+            msg = f"{what}({exc.filename}): {msg.split(': ', 1)[1]}"
+    else:
+        msg = f"{what}: {exc}"
+    _send(fd, b"E", msg)
+
+
+@dataclass
+class _Plan:
+    """What the setup child and the session process work from (all inherited by fork)."""
+
+    ctx: Context
+    opts: EnterOptions
+    argv: list[str]
+    env: dict[str, str]
+    nsfds: namespaces.NamespaceFds
+    root_fd: int
+    """the container's root, opened in the host's mount namespace."""
+    fuse_fd: int | None
+    slave: int | None
+    """the pty's slave, when interactive."""
+    status_w: int
+    """the write end of the message pipe."""
+
+
+def _session_process(plan: _Plan) -> None:
+    """In the container's pid namespace: credentials, label, cwd, execve. Never returns."""
+    ctx, opts, argv, env, slave, status_w = (
+        plan.ctx, plan.opts, plan.argv, plan.env, plan.slave, plan.status_w)
+    step = "set up the session"
+    try:
+        if slave is not None:
+            step = "make the pty the controlling terminal"
+            pty.make_controlling(slave)
+        if ctx.no_new_privs:
+            syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+        step = "set the LSM label"
+        lsm.apply_label(lsm.Label(ctx.lsm, ctx.label))
+        step = "drop capabilities"
+        caps.drop_bounding(ctx.caps.bounding)
+        syscalls.prctl(syscalls.PR_SET_KEEPCAPS, 1)
+        step = "set groups"
+        # A user namespace with setgroups denied (user_namespaces(7)) refuses this; the
+        # container itself cannot change groups either.
+        with contextlib.suppress(PermissionError):
+            os.setgroups(ctx.groups)
+        step = f"setresgid({ctx.gid})"
+        os.setresgid(ctx.gid, ctx.gid, ctx.gid)
+        step = f"setresuid({ctx.uid})"
+        os.setresuid(ctx.uid, ctx.uid, ctx.uid)
+        step = "set capabilities"
+        caps.set_sets(ctx.caps.effective, ctx.caps.permitted, ctx.caps.inheritable,
+                      ctx.caps.ambient)
+        cwd = ctx.cwd if opts.container_root else os.path.join(
+            opts.base_dir, ctx.cwd.lstrip("/"))
+        try:
+            os.chdir(cwd)
+        except OSError:
+            os.chdir("/")
+        step = f"run {argv[0]}"
+        os.execvpe(argv[0], argv, env)
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit
+        if step.startswith("run ") and isinstance(exc, OSError):
+            _send(status_w, b"E", f"cannot run {argv[0]!r}: {exc.strerror}")
+            os._exit(127 if exc.errno == errno.ENOENT else 126)
+        _fail(status_w, step, exc)
+        os._exit(125)
+
+
+def _setup_child(plan: _Plan) -> None:
+    """The single-threaded setup child. Never returns."""
+    ctx, opts, fuse_fd, nsfds, root_fd, status_w = (
+        plan.ctx, plan.opts, plan.fuse_fd, plan.nsfds, plan.root_fd, plan.status_w)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    step = "join the container's cgroups"
+    try:
+        cgroups.join(ctx.cgroups, os.getpid())
+        mnt_fd = nsfds.fds.pop("mnt", None)
+        if opts.container_root:
+            step = "enter the container's root"
+            if mnt_fd is not None:
+                syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
+            os.fchdir(root_fd)
+            os.chroot(".")
+        else:
+            assert fuse_fd is not None and mnt_fd is not None
+            step = "build the session's mount namespace"
+            spec = mounts.SessionRoot(fuse_fd=fuse_fd, base_dir=opts.base_dir.strip("/"),
+                                      files=BOUND_FILES)
+
+            def mounted() -> None:
+                os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
+                _send(status_w, b"M")
+
+            mounts.build(spec, mnt_fd, root_fd, mounted)
+            for item in spec.skipped:
+                _send(status_w, b"W", f"not bound in the session: {item}")
+        os.close(root_fd)
+        step = "join the container's namespaces"
+        namespaces.join(nsfds, namespaces.JOIN_ORDER)
+        nsfds.close()
+        step = "fork the session process"
+        pid = os.fork()
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit
+        _fail(status_w, step, exc)
+        os._exit(125)
+    if pid == 0:
+        _session_process(plan)
+    _send(status_w, b"P", str(pid))
+    os.close(status_w)
+    if plan.slave is not None:
+        os.close(plan.slave)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(125)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+
+
+def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
+    """Run ``opts.command`` in a session inside the container; return its exit status.
+
+    A signal that ends the command gives 128+N, as a shell reports it.
+    """
+    opts = opts or EnterOptions()
+    check_host()
+    verify(ctx)
+    argv = list(opts.command) or default_command()
+    interactive = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
+    if opts.container_root:
+        env = dict(ctx.env)
+        if interactive and "TERM" in os.environ:
+            env.setdefault("TERM", os.environ["TERM"])
+    else:
+        env = session_env(ctx, interactive, opts.base_dir)
+
+    server: _Server | None = None
+    fuse_fd: int | None = None
+    if not opts.container_root:
+        fuse_fd = open_fuse()
+        try:
+            # The mount point of the container's root must exist in the served tree.
+            os.makedirs(opts.base_dir, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            os.close(fuse_fd)
+            raise os_error(f"create {opts.base_dir}", exc) from None
+    try:
+        nsfds = namespaces.open_namespaces(ctx.pid)
+        root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if fuse_fd is not None:
+            os.close(fuse_fd)
+        raise StaleContext(f"process {ctx.pid} exited") from None
+    if fuse_fd is not None:
+        server = _spawn_serve_fs(fuse_fd, ctx, opts)
+
+    master = slave = None
+    if interactive:
+        master, slave = pty.open_pty(0)
+    status_r, status_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(status_r)
+        _setup_child(_Plan(ctx, opts, argv, env, nsfds, root_fd, fuse_fd, slave, status_w))
+    os.close(status_w)
+    os.close(root_fd)
+    nsfds.close()
+    if slave is not None:
+        os.close(slave)
+    if fuse_fd is not None:
+        os.close(fuse_fd)
+    return _supervise(child, server, status_r, master)
+
+
+def _read_messages(status_r: int, server: _Server | None) -> tuple[list[str], int | None]:
+    """Read the setup messages until end-of-file; start serve-fs on 'M'."""
+    errors: list[str] = []
+    session_pid: int | None = None
+    buf = b""
+    with os.fdopen(status_r, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                tag, text = line[:1], line[1:].decode(errors="replace")
+                if tag == b"M" and server is not None:
+                    os.write(server.start_w, b"G")
+                    os.close(server.start_w)
+                    server.start_w = -1
+                elif tag == b"P":
+                    session_pid = int(text)
+                elif tag == b"W":
+                    print(f"cntr: warning: {text}", file=sys.stderr)
+                elif tag == b"E":
+                    errors.append(text)
+    return errors, session_pid
+
+
+def _supervise(child: int, server: _Server | None, status_r: int,
+               master: int | None) -> int:
+    session_pid: int | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        target = session_pid or child
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signum)
+
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    old = {s: signal.signal(s, forward) for s in handled}
+    try:
+        errors, session_pid = _read_messages(status_r, server)
+        if server is not None and server.start_w >= 0:
+            os.close(server.start_w)  # setup failed before mounting: serve-fs exits
+            server.start_w = -1
+        if master is not None and not errors:
+            pidfd = syscalls.pidfd_open(child)
+            try:
+                pty.relay(master, pidfd)
+            finally:
+                os.close(pidfd)
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(status)
+        if errors and code in (125, 126, 127):
+            if code == 125:
+                raise SessionSetupError(errors[0])
+            print(f"cntr: {errors[0]}", file=sys.stderr)
+        return 128 - code if code < 0 else code
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if master is not None:
+            os.close(master)
+        if server is not None:
+            _reap_server(server)
+
+
+def _reap_server(server: _Server) -> None:
+    """serve-fs exits when the session's namespace is gone; wait a little for it."""
+    if server.start_w >= 0:
+        os.close(server.start_w)
+    os.close(server.ready_r)
+    try:
+        server.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        # Processes left running in the session keep the filesystem in use.
+        print("cntr: serve-fs keeps serving processes still running in the session",
+              file=sys.stderr)
+
+
+def run_in_container(ctx: Context, command: Sequence[str]) -> int:
+    """``cntr exec ID -- CMD``: the command in the container's own root and environment."""
+    return enter(ctx, EnterOptions(command=command, container_root=True))
+
+
+__all__ = ["CntrError", "EnterOptions", "enter", "run_in_container", "verify"]

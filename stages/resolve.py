@@ -1,0 +1,30 @@
+"""``cntr resolve``: turn a container id, name or pid into a record naming its process.
+
+The engines are asked in the documented order (``cntr.engines.TYPES``) or only those
+given with ``-t``; the record carries the process's start time so later stages detect a
+pid that was reused.
+"""
+
+from __future__ import annotations
+
+from cntr import engines
+from cntr.context import Resolved
+from cntr.errors import NotFound
+from cntr.linux import procfs
+
+
+def resolve(ident: str, types: list[str] | None = None) -> Resolved:
+    match = engines.resolve(ident, types)
+    try:
+        start_time = procfs.read_start_time(match.pid)
+    except FileNotFoundError:
+        raise NotFound(
+            f"{match.engine} container {ident!r} has pid {match.pid}, which has exited"
+        ) from None
+    return Resolved(
+        engine=match.engine,
+        container_id=match.container_id,
+        name=match.name,
+        pid=match.pid,
+        start_time=start_time,
+    )

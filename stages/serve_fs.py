@@ -1,0 +1,70 @@
+"""Stage serve-fs: serve a host directory tree over FUSE until it is unmounted.
+
+``serve_fs()`` is what ``cntr serve-fs`` and ``attach`` call; it never touches click.
+Run standalone for tests and debugging::
+
+    python -m stages.serve_fs [--debug] ROOT MOUNTPOINT
+
+Caveats:
+- sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
+- pyfuse3 has one global session: one serve_fs() per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from cntr.errors import CntrError, os_error
+from cntr.fs.operations import IdMap, Operations
+from cntr.fs.server import serve
+
+
+def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | None = None,
+             ready_fd: int | None = None, uid_map: IdMap | None = None,
+             gid_map: IdMap | None = None,
+             effective_user: tuple[int, int] | None = None, debug: bool = False) -> int:
+    """Serve `root` until the filesystem is unmounted; returns an exit status (0 on clean unmount).
+
+    Exactly one of ``mountpoint`` (serve-fs mounts and unmounts it) and ``fuse_fd`` (a
+    /dev/fuse descriptor already mounted elsewhere) is given.  ``ready_fd`` receives one
+    byte ``b"R"`` and is closed once requests are being served.
+    """
+    if (mountpoint is None) == (fuse_fd is None):
+        raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_error(f"serve-fs: open({root})", exc) from exc
+    os.umask(0)
+    ops = Operations(root_fd, uid_map=uid_map, gid_map=gid_map,
+                     effective_user=effective_user, debug=debug)
+    try:
+        return serve(ops, mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
+                     debug=debug)
+    except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
+        raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
+
+
+def _main(argv: list[str]) -> int:
+    debug = "--debug" in argv
+    args = [a for a in argv if a != "--debug"]
+    ready_fd: int | None = None
+    if args and args[0].startswith("--ready-fd="):
+        ready_fd = int(args.pop(0).split("=", 1)[1])
+    if len(args) != 2:
+        print("usage: python -m stages.serve_fs [--debug] [--ready-fd=N] ROOT MOUNTPOINT",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(name)s: %(message)s")
+    try:
+        return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd, debug=debug)
+    except CntrError as exc:
+        print(f"cntr: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,127 @@
+"""Markers decided by feature checks, shared fixtures, and the CI rule: no silent skips.
+
+A test marked ``root``, ``fuse``, ``engine``, ``docker`` or ``podman`` is skipped with a
+precise reason when this machine lacks what it needs, except when ``CI`` (or
+``CNTR_MUST_WORK``) is set: then the missing requirement is a failure, so CI can never
+pass by skipping (as bubblewrap's BWRAP_MUST_WORK).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CNTR = [sys.executable, "-m", "cntr"]
+MUST_WORK = os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
+    os.environ.get("CNTR_MUST_WORK"))
+
+
+def _root_missing() -> str | None:
+    return None if os.geteuid() == 0 else "needs root"
+
+
+def _fuse_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    return None
+
+
+CHECKS = {"root": _root_missing, "fuse": _fuse_missing}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name, check in CHECKS.items():
+        if item.get_closest_marker(name) is None:
+            continue
+        reason = check()
+        if reason:
+            if MUST_WORK:
+                pytest.fail(f"{reason} (CI: a skip here would hide a failure)")
+            pytest.skip(reason)
+
+
+def require(reason: str | None) -> None:
+    """Skip (or, in CI, fail) when ``reason`` says something is missing."""
+    if reason:
+        if MUST_WORK:
+            pytest.fail(f"{reason} (CI: a skip here would hide a failure)")
+        pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Container:
+    """A running container the tests attach to."""
+
+    engine: str
+    """demo, docker, podman, ..."""
+    ident: str
+    """what a user types: a name, or the pid for the demo."""
+    pid: int
+    """host pid of its main process."""
+    hostname: str
+    env_var: tuple[str, str]
+    """a variable set in the container's environment, and its value."""
+
+
+def run_cntr(*args: str, input: bytes | None = None, timeout: float = 60,
+             **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CNTR, *args], input=input, capture_output=True, timeout=timeout,
+                          cwd=REPO, **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def demo() -> Iterator[Container]:
+    require(_root_missing())
+    out = subprocess.run([REPO / "scripts/demo", "start"], capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        pytest.fail(f"demo container did not start: {out.stderr}")
+    pid = int(out.stdout.split()[-1])
+    yield Container("demo", str(pid), pid, "cntr-demo", ("CNTR_DEMO", "hello"))
+    subprocess.run([REPO / "scripts/demo", "stop"], timeout=60, check=False)
+
+
+def engine_container(engine: str) -> Container:
+    """Start ``engine`` and its test container through scripts/engines."""
+    require(_root_missing())
+    if shutil.which({"docker": "dockerd"}.get(engine, engine)) is None and engine != "nspawn":
+        require(f"{engine} is not installed (scripts/setup --engines installs it)")
+    start = subprocess.run([REPO / "scripts/engines", "start", engine], capture_output=True,
+                           text=True, timeout=600)
+    if start.returncode != 0:
+        require(f"{engine} did not start: {start.stderr.strip()[-500:]}")
+    out = subprocess.run([REPO / "scripts/engines", "pid", engine], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        require(f"{engine} test container has no pid: {out.stderr.strip()}")
+    pid = int(out.stdout.split()[-1])
+    return Container(engine, f"cntr-test-{engine}", pid, f"cntr-{engine}",
+                     ("CNTR_TEST_VAR", engine))
+
+
+@pytest.fixture(scope="session")
+def docker_container() -> Container:
+    return engine_container("docker")
+
+
+@pytest.fixture(scope="session")
+def podman_container() -> Container:
+    return engine_container("podman")
+
+
+@pytest.fixture(params=["demo", "docker", "podman"])
+def container(request: pytest.FixtureRequest) -> Container:
+    """Each kind of container issue 2 names: the demo, docker and podman."""
+    name = {"demo": "demo", "docker": "docker_container", "podman": "podman_container"}
+    c: Container = request.getfixturevalue(name[request.param])
+    return c

@@ -1,0 +1,167 @@
+"""resolve() against real engines: the test containers of scripts/engines, found by name, full id
+and id prefix, must give the pid the engine itself reports, and that pid must be the container's
+(its hostname and its CNTR_TEST_VAR).
+
+Needs root and the engines' Debian packages; a session-scoped fixture runs
+`scripts/engines start ENGINE` once per engine (idempotent: running engines are reused) and
+leaves them running (`scripts/engines stop all` stops them).  A missing package or a failed start
+skips that engine's tests with the reason; CI's conftest turns such skips into failures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cntr.engines import make, resolve
+from cntr.errors import NotFound
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "engines"
+
+#: engine -> (the binary it needs, whether its ids are hex ids distinct from names,
+#:            whether it sets the hostname to cntr-ENGINE)
+ENGINES = {
+    "docker": ("dockerd", True, True),
+    "podman": ("podman", True, True),
+    "containerd": ("containerd", False, False),
+    "kubernetes": ("containerd", False, False),
+    "lxc": ("lxc-start", False, True),
+    "lxd": ("lxd", False, True),
+    "nspawn": ("systemd-nspawn", False, True),
+}
+#: the engine `scripts/engines start` needs for each type
+STARTER = {"kubernetes": "containerd"}
+#: the name each test container answers to
+NAMES = {"kubernetes": "k8s:default/cntr-test-pod/main"}
+
+pytestmark = [pytest.mark.root, pytest.mark.engine]
+
+
+def _marks(engine: str) -> list[pytest.MarkDecorator]:
+    return [getattr(pytest.mark, engine)] if engine in ("docker", "podman") else []
+
+
+def _params(engines: list[str]) -> list[object]:
+    return [pytest.param(e, marks=_marks(e), id=e) for e in engines]
+
+
+@pytest.fixture(scope="session")
+def started() -> Callable[[str], int]:
+    """started(engine) -> the pid the engine reports for cntr-test-ENGINE, starting it once."""
+    cache: dict[str, int | str] = {}
+
+    def start(engine: str) -> int:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to start container engines")
+        binary = ENGINES[engine][0]
+        if shutil.which(binary) is None:
+            pytest.skip(f"{engine}: {binary} not installed")
+        starter = STARTER.get(engine, engine)
+        if starter not in cache:
+            res = subprocess.run([str(SCRIPT), "start", starter], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, timeout=300, check=False)
+            cache[starter] = "" if res.returncode == 0 else (res.stderr.strip() or res.stdout)
+        if cache[starter]:
+            pytest.skip(f"scripts/engines start {starter} failed: {cache[starter]}")
+        res = subprocess.run([str(SCRIPT), "pid", engine], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=60, check=False)
+        if res.returncode != 0 or not res.stdout.strip().isdigit():
+            pytest.fail(f"scripts/engines pid {engine}: {res.stdout!r} {res.stderr!r}")
+        return int(res.stdout.strip())
+
+    return start
+
+
+def _container_checks(engine: str, pid: int) -> None:
+    """The pid is the test container's main process: its env and its hostname say so."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"CNTR_TEST_VAR={engine}".encode() in environ
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    if engine in ("docker", "podman"):
+        # both bind-mount a generated /etc/hostname into the container
+        assert Path(f"/proc/{pid}/root/etc/hostname").read_text().strip() == f"cntr-{engine}"
+    if ENGINES[engine][2]:
+        uts = subprocess.run(["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        assert uts == f"cntr-{engine}"
+
+
+@pytest.mark.parametrize("engine", _params(list(ENGINES)))
+def test_resolve_by_name(engine: str, started: Callable[[str], int]) -> None:
+    pid = started(engine)
+    name = NAMES.get(engine, f"cntr-test-{engine}")
+    m = resolve(name)
+    assert (m.engine, m.pid) == (engine, pid)
+    assert resolve(name, [engine]) == m
+    _container_checks(engine, m.pid)
+
+
+@pytest.mark.parametrize("engine", _params(list(ENGINES)))
+def test_resolve_by_full_id(engine: str, started: Callable[[str], int]) -> None:
+    pid = started(engine)
+    m = resolve(NAMES.get(engine, f"cntr-test-{engine}"), [engine])
+    by_id = resolve(m.container_id, [engine])
+    assert by_id.pid == pid
+    assert by_id.container_id == m.container_id
+
+
+@pytest.mark.parametrize("engine", _params([e for e, v in ENGINES.items() if v[1]]))
+def test_resolve_by_id_prefix(engine: str, started: Callable[[str], int]) -> None:
+    pid = started(engine)
+    m = resolve(f"cntr-test-{engine}", [engine])
+    assert resolve(m.container_id[:12], [engine]).pid == pid
+    assert resolve(m.container_id[:12]).pid == pid  # all types: the same process counts once
+
+
+@pytest.mark.parametrize("engine", _params(list(ENGINES)))
+def test_list_has_the_test_container(engine: str, started: Callable[[str], int]) -> None:
+    pid = started(engine)
+    assert pid in [m.pid for m in make(engine).list()]
+
+
+@pytest.mark.parametrize("engine", _params(list(ENGINES)))
+def test_pid_resolves_to_process_id(engine: str, started: Callable[[str], int]) -> None:
+    pid = started(engine)
+    m = resolve(str(pid))
+    assert (m.engine, m.pid, m.container_id) == ("process_id", pid, str(pid))
+
+
+@pytest.mark.parametrize("engine", _params(["docker", "podman"]))
+def test_lookup_is_fast(engine: str, started: Callable[[str], int]) -> None:
+    started(engine)
+    t0 = time.monotonic()
+    resolve(f"cntr-test-{engine}")
+    assert time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.parametrize("engine", _params(["docker", "podman"]))
+def test_stopped_container_is_not_running(engine: str, started: Callable[[str], int]) -> None:
+    started(engine)
+    cli = ["/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"]
+    if engine == "podman":
+        cli = ["podman", "--cgroup-manager=cgroupfs", "--runtime", "runc"]
+    image = "cntr-busybox:test" if engine == "docker" else "localhost/cntr-busybox:test"
+    name = f"cntr-test-{engine}-stopped"
+    subprocess.run([*cli, "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run([*cli, "create", "--name", name, image, "/bin/true"], capture_output=True,
+                   check=True, timeout=60)
+    try:
+        with pytest.raises(NotFound, match=f"{engine}: container '{name}' is not running"):
+            resolve(name)
+    finally:
+        subprocess.run([*cli, "rm", "-f", name], capture_output=True, check=False, timeout=60)
+
+
+def test_unknown_name_says_what_engines_answered(started: Callable[[str], int]) -> None:
+    started("docker")
+    with pytest.raises(NotFound) as info:
+        resolve("cntr-test-no-such-container")
+    msg = str(info.value)
+    assert "docker: no such container" in msg and "podman:" in msg and "lxc:" in msg
