@@ -198,9 +198,12 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
               "stdin and stdout are terminals).")
+@click.option("--dry-run", is_flag=True, help="Print the ordered plan; do none of it.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="Format of the --dry-run plan.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(context_file: str | None, effective_user: str | None, tty: bool | None,
-          command: tuple[str, ...]) -> None:
+          dry_run: bool, fmt: str, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -208,21 +211,70 @@ def enter(context_file: str | None, effective_user: str | None, tty: bool | None
         from stages.enter import enter as do_enter
 
         if context_file:
-            try:
-                with open(context_file, "rb") as f:
-                    raw = context.read_stream(f)
-            except OSError as exc:
-                raise BadInput(f"cannot read {context_file}: {exc.strerror}") from None
-            ctx = context.decode(context.Context, raw, context_file)
+            ctx = _read_context_file(context_file)
         else:
             if sys.stdin.isatty():
                 raise BadInput("enter reads a context on stdin or from --context FILE")
             ctx = context.decode(context.Context, context.read_stream(sys.stdin.buffer),
                                  "stdin")
-            _reopen_stdin()
-        return do_enter(ctx, _enter_options(command, effective_user, tty))
+            if not dry_run:
+                _reopen_stdin()
+        opts = _enter_options(command, effective_user, tty)
+        if dry_run:
+            from stages.enter import describe, verify
+
+            verify(ctx)
+            _print_plan(describe(ctx, opts), fmt)
+            return 0
+        return do_enter(ctx, opts)
 
     _run("enter", run)
+
+
+def _read_context_file(path: str) -> Any:
+    from cntr import context
+
+    try:
+        with open(path, "rb") as f:
+            raw = context.read_stream(f)
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    return context.decode(context.Context, raw, path)
+
+
+def _print_plan(steps: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(steps, indent=2))
+        return
+    def show(v: Any) -> str:
+        if isinstance(v, dict):
+            return " ".join(f"{k}={show(x)}" for k, x in v.items())
+        if isinstance(v, list | tuple):
+            return ",".join(show(x) for x in v) or "-"
+        return str(v)
+
+    for i, step in enumerate(steps, 1):
+        fields = "  ".join(f"{k}: {show(v)}" for k, v in step.items() if k != "step")
+        click.echo(f"{i:2}. {step['step']} {fields}".rstrip())
+
+
+@main.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+def diff(before: str, after: str) -> None:
+    """What changed between two saved contexts; exit 0 when nothing did, 1 otherwise."""
+
+    def run() -> int:
+        from stages.diff import diff as do_diff
+
+        lines = do_diff(_read_context_file(before), _read_context_file(after))
+        for line in lines:
+            click.echo(line)
+        return 1 if lines else 0
+
+    _run("diff", run)
 
 
 def _reopen_stdin() -> None:

@@ -32,11 +32,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 from cntr.context import Context
 from cntr.errors import (
-    CntrError,
     PermissionDenied,
     SessionSetupError,
     StaleContext,
@@ -337,8 +337,12 @@ def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
             os.close(fuse_fd)
             raise os_error(f"create {opts.base_dir}", exc) from None
     try:
-        nsfds = namespaces.open_namespaces(ctx.pid)
         root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            nsfds = namespaces.open_namespaces(ctx.pid)
+        except BaseException:
+            os.close(root_fd)
+            raise
     except FileNotFoundError:
         if fuse_fd is not None:
             os.close(fuse_fd)
@@ -452,4 +456,66 @@ def run_in_container(ctx: Context, command: Sequence[str]) -> int:
     return enter(ctx, EnterOptions(command=command, container_root=True))
 
 
-__all__ = ["CntrError", "EnterOptions", "enter", "run_in_container", "verify"]
+
+
+def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, Any]]:
+    """The ordered plan ``enter`` would carry out, without doing any of it (--dry-run)."""
+    opts = opts or EnterOptions()
+    argv = list(opts.command) or default_command()
+    interactive = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
+    env = dict(ctx.env) if opts.container_root else session_env(ctx, interactive,
+                                                                 opts.base_dir)
+    mounts_info = cgroups.cgroup_mounts(procfs.read_bytes("/proc/self/mountinfo").decode())
+    own = procfs.read_namespaces(os.getpid())
+    steps: list[dict[str, Any]] = [
+        {"step": "verify", "pid": ctx.pid, "start_time": ctx.start_time,
+         "boot_id": ctx.boot_id, "namespaces": ctx.namespaces},
+    ]
+    if not opts.container_root:
+        steps += [
+            {"step": "open", "path": FUSE_DEVICE},
+            {"step": "mkdir", "path": opts.base_dir, "where": "host"},
+            {"step": "serve-fs", "root": "/", "uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
+             "effective_user": opts.effective_user},
+        ]
+    steps.append({"step": "join-cgroups",
+                  "paths": cgroups.cgroup_dirs(ctx.cgroups, mounts_info)})
+    if "mnt" in ctx.namespaces and ctx.namespaces["mnt"] != own.get("mnt"):
+        steps.append({"step": "setns", "namespace": "mnt", "inode": ctx.namespaces["mnt"]})
+    if opts.container_root:
+        steps.append({"step": "chroot", "path": ctx.root})
+    else:
+        base = opts.base_dir
+        steps += [
+            {"step": "unshare", "namespace": "mnt", "propagation": "private"},
+            {"step": "mount", "source": "fuse.cntr (serve-fs: the host's /)", "target": "/"},
+            {"step": "bind", "source": f"{ctx.root} (container /)", "target": base,
+             "recursive": True},
+        ]
+        steps += [{"step": "bind", "source": f"container /{d}", "target": f"/{d}",
+                   "recursive": True} for d in mounts.MOUNT_DIRS]
+        steps += [{"step": "bind", "source": f"container /{f}", "target": f"/{f}"}
+                  for f in BOUND_FILES if ctx.files.get(f) is not None]
+        steps.append({"step": "pivot_root", "path": "/"})
+    for kind in namespaces.JOIN_ORDER:
+        if kind in ctx.namespaces and ctx.namespaces[kind] != own.get(kind):
+            steps.append({"step": "setns", "namespace": kind, "inode": ctx.namespaces[kind]})
+    steps.append({"step": "fork"})
+    full = (1 << (syscalls.cap_last_cap() + 1)) - 1
+    steps += [
+        {"step": "capabilities", "drop_bounding": caps.names(full & ~ctx.caps.bounding),
+         "effective": caps.names(ctx.caps.effective),
+         "permitted": caps.names(ctx.caps.permitted),
+         "inheritable": caps.names(ctx.caps.inheritable),
+         "ambient": caps.names(ctx.caps.ambient), "no_new_privs": ctx.no_new_privs},
+        {"step": "ids", "uid": ctx.uid, "gid": ctx.gid, "groups": ctx.groups},
+    ]
+    if ctx.lsm and ctx.label:
+        steps.append({"step": "lsm-label", "lsm": ctx.lsm, "label": ctx.label})
+    cwd = ctx.cwd if opts.container_root else os.path.join(opts.base_dir,
+                                                           ctx.cwd.lstrip("/"))
+    steps += [
+        {"step": "chdir", "path": cwd},
+        {"step": "exec", "argv": argv, "env": env, "pty": interactive},
+    ]
+    return steps

@@ -97,7 +97,7 @@ def _ask(engine: Engine, ident: str) -> tuple[list[Match], str]:
         found = engine.lookup(ident)
     except EngineError as exc:
         return [], str(exc).removeprefix(f"{engine.name}: ")
-    except Exception as exc:  # a bug in one engine must not hide the others' answers
+    except Exception as exc:  # noqa: BLE001 (a bug in one engine must not hide the others')
         return [], f"internal error: {exc!r}"
     return found, "" if found else engine.reason
 
@@ -123,6 +123,8 @@ def resolve(ident: str, types: list[str] | None = None) -> Match:
         if "kubernetes" not in names:
             raise NotFound(f"no container '{ident}': k8s: names need the kubernetes type")
         names = ["kubernetes"]
+    elif "kubernetes" in names and len(names) > 1:
+        names.remove("kubernetes")  # it only answers to k8s: names
     answers: dict[str, str] = {}
     if "process_id" in names:
         found, answers["process_id"] = _ask(make("process_id"), ident)

@@ -175,6 +175,11 @@ def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int
     return proc.returncode, out, err
 
 
+def reason_of(exc: OSError) -> str:
+    """An OSError's text without its errno number: "Connection refused", "timed out"."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def first_line(text: str) -> str:
     """The first non-empty line of a tool's message, without a leading 'Error: '."""
     for raw in text.splitlines():

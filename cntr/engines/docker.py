@@ -31,6 +31,7 @@ from cntr.engines.base import (
     NotRunning,
     api_message,
     first_line,
+    reason_of,
     run_tool,
     unix_http_json,
 )
@@ -77,7 +78,8 @@ def parse_inspect_list(text: str, engine: str) -> list[Match]:
     except ValueError as exc:
         raise EngineError(f"{engine}: inspect printed no JSON: {text[:80]!r}") from exc
     if not isinstance(data, list):
-        raise EngineError(f"{engine}: expected a JSON array from inspect, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise EngineError(f"{engine}: expected a JSON array from inspect, got {kind}")
     return [parse_inspect(obj, engine) for obj in data]
 
 
@@ -192,7 +194,7 @@ class DockerCompatEngine(BaseEngine):
             try:
                 return self.api_lookup(ident)
             except OSError as exc:
-                api_error = f"{self.socket_path}: {exc.strerror or exc!r}"
+                api_error = f"{self.socket_path}: {reason_of(exc)}"
         found = self.cli_lookup(ident)
         if found is None:
             if api_error is not None:

@@ -274,7 +274,8 @@ class InodeTable:
             if node.mount is None:  # the root: its descriptor is pinned
                 raise OSError(errno.ESTALE, "root descriptor closed")
             return self._by_handle(node.mount, ref, flags)
-        parent, name = ref  # type: ignore[misc]  # narrowed by the bytes test above
+        assert isinstance(ref, tuple)
+        parent, name = ref
         pfd = self.fd(parent)
         fd = os.open(name, flags, dir_fd=pfd)
         try:

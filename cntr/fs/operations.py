@@ -1,3 +1,4 @@
+# ruff: noqa: BLE001  # every handler turns any exception into a FUSEError (pyfuse3 contract)
 """The pyfuse3 Operations of serve-fs: a passthrough of a host directory tree.
 
 Every request is answered with descriptor-relative syscalls on the host (statx, openat,
@@ -111,7 +112,7 @@ class _Dir:
         self.entries: list[bytes] | None = None
 
 
-class Operations(pyfuse3.Operations):  # type: ignore[misc]  # pyfuse3's base is untyped
+class Operations(pyfuse3.Operations):
     """Passthrough of the directory ``root_fd`` refers to (the table takes the descriptor)."""
 
     supports_dot_lookup = True
@@ -360,8 +361,9 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]  # pyfuse3's base is
         except Exception as exc:
             raise self._error(exc, "rmdir") from None
 
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: RequestContext) -> None:
+    async def rename(  # noqa: PLR0917  # pyfuse3's signature
+            self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+            name_new: bytes, flags: int, ctx: RequestContext) -> None:
         try:
             table = self.table
             old_parent = self._node(parent_inode_old)
@@ -392,21 +394,23 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]  # pyfuse3's base is
             raise self._error(exc, "link") from None
 
     # --- files -----------------------------------------------------------------------
-    def _keep_cache(self, node: Inode, fd: int) -> bool:
-        """FOPEN_KEEP_CACHE when size and mtime match what the kernel last cached."""
-        st = os.fstat(fd)
-        stamp = (st.st_mtime_ns, st.st_size)
-        keep = node.stamp == stamp
-        node.stamp = stamp
-        return keep
-
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         try:
             node = self._node(inode)
             fd = self.table.open(node, flags & ~_OPEN_STRIP)
-            keep = self._keep_cache(node, fd)
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 self._writers[fd] = node
+            st = os.fstat(fd)
+            size = st.st_size
+            if size == 0:
+                # procfs and friends report size 0 for files with contents: read them
+                # through serve-fs, not through a page cache that believes the size.
+                node.stamp = None
+                return FileInfo(fh=fd, direct_io=True, keep_cache=False)
+            # FOPEN_KEEP_CACHE only when size and mtime match what the kernel cached.
+            stamp = (st.st_mtime_ns, size)
+            keep = node.stamp == stamp
+            node.stamp = stamp
             return FileInfo(fh=fd, keep_cache=keep)
         except Exception as exc:
             raise self._error(exc, "open") from None

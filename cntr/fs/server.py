@@ -33,7 +33,9 @@ def fuse_options() -> set[str]:
     """pyfuse3's defaults plus what a shared passthrough needs.
 
     ``default_permissions``: the kernel checks modes (serve-fs runs as root);
-    ``allow_other``: the session's users are not the mounter.
+    ``allow_other``: the session's users are not the mounter.  libfuse's ``nosuid`` and
+    ``nodev`` stay: with the uid translation a container root owns the host's root files in
+    the kernel's eyes, and must not get the host's block devices or setuid programs with it.
     """
     opts = set(pyfuse3.default_options)
     opts |= {"allow_other", "default_permissions", "fsname=cntr", "subtype=cntr"}

@@ -41,9 +41,19 @@ def cntr_processes() -> list[str]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "serve_fs" in cmd or "-m cntr" in cmd or "/bin/cntr " in cmd:
+        # enter's serve-fs (python -c "... from stages.serve_fs import serve_fs ...") and
+        # the cntr command itself; other serve-fs instances (tests of their own) are not ours
+        if "from stages.serve_fs import serve_fs" in cmd or " -m cntr " in cmd:
             found.append(f"{entry}: {cmd}")
     return found
+
+
+def ns_pid(pid: int) -> int:
+    """The pid of a host process inside its own pid namespace."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise AssertionError(f"no NSpid for {pid}")
 
 
 def snapshot(c: Container) -> dict[str, object]:
@@ -76,7 +86,8 @@ def test_host_tool_runs_in_session(container: Container) -> None:
 
 
 def test_hostname_and_files_are_the_containers(container: Container) -> None:
-    lines = sh(container, "hostname; cat /var/lib/cntr/etc/hostname; cat /etc/hostname")
+    lines = sh(container, 'hostname; echo "$(cat /var/lib/cntr/etc/hostname)"; '
+                          'echo "$(cat /etc/hostname)"')
     assert lines.split() == [container.hostname] * 3
 
 
@@ -98,10 +109,10 @@ def test_namespaces_are_the_containers(container: Container) -> None:
 
 
 def test_ps_shows_the_containers_processes(container: Container) -> None:
-    nspid = Path(f"/proc/{container.pid}/status").read_text().split("NSpid:")[1].split()[-1]
+    nspid = ns_pid(container.pid)
     out = sh(container, "ls /proc | grep -E '^[0-9]+$'; echo self $$")
     pids = {int(x) for x in out.split() if x.isdigit()}
-    assert int(nspid) in pids
+    assert nspid in pids
     # Only the container's pid namespace: far fewer than the host's processes, and the
     # session itself has a small pid there.
     host_pids = {int(x) for x in os.listdir("/proc") if x.isdigit()}
@@ -110,7 +121,7 @@ def test_ps_shows_the_containers_processes(container: Container) -> None:
 
 
 def test_session_is_in_the_containers_cgroups(container: Container) -> None:
-    nspid = Path(f"/proc/{container.pid}/status").read_text().split("NSpid:")[1].split()[-1]
+    nspid = ns_pid(container.pid)
     out = sh(container, f"cat /proc/self/cgroup; echo ===; cat /proc/{nspid}/cgroup")
     mine, theirs = out.split("===\n")
     assert mine.strip() and mine == theirs
@@ -168,17 +179,18 @@ def test_exec_inside_a_session(container: Container) -> None:
 
 def test_nothing_left_behind_and_container_untouched(container: Container) -> None:
     before = snapshot(container)
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*CNTR, "attach", container.ident, "--", "/bin/sh", "-c",
          "echo ready; read line; echo $line > /tmp/cntr-written; echo done"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline() == b"ready\n"
-    during = mount_points(container.pid)
-    proc.stdin.write(b"hello\n")
-    proc.stdin.close()
-    assert proc.stdout.read() == b"done\n"
-    assert proc.wait(timeout=30) == 0
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == b"ready\n"
+        during = mount_points(container.pid)
+        proc.stdin.write(b"hello\n")
+        proc.stdin.close()
+        assert proc.stdout.read() == b"done\n"
+        assert proc.wait(timeout=30) == 0
     # The file the session wrote went to the host's /tmp (served), not the container's.
     written = Path("/tmp/cntr-written")
     assert written.read_text() == "hello\n"
@@ -205,14 +217,19 @@ def test_pipeline_of_stages_matches_attach(container: Container) -> None:
 
 
 def test_interactive_session_gets_a_pty(demo: Container) -> None:
+    import fcntl
     import pty
+    import struct
+    import termios
 
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(REPO)
         os.execv(CNTR[0], [*CNTR, "attach", demo.ident, "--", "/bin/sh"])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     out = b""
-    os.write(fd, b"tty; stty size; echo marker-$((6*7)); exit 5\n")
+    os.write(fd, b"test -t 0 && test -t 1 && echo tty-$((1+1)); stty size; "
+                 b"echo marker-$((6*7)); exit 5\n")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -225,4 +242,5 @@ def test_interactive_session_gets_a_pty(demo: Container) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 5, out
     assert b"marker-42" in out
-    assert b"/dev/pts/" in out  # the session has a terminal of its own
+    assert b"tty-2" in out  # stdin and stdout are a terminal
+    assert b"33 101" in out  # of the caller's size

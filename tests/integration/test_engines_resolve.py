@@ -5,7 +5,8 @@ and id prefix, must give the pid the engine itself reports, and that pid must be
 Needs root and the engines' Debian packages; a session-scoped fixture runs
 `scripts/engines start ENGINE` once per engine (idempotent: running engines are reused) and
 leaves them running (`scripts/engines stop all` stops them).  A missing package or a failed start
-skips that engine's tests with the reason; CI's conftest turns such skips into failures.
+skips that engine's tests with the reason, or fails them when CI (or CNTR_MUST_WORK) is set, as
+tests/conftest.py does.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ STARTER = {"kubernetes": "containerd"}
 NAMES = {"kubernetes": "k8s:default/cntr-test-pod/main"}
 
 pytestmark = [pytest.mark.root, pytest.mark.engine]
+#: as tests/conftest.py: in CI a missing engine fails instead of skipping
+MUST_WORK = os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
+    os.environ.get("CNTR_MUST_WORK"))
+
+
+def _require(reason: str) -> None:
+    if MUST_WORK:
+        pytest.fail(f"{reason} (CI: a skip here would hide a failure)")
+    pytest.skip(reason)
 
 
 def _marks(engine: str) -> list[pytest.MarkDecorator]:
@@ -59,17 +69,17 @@ def started() -> Callable[[str], int]:
 
     def start(engine: str) -> int:
         if os.geteuid() != 0:
-            pytest.skip("needs root to start container engines")
+            _require("needs root to start container engines")
         binary = ENGINES[engine][0]
         if shutil.which(binary) is None:
-            pytest.skip(f"{engine}: {binary} not installed")
+            _require(f"{engine}: {binary} not installed")
         starter = STARTER.get(engine, engine)
         if starter not in cache:
             res = subprocess.run([str(SCRIPT), "start", starter], capture_output=True, text=True,
                                  stdin=subprocess.DEVNULL, timeout=300, check=False)
             cache[starter] = "" if res.returncode == 0 else (res.stderr.strip() or res.stdout)
         if cache[starter]:
-            pytest.skip(f"scripts/engines start {starter} failed: {cache[starter]}")
+            _require(f"scripts/engines start {starter} failed: {cache[starter]}")
         res = subprocess.run([str(SCRIPT), "pid", engine], capture_output=True, text=True,
                              stdin=subprocess.DEVNULL, timeout=60, check=False)
         if res.returncode != 0 or not res.stdout.strip().isdigit():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shlex
 import socket
 import socketserver
 import threading
@@ -415,4 +416,292 @@ def test_list_all_dedups(fake_engines: Callable[..., None]) -> None:
     assert engines.list_all() == [d, Match("lxc", "u", "u", 9)]
 
 
-_ = (containerd, lxc, lxd, nspawn, rkt)  # their tests follow below
+
+# --------------------------------------------------------------------------- fake CLIs
+
+
+def fake_tool(bindir: Path, name: str, cases: dict[str, tuple[int, str, str]]) -> None:
+    """A shell script `name` in bindir: for "ARGS" (its arguments joined by spaces, globbing
+    allowed) print the stdout file, the stderr text and exit with the code."""
+    bindir.mkdir(exist_ok=True)
+    lines = ["#!/bin/sh", 'case "$*" in']
+    for pattern, (rc, out_file, err) in cases.items():
+        out = f"/bin/cat '{DATA / out_file}'; " if out_file else ""
+        quoted = "*".join(f'"{part}"' for part in pattern.split("*"))
+        lines.append(f"  {quoted}) {out}printf '%s' {shlex.quote(err)} >&2; exit {rc};;")
+    lines += ["  *) echo \"unexpected: $*\" >&2; exit 99;;", "esac", ""]
+    path = bindir / name
+    path.write_text("\n".join(lines))
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[str]:
+    """A unix socket that accepts connections (and never answers)."""
+    path = str(tmp_path / "listening.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(16)
+    yield path
+    s.close()
+
+
+@pytest.fixture
+def bindir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The only directory on PATH; fake tools go into it."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    monkeypatch.setenv("PATH", str(d))
+    return d
+
+
+# --------------------------------------------------------------------------- containerd, k8s
+
+
+def test_ctr_parsers() -> None:
+    assert containerd.parse_namespaces(data("ctr-namespaces-ls.txt")) == ["default", "k8s.io"]
+    assert containerd.parse_namespaces(data("ctr-namespaces-ls-q.txt")) == ["default", "k8s.io"]
+    tasks = containerd.parse_tasks(data("ctr-k8s-tasks-ls.txt"))
+    assert [t.id for t in tasks] == ["cntr-test-k8s", "cntr-test-k8s-sandbox"]
+    assert all(t.pid > 0 and t.status == "RUNNING" for t in tasks)
+    (moby,) = containerd.parse_tasks(data("ctr-moby-tasks-ls.txt"))
+    assert len(moby.id) == 64
+    labels = containerd.parse_info_labels(data("ctr-k8s-containers-info.json"))
+    assert labels[containerd.LABEL_CONTAINER] == "main"
+    assert labels[containerd.LABEL_POD] == "cntr-test-pod"
+    with pytest.raises(EngineError, match="no JSON"):
+        containerd.parse_info_labels("ctr: not found")
+
+
+def test_containerd_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "containerd.toml"
+    toml.write_text('version = 2\n[grpc]\n  address = "/run/x/containerd.sock"\n')
+    assert containerd.address_of(["containerd", "--address", "/a.sock"]) == "/a.sock"
+    assert containerd.address_of(["containerd", "--config", str(toml)]) == "/run/x/containerd.sock"
+    assert containerd.address_of(["containerd", "-c", str(tmp_path / "none")]) == (
+        containerd.DEFAULT_SOCKET)
+    monkeypatch.setenv("CONTAINERD_ADDRESS", "unix:///custom.sock")
+    assert containerd.find_sockets(str(tmp_path)) == ["/custom.sock"]
+
+
+def test_containerd_id_matches() -> None:
+    full = "0e9c0952b240a9ff8b78642507ae0d10dc2dd91d798c04b64628e1757bb4f085"
+    assert containerd.id_matches("0e9c09", full)
+    assert containerd.id_matches("box", "box")
+    assert not containerd.id_matches("bo", "box")  # names are not prefix-matched
+
+
+def _fake_ctr(bindir: Path) -> None:
+    fake_tool(bindir, "ctr", {
+        "*namespaces ls -q": (0, "ctr-namespaces-ls-q.txt", ""),
+        "*-n default tasks ls": (0, "ctr-default-tasks-ls.txt", ""),
+        "*-n k8s.io tasks ls": (0, "ctr-k8s-tasks-ls.txt", ""),
+        "*-n default containers ls -q": (0, "", ""),
+        "*-n k8s.io containers ls -q labels*cntr-test-pod": (0, "ctr-k8s-containers-ls-q.txt", ""),
+        "*-n k8s.io containers ls -q*": (0, "", ""),
+        "*-n k8s.io containers info cntr-test-k8s": (0, "ctr-k8s-containers-info.json", ""),
+        "*-n k8s.io containers info cntr-test-k8s-sandbox": (0, "ctr-k8s-sandbox-info.json", ""),
+    })
+
+
+def test_containerd_lookup_with_recorded_ctr(bindir: Path, listening: str) -> None:
+    _fake_ctr(bindir)
+    eng = containerd.ContainerdEngine(sockets=[listening])
+    (m,) = eng.lookup("cntr-test-containerd")
+    expected = containerd.parse_tasks(data("ctr-default-tasks-ls.txt"))[0].pid
+    assert m == Match("containerd", "cntr-test-containerd", "cntr-test-containerd", expected)
+    assert eng.lookup("nope") == [] and eng.reason == "no such container"
+    assert {x.container_id for x in eng.list()} == {
+        "cntr-test-containerd", "cntr-test-k8s", "cntr-test-k8s-sandbox"}
+
+
+def test_containerd_not_running_or_not_installed(bindir: Path, tmp_path: Path) -> None:
+    eng = containerd.ContainerdEngine(sockets=["/fake.sock"])
+    assert eng.lookup("x") == [] and eng.reason == "not installed"
+    fake_tool(bindir, "ctr", {})
+    with pytest.raises(EngineError, match="not running"):
+        containerd.ContainerdEngine(sockets=[]).lookup("x")
+    dead = str(tmp_path / "dead.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(dead)  # bound, not listening: as after a crash
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match="refused"):
+            containerd.ContainerdEngine(sockets=[dead]).lookup("x")
+        assert time.monotonic() - t0 < 1
+    finally:
+        s.close()
+
+
+def test_parse_k8s() -> None:
+    ref = containerd.PodRef
+    assert containerd.parse_k8s("k8s:web") == [ref(None, "web", None)]
+    assert containerd.parse_k8s("k8s:prod/web") == [ref("prod", "web", None),
+                                                   ref(None, "prod", "web")]
+    assert containerd.parse_k8s("k8s:prod/web/app") == [ref("prod", "web", "app")]
+    assert containerd.parse_k8s("web") == []
+    assert containerd.parse_k8s("k8s:a//b") == []
+
+
+def test_select_pod_containers() -> None:
+    app = containerd.parse_info_labels(data("ctr-k8s-containers-info.json"))
+    sandbox = containerd.parse_info_labels(data("ctr-k8s-sandbox-info.json"))
+    labelled = {"c1": app, "s1": sandbox}
+    running = {"c1": 10, "s1": 9}
+    sel = containerd.select_pod_containers
+    ref = containerd.PodRef
+    assert sel(ref(None, "cntr-test-pod", None), labelled, running) == [
+        ("c1", "default/cntr-test-pod/main", 10)]
+    assert sel(ref("default", "cntr-test-pod", "main"), labelled, running)[0][0] == "c1"
+    assert sel(ref("other", "cntr-test-pod", None), labelled, running) == []
+    assert sel(ref(None, "cntr-test-pod", "nope"), labelled, running) == []
+    # the app container is not running: the pod's sandbox is what is left to enter
+    assert sel(ref(None, "cntr-test-pod", None), labelled, {"s1": 9}) == [
+        ("s1", "default/cntr-test-pod/sandbox", 9)]
+    two = {**labelled, "c2": {**app, containerd.LABEL_CONTAINER: "side"}}
+    assert len(sel(ref(None, "cntr-test-pod", None), two, {**running, "c2": 11})) == 2
+
+
+def test_kubernetes_lookup_with_recorded_ctr(bindir: Path, listening: str) -> None:
+    _fake_ctr(bindir)
+    eng = containerd.KubernetesEngine(sockets=[listening])
+    pid = {t.id: t.pid for t in containerd.parse_tasks(data("ctr-k8s-tasks-ls.txt"))}
+    want = [Match("kubernetes", "cntr-test-k8s", "default/cntr-test-pod/main",
+                  pid["cntr-test-k8s"])]
+    assert eng.lookup("k8s:cntr-test-pod") == want
+    assert eng.lookup("k8s:default/cntr-test-pod") == want
+    assert eng.lookup("k8s:cntr-test-pod/main") == want
+    assert eng.lookup("k8s:default/cntr-test-pod/main") == want
+    assert eng.lookup("k8s:kube-system/cntr-test-pod") == []
+    assert eng.lookup("cntr-test-pod") == []
+    assert eng.lookup("containerd://cntr-test-k8s") == want
+    assert eng.list() == want
+
+
+# --------------------------------------------------------------------------- lxc
+
+
+def test_lxc_parsers() -> None:
+    state, pid = lxc.parse_info(data("lxc-info-running.txt"))
+    assert state == "RUNNING" and pid > 0
+    assert lxc.parse_info(data("lxc-info-stopped.txt")) == ("STOPPED", 0)
+    assert lxc.parse_ls(data("lxc-ls-fancy.txt")) == [("cntr-test-lxc", "RUNNING", pid)]
+
+
+def test_lxc_lookup_with_recorded_lxc_info(bindir: Path) -> None:
+    fake_tool(bindir, "lxc-info", {
+        "*--name cntr-test-lxc": (0, "lxc-info-running.txt", ""),
+        "*--name stopped": (0, "lxc-info-stopped.txt", ""),
+        "*--name nope": (1, "", data("lxc-info-missing.txt")),
+        "*--name broken": (1, "", "Failed to load config"),
+    })
+    eng = lxc.LxcEngine()
+    (m,) = eng.lookup("cntr-test-lxc")
+    assert (m.engine, m.name, m.pid) == ("lxc", "cntr-test-lxc",
+                                         lxc.parse_info(data("lxc-info-running.txt"))[1])
+    assert eng.lookup("nope") == [] and eng.reason == "no such container"
+    with pytest.raises(NotRunning, match="'stopped' is not running"):
+        eng.lookup("stopped")
+    with pytest.raises(EngineError, match="Failed to load config"):
+        eng.lookup("broken")
+
+
+def test_lxc_not_installed(no_tools: None) -> None:
+    eng = lxc.LxcEngine()
+    assert eng.lookup("x") == [] and eng.reason == "not installed"
+
+
+# --------------------------------------------------------------------------- lxd
+
+
+def test_lxd_parsers() -> None:
+    m = lxd.parse_state("cntr-test-lxd", data_json("lxd-state.json"))
+    assert m.pid > 0 and m.name == "cntr-test-lxd"
+    with pytest.raises(NotRunning, match=r"not running \(status Stopped"):
+        lxd.parse_state("s", data_json("lxd-state-stopped.json"))
+    (listed,) = lxd.parse_instances(data_json("lxd-instances.json"))
+    assert listed == m
+
+
+def test_lxd_lookup_through_api(api_server: Callable[..., str]) -> None:
+    sock = api_server({
+        "/1.0/instances/cntr-test-lxd/state": (200, data("lxd-state.json")),
+        "/1.0/instances/nope/state": (404, data("lxd-404.json")),
+        "/1.0/instances?recursion=2": (200, data("lxd-instances.json")),
+    })
+    eng = lxd.LxdEngine(socket_path=sock)
+    (m,) = eng.lookup("cntr-test-lxd")
+    assert m.engine == "lxd" and m.pid > 0
+    assert eng.lookup("nope") == [] and eng.reason == "no such container"
+    assert eng.list() == [m]
+
+
+def test_lxd_hanging_api_fails_fast(api_server: Callable[..., str]) -> None:
+    sock = api_server({"/1.0/instances/x/state": (200, data("lxd-state.json"))}, delay=3)
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match="timed out"):
+        lxd.LxdEngine(socket_path=sock, timeout=0.3).lookup("x")
+    assert time.monotonic() - t0 < 2
+
+
+# --------------------------------------------------------------------------- nspawn
+
+
+def test_nspawn_machine_name() -> None:
+    argv = data("nspawn.cmdline").split("\0")[:-1]
+    assert nspawn.machine_name(argv) == "cntr-test-nspawn"
+    assert nspawn.machine_name(["systemd-nspawn", "-D", "/var/lib/machines/web/"]) == "web"
+    assert nspawn.machine_name(["systemd-nspawn", "--machine=db", "-D", "/x"]) == "db"
+    assert nspawn.machine_name(["systemd-nspawn", "-i", "/img/arch.raw"]) == "arch"
+    assert nspawn.machine_name(["systemd-nspawn"]) is None
+    assert nspawn.parse_leader("Leader=4242\n") == 4242
+    assert nspawn.parse_leader("4242\n") == 4242
+    assert nspawn.parse_leader("") == 0
+
+
+def test_nspawn_scan_fake_proc(tmp_path: Path) -> None:
+    argv = data("nspawn.cmdline").split("\0")[:-1]
+    fake_proc(tmp_path, 300, "systemd-nspawn", argv)
+    fake_proc(tmp_path, 301, "sleep", ["/bin/sleep", "100000"], ppid=300)
+    fake_proc(tmp_path, 400, "systemd-nspawn", ["systemd-nspawn", "-M", "starting"])
+    eng = nspawn.NspawnEngine(proc=str(tmp_path))
+    m = Match("nspawn", "cntr-test-nspawn", "cntr-test-nspawn", 301)
+    assert eng.lookup("cntr-test-nspawn") == [m]
+    assert eng.lookup("starting") == []  # no container process yet
+    assert eng.list() == [m]
+
+
+# --------------------------------------------------------------------------- rkt (samples)
+
+
+def test_rkt_parsers() -> None:
+    status = rkt.parse_status(data("rkt-status-running.txt"))
+    assert (status["state"], status["pid"]) == ("running", "24117")
+    assert rkt.parse_status(data("rkt-status-exited.txt"))["pid"] == "-1"
+    rows = rkt.parse_list(data("rkt-list-full.txt"))
+    assert rows == [
+        ("7f3a9c2e-41d8-4b6e-9f0a-2c8e5d1b7a43", "busybox", "running"),
+        ("7f3a9c2e-41d8-4b6e-9f0a-2c8e5d1b7a43", "sidecar", "running"),
+        ("0c41e8d7-9b2a-4f63-8e15-a7d30c9f2b68", "worker", "exited"),
+    ]
+
+
+def test_rkt_lookup_with_sample_output(bindir: Path) -> None:
+    fake_tool(bindir, "rkt", {
+        "list --full --no-legend": (0, "rkt-list-full.txt", ""),
+        "status 7f3a9c2e-41d8-4b6e-9f0a-2c8e5d1b7a43": (0, "rkt-status-running.txt", ""),
+        "status 0c41e8d7-9b2a-4f63-8e15-a7d30c9f2b68": (0, "rkt-status-exited.txt", ""),
+    })
+    eng = rkt.RktEngine()
+    want = [Match("rkt", "7f3a9c2e-41d8-4b6e-9f0a-2c8e5d1b7a43", "busybox", 24117)]
+    assert eng.lookup("7f3a") == want
+    assert eng.lookup("sidecar") == want
+    assert eng.lookup("zzz") == []
+    with pytest.raises(NotRunning):
+        eng.lookup("worker")
+    assert eng.list() == want
+
+
+def test_rkt_not_installed(no_tools: None) -> None:
+    eng = rkt.RktEngine()
+    assert eng.lookup("x") == [] and eng.reason == "not installed"
