@@ -202,7 +202,7 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="Format of the --dry-run plan.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def enter(context_file: str | None, effective_user: str | None, tty: bool | None,
+def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
           dry_run: bool, fmt: str, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 

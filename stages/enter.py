@@ -32,8 +32,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from cntr.context import Context
 from cntr.errors import (
@@ -91,6 +91,11 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
             f"process {pid} is not the captured one: its start time differs "
             "(the pid was reused or the container restarted)")
     current = procfs.read_namespaces(pid, proc)
+    if procfs.read_state(pid, proc) in "ZX" or any(k not in current for k in ctx.namespaces):
+        # A zombie: it exited, and its namespaces are being released.
+        raise StaleContext(
+            f"process {pid} of container {ctx.name or ctx.container_id} is gone "
+            "(it exited)")
     for kind, ino in ctx.namespaces.items():
         if current.get(kind) != ino:
             raise StaleContext(

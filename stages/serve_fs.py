@@ -42,7 +42,7 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      effective_user=effective_user, debug=debug)
     try:
         return serve(ops, mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
-                     debug=debug)
+                     use_trio=os.environ.get("CNTR_SERVE_FS_TRIO") == "1")
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
 

@@ -7,8 +7,9 @@ $DOCKER_HOST when it is unix://..., else /var/run/docker.sock.  When the socket 
 honours docker contexts.  The compatible parts are shared with podman (DockerCompatEngine).
 
 Caveats:
-- Measured on Debian 12 (dockerd 20.10): the socket lookup takes ~1.5 ms, `docker inspect` ~60 ms
-  (Debian's 20.10 CLI) to ~90 ms (the 28.x CLI in /usr/local/bin, which negotiates API 1.41).
+- Measured on Debian 12, 2 cores (dockerd 20.10, median of 20): the socket lookup takes ~1 ms,
+  `docker inspect` ~20 ms (the 28.x CLI in /usr/local/bin, which negotiates API 1.41 with
+  dockerd 20.10) to ~25 ms (Debian's 20.10 CLI): the socket is ~20x faster.
 - An ambiguous id prefix makes dockerd answer an error; the candidates are then listed
   (`GET /containers/json?all=1`) so that the caller can show them.
 - A stopped container (State.Pid 0) raises NotRunning.

@@ -31,6 +31,14 @@ Caveats:
   through as xattrs but are only enforced with ``acl=True`` (FUSE_POSIX_ACL), which costs a
   getxattr per inode.
 - writes by serve-fs run as root, so they do not clear setuid bits as a user's write would.
+- missing names are cached by the kernel as negative entries for ``entry_timeout``: a file
+  created on the host right after a failed lookup shows up only then; create(2) always uses
+  O_EXCL, so in that window an open(O_CREAT) fails with EEXIST rather than opening (and
+  chowning) a file the kernel did not check.
+- files reporting size 0 (procfs, sysfs) are opened with direct_io so their contents are
+  read; other files use the page cache (FOPEN_KEEP_CACHE while size and mtime are unchanged).
+- the mount keeps libfuse's nosuid,nodev: device nodes are listed but do not open, and a unix
+  socket bound on the host cannot be connected to through the mount (another inode).
 """
 
 from __future__ import annotations
@@ -247,7 +255,15 @@ class Operations(pyfuse3.Operations):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
                 parent.nlookup += 1
                 return self._entry(parent_inode, st)
-            st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
+            try:
+                st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
+            except FileNotFoundError:
+                # A negative entry the kernel caches for entry_timeout: PATH searches and
+                # Python's import probing ask for many names that do not exist.
+                e = EntryAttributes()
+                e.st_ino = 0
+                e.entry_timeout = self.entry_timeout
+                return e
             if st[MNT_ID] in self.self_mount_ids:
                 raise FUSEError(errno.ENOENT)
             node = table.learn(parent, pfd, name, st)
@@ -420,7 +436,10 @@ class Operations(pyfuse3.Operations):
         try:
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_CLOEXEC,
+            # Always O_EXCL: the kernel asks to create only after a lookup found nothing;
+            # if a file appeared on the host since, opening it here would skip the
+            # kernel's permission check on it and chown it to the caller.
+            fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          mode & ~ctx.umask, dir_fd=pfd)
             try:
                 self._chown_new(ctx, pfd, name, mode, fd)
@@ -450,12 +469,11 @@ class Operations(pyfuse3.Operations):
             raise self._error(exc, "write") from None
 
     async def flush(self, fh: int) -> None:
-        try:
-            # What close(2) of the caller's descriptor would do on the host (release POSIX
-            # locks, report delayed write errors), as libfuse's passthrough_ll does.
-            os.close(os.dup(fh))
-        except Exception as exc:
-            raise self._error(exc, "flush") from None
+        # ENOSYS once makes the kernel stop sending FLUSH on every close(2): a request
+        # saved per file.  Nothing is lost: writes are synchronous pwrite(2)s whose errors
+        # the writer already got, and without lock handlers the kernel keeps POSIX locks
+        # itself.  The host descriptor is closed at release.
+        raise FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
         try:

@@ -86,6 +86,12 @@ def read_start_time(pid: int, proc: str = "/proc") -> int:
     return int(rest[19])
 
 
+def read_state(pid: int, proc: str = "/proc") -> str:
+    """Field 3 of ``/proc/PID/stat``: R, S, D, Z (zombie), X (dead), ..."""
+    data = read_bytes(f"{proc}/{pid}/stat")
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
 def read_boot_id(proc: str = "/proc") -> str:
     return read_bytes(f"{proc}/sys/kernel/random/boot_id").decode().strip()
 

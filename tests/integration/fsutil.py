@@ -117,11 +117,17 @@ def serve_fs_mount(root: str | Path, mountpoint: str | Path | None = None, *,
         yield Served(mnt, proc, log)
     finally:
         unmount(mnt)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+        # The server ends by itself once the kernel drops the connection; a copy of the
+        # mount in a mount namespace created meanwhile (a container starting) keeps it
+        # alive, so ask it to stop, then kill it.
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         unmount(mnt)
         if tmp is not None:
             with contextlib.suppress(OSError):

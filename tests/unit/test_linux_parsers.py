@@ -131,3 +131,36 @@ def test_lsm_label_is_applied_through_exec_attr(tmp_path: Path) -> None:
     assert (proc / "self/attr/exec").read_text() == "system_u:system_r:container_t:s0"
     lsm.apply_label(lsm.Label("apparmor", "unconfined"), str(proc))  # nothing to apply
     assert (proc / "self/attr/apparmor/exec").read_text() == "exec docker-default"
+
+
+def test_verify_names_what_changed(tmp_path: Path) -> None:
+    """enter's identity check on a fake proc tree: each field has its own message."""
+    import dataclasses
+
+    from cntr.errors import StaleContext
+    from stages.enter import verify
+    from tests.unit.test_records import sample_context
+
+    proc = tmp_path / "proc"
+    (proc / "sys/kernel/random").mkdir(parents=True)
+    boot = "2f907afe-3b62-4616-9348-405ae05e7e19"
+    (proc / "sys/kernel/random/boot_id").write_text(boot + "\n")
+    ctx = sample_context(namespaces={})
+    with pytest.raises(StaleContext, match="gone"):
+        verify(ctx, str(proc))
+    (proc / "4242").mkdir()
+    (proc / "4242/stat").write_text("4242 (sleep) S " + "0 " * 18 + "123456 0")
+    verify(ctx, str(proc))
+    with pytest.raises(StaleContext, match="start time differs"):
+        verify(dataclasses.replace(ctx, start_time=1), str(proc))
+    with pytest.raises(StaleContext, match="another boot"):
+        verify(dataclasses.replace(ctx, boot_id="x"), str(proc))
+    (proc / "4242/ns").mkdir()
+    (proc / "4242/ns/net").write_text("")
+    with pytest.raises(StaleContext, match="another net namespace"):
+        verify(dataclasses.replace(ctx, namespaces={"net": 5}), str(proc))
+    with pytest.raises(StaleContext, match="gone"):
+        verify(dataclasses.replace(ctx, namespaces={"uts": 5}), str(proc))
+    (proc / "4242/stat").write_text("4242 (sleep) Z " + "0 " * 18 + "123456 0")
+    with pytest.raises(StaleContext, match="gone"):
+        verify(ctx, str(proc))
