@@ -306,6 +306,27 @@ def attach(ident: str, types: str | None, effective_user: str | None, tty: bool 
     _run("attach", run)
 
 
+@main.command("ps")
+@_types_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
+def ps_(types: str | None, as_json: bool) -> None:
+    """List every attachable container on the host, across all engines."""
+
+    def run() -> None:
+        from stages.ps import ps, table
+
+        found = ps(_types(types))
+        if as_json:
+            import json
+            from dataclasses import asdict
+
+            click.echo(json.dumps([asdict(m) for m in found], indent=2))
+        else:
+            click.echo(table(found), nl=False)
+
+    _run("ps", run)
+
+
 @main.command("exec", context_settings={"ignore_unknown_options": True})
 @_types_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

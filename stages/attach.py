@@ -1,15 +1,19 @@
 """``cntr attach``: resolve, capture and enter in one process, as the pipeline
 ``cntr resolve ID | cntr capture | cntr enter -- CMD`` does through pipes.
+
+serve-fs is started first, so its start-up runs while the container is resolved and
+captured; it is ended again if either fails.
 """
 
 from __future__ import annotations
 
 from stages.capture import capture
-from stages.enter import EnterOptions, check_host, enter
+from stages.enter import EnterOptions, check_host, enter, open_server
 from stages.resolve import resolve
 
 
 def attach(ident: str, types: list[str] | None, opts: EnterOptions) -> int:
     check_host()
-    resolved = resolve(ident, types)
-    return enter(capture(resolved.pid, resolved), opts)
+    with open_server(opts.base_dir) as server:
+        resolved = resolve(ident, types)
+        return enter(capture(resolved.pid, resolved), opts, server)

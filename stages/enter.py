@@ -31,7 +31,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,42 +146,84 @@ def default_command() -> list[str]:
 _SERVE_CODE = """\
 import json, os, sys
 start_fd, fuse_fd, ready_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-uid_map, gid_map, euser = json.loads(sys.argv[4])
 from stages.serve_fs import serve_fs
-if os.read(start_fd, 1) != b"G":
+with os.fdopen(start_fd, "rb") as start:
+    line = start.readline()
+if not line.startswith(b"G"):
     sys.exit(0)
-os.close(start_fd)
-sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, uid_map=uid_map,
-                  gid_map=gid_map, effective_user=euser))
+sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:])))
 """
+SERVE_FS_ISOLATION = False
+"""Pass the session's mount namespace to serve-fs, which then refuses other processes."""
 
 
-@dataclass
-class _Server:
-    proc: subprocess.Popen[bytes]
-    start_w: int
-    ready_r: int
+class SessionServer:
+    """serve-fs, started ahead of the session so its start-up overlaps resolve, capture and
+    the namespace work; it waits on a pipe for its parameters (``start``) and serves the
+    ``/dev/fuse`` descriptor this object opened.  ``close`` ends it if it never started.
+    """
+
+    def __init__(self, base_dir: str) -> None:
+        check_host()
+        self.fuse_fd: int = open_fuse()
+        try:
+            # The mount point of the container's root must exist in the served tree.
+            os.makedirs(base_dir, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            os.close(self.fuse_fd)
+            raise os_error(f"create {base_dir}", exc) from None
+        start_r, self.start_w = os.pipe()
+        self.ready_r, ready_w = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        argv = [sys.executable, "-c", _SERVE_CODE, str(start_r), str(self.fuse_fd),
+                str(ready_w)]
+        # A session of its own: a Ctrl-C meant for the session's command must not stop it.
+        self.proc = subprocess.Popen(
+            argv, pass_fds=(start_r, self.fuse_fd, ready_w), start_new_session=True,
+            stdin=subprocess.DEVNULL, env=env, cwd="/",
+        )
+        os.close(start_r)
+        os.close(ready_w)
+
+    def start(self, params: dict[str, Any]) -> None:
+        """Hand serve-fs its parameters: it starts reading the mounted descriptor."""
+        os.write(self.start_w, b"G" + json.dumps(params).encode() + b"\n")
+        os.close(self.start_w)
+        self.start_w = -1
+
+    def release_fuse_fd(self) -> None:
+        """Close this process's copy once the setup child has it (forked)."""
+        if self.fuse_fd >= 0:
+            os.close(self.fuse_fd)
+            self.fuse_fd = -1
+
+    def close(self) -> None:
+        """End serve-fs if it never started; else wait a little for it to exit (it does
+        when the session's namespace is gone)."""
+        if self.start_w >= 0:
+            os.close(self.start_w)
+            self.start_w = -1
+        self.release_fuse_fd()
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+            self.ready_r = -1
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            # Processes left running in the session keep the filesystem in use.
+            print("cntr: serve-fs keeps serving processes still running in the session",
+                  file=sys.stderr)
 
 
-def _spawn_serve_fs(fuse_fd: int, ctx: Context, opts: EnterOptions) -> _Server:
-    """Start serve-fs now so its imports overlap the namespace work; it waits for 'G'."""
-    start_r, start_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [
-        sys.executable, "-c", _SERVE_CODE, str(start_r), str(fuse_fd), str(ready_w),
-        json.dumps([ctx.uid_map, ctx.gid_map, opts.effective_user]),
-    ]
-    # A session of its own: a Ctrl-C meant for the session's command must not stop it.
-    proc = subprocess.Popen(
-        argv, pass_fds=(start_r, fuse_fd, ready_w), start_new_session=True,
-        stdin=subprocess.DEVNULL, env=env, cwd="/",
-    )
-    os.close(start_r)
-    os.close(ready_w)
-    return _Server(proc, start_w, ready_r)
+@contextlib.contextmanager
+def open_server(base_dir: str | None = None) -> Iterator[SessionServer]:
+    server = SessionServer(base_dir or EnterOptions().base_dir)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _send(fd: int, tag: bytes, text: str = "") -> None:
@@ -314,14 +356,23 @@ def _setup_child(plan: _Plan) -> None:
     os._exit(128 - code if code < 0 else code)
 
 
-def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
+def enter(ctx: Context, opts: EnterOptions | None = None,
+          server: SessionServer | None = None) -> int:
     """Run ``opts.command`` in a session inside the container; return its exit status.
 
-    A signal that ends the command gives 128+N, as a shell reports it.
+    A signal that ends the command gives 128+N, as a shell reports it.  ``server`` is a
+    serve-fs started earlier (``open_server``); without one, enter starts its own.
     """
     opts = opts or EnterOptions()
     check_host()
     verify(ctx)
+    if server is None and not opts.container_root:
+        with open_server(opts.base_dir) as own:
+            return _enter(ctx, opts, own)
+    return _enter(ctx, opts, server)
+
+
+def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
     argv = list(opts.command) or default_command()
     interactive = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
     if opts.container_root:
@@ -330,17 +381,6 @@ def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
             env.setdefault("TERM", os.environ["TERM"])
     else:
         env = session_env(ctx, interactive, opts.base_dir)
-
-    server: _Server | None = None
-    fuse_fd: int | None = None
-    if not opts.container_root:
-        fuse_fd = open_fuse()
-        try:
-            # The mount point of the container's root must exist in the served tree.
-            os.makedirs(opts.base_dir, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            os.close(fuse_fd)
-            raise os_error(f"create {opts.base_dir}", exc) from None
     try:
         root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -349,16 +389,13 @@ def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
             os.close(root_fd)
             raise
     except FileNotFoundError:
-        if fuse_fd is not None:
-            os.close(fuse_fd)
         raise StaleContext(f"process {ctx.pid} exited") from None
-    if fuse_fd is not None:
-        server = _spawn_serve_fs(fuse_fd, ctx, opts)
 
     master = slave = None
     if interactive:
         master, slave = pty.open_pty(0)
     status_r, status_w = os.pipe()
+    fuse_fd = server.fuse_fd if server is not None and not opts.container_root else None
     child = os.fork()
     if child == 0:
         os.close(status_r)
@@ -368,12 +405,16 @@ def enter(ctx: Context, opts: EnterOptions | None = None) -> int:
     nsfds.close()
     if slave is not None:
         os.close(slave)
-    if fuse_fd is not None:
-        os.close(fuse_fd)
-    return _supervise(child, server, status_r, master)
+    params: dict[str, Any] = {"uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
+                              "effective_user": opts.effective_user}
+    if server is not None:
+        server.release_fuse_fd()
+    return _supervise(child, server if fuse_fd is not None else None, params, status_r,
+                      master)
 
 
-def _read_messages(status_r: int, server: _Server | None) -> tuple[list[str], int | None]:
+def _read_messages(status_r: int, child: int, server: SessionServer | None,
+                   params: dict[str, Any]) -> tuple[list[str], int | None]:
     """Read the setup messages until end-of-file; start serve-fs on 'M'."""
     errors: list[str] = []
     session_pid: int | None = None
@@ -388,9 +429,11 @@ def _read_messages(status_r: int, server: _Server | None) -> tuple[list[str], in
                 line, buf = buf.split(b"\n", 1)
                 tag, text = line[:1], line[1:].decode(errors="replace")
                 if tag == b"M" and server is not None:
-                    os.write(server.start_w, b"G")
-                    os.close(server.start_w)
-                    server.start_w = -1
+                    if SERVE_FS_ISOLATION:
+                        # The session's own mount namespace: serve-fs refuses requests
+                        # from processes outside it (the container's, through /proc/PID/root).
+                        params["allowed_mnt_ns"] = os.stat(f"/proc/{child}/ns/mnt").st_ino
+                    server.start(params)
                 elif tag == b"P":
                     session_pid = int(text)
                 elif tag == b"W":
@@ -400,8 +443,8 @@ def _read_messages(status_r: int, server: _Server | None) -> tuple[list[str], in
     return errors, session_pid
 
 
-def _supervise(child: int, server: _Server | None, status_r: int,
-               master: int | None) -> int:
+def _supervise(child: int, server: SessionServer | None, params: dict[str, Any],
+               status_r: int, master: int | None) -> int:
     session_pid: int | None = None
 
     def forward(signum: int, _frame: object) -> None:
@@ -412,10 +455,7 @@ def _supervise(child: int, server: _Server | None, status_r: int,
     handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
     old = {s: signal.signal(s, forward) for s in handled}
     try:
-        errors, session_pid = _read_messages(status_r, server)
-        if server is not None and server.start_w >= 0:
-            os.close(server.start_w)  # setup failed before mounting: serve-fs exits
-            server.start_w = -1
+        errors, session_pid = _read_messages(status_r, child, server, params)
         if master is not None and not errors:
             pidfd = syscalls.pidfd_open(child)
             try:
@@ -439,21 +479,6 @@ def _supervise(child: int, server: _Server | None, status_r: int,
             signal.signal(s, h)
         if master is not None:
             os.close(master)
-        if server is not None:
-            _reap_server(server)
-
-
-def _reap_server(server: _Server) -> None:
-    """serve-fs exits when the session's namespace is gone; wait a little for it."""
-    if server.start_w >= 0:
-        os.close(server.start_w)
-    os.close(server.ready_r)
-    try:
-        server.proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        # Processes left running in the session keep the filesystem in use.
-        print("cntr: serve-fs keeps serving processes still running in the session",
-              file=sys.stderr)
 
 
 def run_in_container(ctx: Context, command: Sequence[str]) -> int:

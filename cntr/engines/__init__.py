@@ -161,6 +161,10 @@ def resolve(ident: str, types: list[str] | None = None) -> Match:
 def list_all(types: list[str] | None = None) -> list[Match]:
     """Every running container of the engines of `types` (default TYPES), each process once."""
     names = [t for t in (types or TYPES) if t != "process_id"]
+    # A pod's containers are containerd tasks too: name them as pods, the more useful name.
+    if "kubernetes" in names:
+        names.remove("kubernetes")
+        names.insert(0, "kubernetes")
 
     def one(t: str) -> list[Match]:
         try:

@@ -18,7 +18,10 @@ Without CONTAINER the pod's only running app container is taken (several: ambigu
 sandbox).
 
 Caveats:
-- Each ctr call costs ~20-30 ms; a lookup makes 1 + (namespaces) calls per socket.
+- A lookup by id reads the running tasks from each containerd's state directory
+  (``<state>/io.containerd.runtime.v2.task/NS/ID/init.pid``, the layout of the runtime v2
+  shims) and calls no ctr; ctr (~20-30 ms a call, 1 + namespaces calls per socket) is used
+  when a state directory cannot be read, for $CONTAINERD_ADDRESS, and for `list`.
 - Docker's containers also show in namespace `moby`; resolve() counts a process once (docker's).
 - Live-tested with a k8s-shaped container made by `ctr run --label` (scripts/engines), not with a
   kubelet: none runs here.  crictl (CRI-O) is not used.
@@ -54,6 +57,8 @@ from cntr.engines.base import (
 )
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_STATE = "/run/containerd"
+TASK_DIR = "io.containerd.runtime.v2.task"
 #: where dockerd's own containerd listens when dockerd runs with its default --exec-root
 DOCKER_SOCKETS = (
     "/run/docker/containerd/containerd.sock",
@@ -121,6 +126,70 @@ def config_address(path: str) -> str | None:
     grpc = conf.get("grpc")
     address = grpc.get("address") if isinstance(grpc, dict) else None
     return address if isinstance(address, str) and address else None
+
+
+def config_state(path: str) -> str | None:
+    """The ``state`` directory of a containerd config.toml, None when unreadable or unset."""
+    try:
+        with open(path, "rb") as f:
+            conf = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    state = conf.get("state")
+    return state if isinstance(state, str) and state else None
+
+
+def state_of(argv: list[str]) -> str:
+    """The state directory a containerd command line keeps its tasks in."""
+    state = option_value(argv, "--state")
+    if state:
+        return state
+    config = option_value(argv, "-c", "--config") or "/etc/containerd/config.toml"
+    return config_state(config) or DEFAULT_STATE
+
+
+def find_state_dirs(proc: str = "/proc") -> list[str] | None:
+    """Task directories of every running containerd, or None when one cannot be read (then
+    only ctr can tell)."""
+    out: list[str] = []
+    for pid in iter_pids(proc):
+        st = read_stat(pid, proc)
+        if st is None or st.comm != "containerd":
+            continue
+        tasks = os.path.join(state_of(read_cmdline(pid, proc)), TASK_DIR)
+        if not os.path.isdir(tasks):
+            return None
+        out.append(tasks)
+    return out
+
+
+def running_tasks(task_dirs: list[str], ident: str) -> list[tuple[str, str, int]]:
+    """(namespace, id, pid) of running tasks whose id is ``ident`` or, for hex, starts with
+    it, read from the shims' state (``<state>/io.containerd.runtime.v2.task/NS/ID/init.pid``):
+    no ctr call, so a miss costs microseconds instead of ~100 ms."""
+    out = []
+    prefix = is_hex(ident)
+    for tasks in task_dirs:
+        try:
+            namespaces = os.listdir(tasks)
+        except OSError:
+            continue
+        for ns in namespaces:
+            try:
+                ids = os.listdir(os.path.join(tasks, ns))
+            except OSError:
+                continue
+            for cid in ids:
+                if cid != ident and not (prefix and cid.startswith(ident)):
+                    continue
+                try:
+                    with open(os.path.join(tasks, ns, cid, "init.pid")) as f:
+                        pid = int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                if pid > 0:
+                    out.append((ns, cid, pid))
+    return out
 
 
 def address_of(argv: list[str]) -> str:
@@ -269,6 +338,16 @@ class ContainerdEngine(BaseEngine):
 
     def lookup(self, ident: str) -> list[Match]:
         self.reason = NO_SUCH_CONTAINER
+        if self._sockets is None and "CONTAINERD_ADDRESS" not in os.environ:
+            task_dirs = find_state_dirs(self.proc)
+            if task_dirs is not None:
+                # A stopped container has no task directory: it reads as "no such
+                # container" here, where ctr would say "not running".
+                if not task_dirs and not self.sockets():
+                    raise EngineError(f"containerd: not running (no {DEFAULT_SOCKET})")
+                tasks = running_tasks(task_dirs, ident)
+                return ([Match(self.name, cid, cid, pid) for _, cid, pid in tasks]
+                        or self._none(NO_SUCH_CONTAINER))
         ctrs = self._ctrs()
         if ctrs is None:
             return self._none(NOT_INSTALLED)

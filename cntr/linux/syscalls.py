@@ -14,7 +14,6 @@ Caveats:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -23,7 +22,8 @@ from typing import Any, NewType
 Pid = NewType("Pid", int)
 Fd = NewType("Fd", int)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc's soname; ctypes.util.find_library would spawn ldconfig (~8 ms per start).
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 # --- constants (linux/sched.h, linux/mount.h, sys/mount.h) -------------------------------
 CLONE_NEWNS = 0x00020000

@@ -100,3 +100,19 @@ def test_lxd_session_sees_sensible_owners() -> None:
     finally:
         made_path.unlink()
         host_made.unlink()
+
+
+def test_ps_lists_every_engines_container() -> None:
+    import json
+
+    started = {e: engine_container(e) for e in ("docker", "podman", "containerd", "lxc",
+                                                 "lxd", "nspawn")}
+    out = run_cntr("ps", "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    listed = {(m["engine"], m["pid"]) for m in json.loads(out.stdout)}
+    for engine, c in started.items():
+        assert (engine, c.pid) in listed, engine
+    table = run_cntr("ps").stdout.decode().splitlines()
+    assert table[0].split() == ["ENGINE", "ID", "NAME", "PID"]
+    assert any(line.split()[0] == "kubernetes" and "default/cntr-test-pod/main" in line
+               for line in table[1:])
