@@ -257,6 +257,14 @@ class _Plan:
     """the pty's slave, when interactive."""
     status_w: int
     """the write end of the message pipe."""
+    supervisor: int
+    """pid of the supervisor (the setup child's parent)."""
+
+
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP,
+                  signal.SIGPIPE, signal.SIGXFSZ)
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2)
 
 
 def _session_process(plan: _Plan) -> None:
@@ -265,9 +273,17 @@ def _session_process(plan: _Plan) -> None:
         plan.ctx, plan.opts, plan.argv, plan.env, plan.slave, plan.status_w)
     step = "set up the session"
     try:
+        # Python ignores SIGPIPE (and the setup child SIGINT); the command must start with
+        # the default dispositions, as from a shell.
+        for sig in _RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
         if slave is not None:
             step = "make the pty the controlling terminal"
             pty.make_controlling(slave)
+        else:
+            # A process group of its own, so signals reach the whole session (the supervisor
+            # forwards them; a terminal's Ctrl-C reaches the supervisor's group only once).
+            os.setsid()
         if ctx.no_new_privs:
             syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
         step = "set the LSM label"
@@ -307,7 +323,22 @@ def _setup_child(plan: _Plan) -> None:
     """The single-threaded setup child. Never returns."""
     ctx, opts, fuse_fd, nsfds, root_fd, status_w = (
         plan.ctx, plan.opts, plan.fuse_fd, plan.nsfds, plan.root_fd, plan.status_w)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    session = 0
+
+    def supervisor_gone(_signum: int, _frame: object) -> None:
+        # The supervisor died (SIGKILL): end the whole session, then ourselves, so no
+        # process is left in the container and the namespace (and serve-fs) goes away.
+        if session:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session, signal.SIGKILL)
+        os._exit(128 + signal.SIGKILL)
+
+    for sig in _FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)  # the supervisor forwards them to the session
+    signal.signal(signal.SIGTERM, supervisor_gone)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != plan.supervisor:
+        os._exit(125)  # it died before the line above
     step = "join the container's cgroups"
     try:
         cgroups.join(ctx.cgroups, os.getpid())
@@ -342,6 +373,7 @@ def _setup_child(plan: _Plan) -> None:
         os._exit(125)
     if pid == 0:
         _session_process(plan)
+    session = pid
     _send(status_w, b"P", str(pid))
     os.close(status_w)
     if plan.slave is not None:
@@ -396,10 +428,12 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> in
         master, slave = pty.open_pty(0)
     status_r, status_w = os.pipe()
     fuse_fd = server.fuse_fd if server is not None and not opts.container_root else None
+    supervisor = os.getpid()
     child = os.fork()
     if child == 0:
         os.close(status_r)
-        _setup_child(_Plan(ctx, opts, argv, env, nsfds, root_fd, fuse_fd, slave, status_w))
+        _setup_child(_Plan(ctx, opts, argv, env, nsfds, root_fd, fuse_fd, slave, status_w,
+                           supervisor))
     os.close(status_w)
     os.close(root_fd)
     nsfds.close()
@@ -409,8 +443,8 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> in
                               "effective_user": opts.effective_user}
     if server is not None:
         server.release_fuse_fd()
-    return _supervise(child, server if fuse_fd is not None else None, params, status_r,
-                      master)
+    return _supervise(child, server=server if fuse_fd is not None else None, params=params,
+                      status_r=status_r, master=master, pid=ctx.pid)
 
 
 def _read_messages(status_r: int, child: int, server: SessionServer | None,
@@ -443,17 +477,27 @@ def _read_messages(status_r: int, child: int, server: SessionServer | None,
     return errors, session_pid
 
 
-def _supervise(child: int, server: SessionServer | None, params: dict[str, Any],
-               status_r: int, master: int | None) -> int:
+def _supervise(child: int, *, server: SessionServer | None, params: dict[str, Any],
+               status_r: int, master: int | None, pid: int) -> int:
     session_pid: int | None = None
 
-    def forward(signum: int, _frame: object) -> None:
-        target = session_pid or child
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target, signum)
+    def container_gone() -> bool:
+        try:
+            return procfs.read_state(pid) in "ZX"
+        except OSError:
+            return True
 
-    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
-    old = {s: signal.signal(s, forward) for s in handled}
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            if session_pid:
+                os.killpg(session_pid, signum)
+            else:  # still setting up: stop it (the setup child ends on SIGTERM)
+                os.kill(child, signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
         errors, session_pid = _read_messages(status_r, child, server, params)
         if master is not None and not errors:
@@ -468,12 +512,21 @@ def _supervise(child: int, server: SessionServer | None, params: dict[str, Any],
                 break
             except InterruptedError:
                 continue
+        if forwarded and session_pid:
+            # cntr was told to stop: what the session left running (a job that ignores the
+            # signal, as background jobs of sh do) goes too, so nothing stays behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session_pid, signal.SIGKILL)
         code = os.waitstatus_to_exitcode(status)
         if errors and code in (125, 126, 127):
             if code == 125:
                 raise SessionSetupError(errors[0])
             print(f"cntr: {errors[0]}", file=sys.stderr)
-        return 128 - code if code < 0 else code
+        code = 128 - code if code < 0 else code
+        if code == 128 + signal.SIGKILL and container_gone():
+            print(f"cntr: the container exited (process {pid} is gone): the session ended",
+                  file=sys.stderr)
+        return code
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -24,12 +24,18 @@ from cntr.fs.server import serve
 def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | None = None,
              ready_fd: int | None = None, uid_map: IdMap | None = None,
              gid_map: IdMap | None = None,
-             effective_user: tuple[int, int] | None = None, debug: bool = False) -> int:
+             effective_user: tuple[int, int] | None = None,
+             allowed_mnt_ns: int | None = None, debug: bool = False) -> int:
     """Serve `root` until the filesystem is unmounted; returns an exit status (0 on clean unmount).
 
     Exactly one of ``mountpoint`` (serve-fs mounts and unmounts it) and ``fuse_fd`` (a
     /dev/fuse descriptor already mounted elsewhere) is given.  ``ready_fd`` receives one
     byte ``b"R"`` and is closed once requests are being served.
+
+    ``allowed_mnt_ns`` (the inode of a mount namespace, ``os.stat("/proc/PID/ns/mnt")
+    .st_ino``): serve only processes of that namespace, refusing every other with EACCES
+    ("Permission denied"); `cntr.fs.operations` says what is checked and what the kernel's
+    caches still show.  None serves every process that reaches the mount.
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
@@ -39,7 +45,8 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
         raise os_error(f"serve-fs: open({root})", exc) from exc
     os.umask(0)
     ops = Operations(root_fd, uid_map=uid_map, gid_map=gid_map,
-                     effective_user=effective_user, debug=debug)
+                     effective_user=effective_user, allowed_mnt_ns=allowed_mnt_ns,
+                     debug=debug)
     try:
         return serve(ops, mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
                      use_trio=os.environ.get("CNTR_SERVE_FS_TRIO") == "1")

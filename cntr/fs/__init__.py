@@ -94,7 +94,7 @@ def _import_pyfuse3() -> None:
         placeholders["importlib.metadata"] = metadata
     sys.modules.update(placeholders)
     try:
-        import pyfuse3  # noqa: F401, PLC0415  # the import this function exists for
+        import pyfuse3  # noqa: F401  # the import this function exists for
     finally:
         for name, module in placeholders.items():
             if sys.modules.get(name) is module:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pyfuse3
-import trio
 
 from cntr.fs.operations import Operations
 from cntr.linux import syscalls as sc
@@ -187,6 +186,8 @@ def _signal_ready(ready_fd: int | None) -> None:
 
 
 async def _serve_trio(ready_fd: int | None, stopped: list[int]) -> None:
+    import trio  # only this mode needs trio (see cntr.fs._import_pyfuse3)
+
     async with trio.open_nursery() as nursery:
 
         async def on_signals() -> None:
@@ -220,12 +221,17 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
             ops.self_mount_ids.add(mount_id_of(mountpoint))
         stopped: list[int] = []
         if use_trio:
+            import trio  # only this mode needs trio
+
+            # pyfuse3 may have been imported with a placeholder for trio
+            # (cntr.fs._import_pyfuse3): give it the real module.
+            pyfuse3.trio = trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
             trio.run(_serve_trio, ready_fd, stopped)
         else:
             _serve_direct(ready_fd, stopped)
     finally:
         pyfuse3.close(unmount=mountpoint is not None)
-        ops.table.close()
+        ops.close()
     return 0
 
 

@@ -382,3 +382,8 @@ def linkat(olddirfd: int, oldpath: bytes, newdirfd: int, newpath: bytes, flags: 
     """linkat(2); AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH) links an O_PATH descriptor."""
     _check(_linkat(olddirfd, oldpath, newdirfd, newpath, flags), "linkat",
            os.fsdecode(newpath))
+
+
+#: pidfd_open(2) flag (Linux 6.9): a pidfd for a thread (FUSE requests carry thread ids);
+#: older kernels reject it with EINVAL.  Same value as O_EXCL (linux/pidfd.h).
+PIDFD_THREAD = os.O_EXCL

@@ -1,0 +1,1056 @@
+"""Benchmark serve-fs (cntr's FUSE passthrough) and the attach path against their limits.
+
+What it measures, in one run, interleaved (every repetition goes round-robin over the
+targets of a workload, starting one target further each time, so that machine noise hits
+all targets alike):
+
+Filesystem workloads, each on five targets:
+  ``native``  the backing directory itself (the limit);
+  ``serve-fs`` ``python -m stages.serve_fs DIR MNT``;
+  ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
+              reference the goals compare against: multi-threaded, cache=auto, 1 s timeouts);
+  ``c-ll-wb`` the same with ``-o writeback -o cache=always``;
+  ``bindfs``  Debian's bindfs (high-level libfuse, single-threaded by default).
+  Workloads: sequential write of a large file (write + close; the flush to disk is not
+  timed), sequential read cold (after ``drop_caches``) and warm, 4 KiB random reads of the
+  warm file (fio, fixed seed), creating 4,000 small files in 40 directories, stat of every
+  entry of that (warm) tree, reading every file of it, extracting a tarball of such a tree,
+  and deleting both trees.
+
+Program start through a mount of ``/`` (warm): ``chroot MNT /usr/bin/python3 -c pass`` and
+``chroot MNT /bin/true`` against ``chroot / ...`` (the same chroot(1) call, so only the
+filesystem differs); each run is the mean of several launches after one untimed launch.
+
+Session path latency (commands run in the benchmark's original mount namespace):
+  attach: ``cntr attach cntr-test-docker -- true`` against ``docker exec cntr-test-docker
+  true`` (the reference) and ``nsenter -t PID -a true`` (the limit), plus ``cntr attach`` by
+  the docker container's pid and into the demo container (``scripts/demo start``);
+  resolve: ``cntr resolve cntr-test-docker [-t docker]`` against ``docker inspect``.
+
+Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of
+200,000 empty files through a serve-fs mount (the tree is made once, natively, in
+/var/cache/cntr-bench and reused).
+
+Output: per workload and target the median of N runs, its spread ((max-min)/median), the
+ratios to ``native`` (or the workload's limit) and to the reference (``c-ll``, ``docker
+exec``), and the issue's goal where one applies: an aligned table on stdout, the same as
+JSON with ``--json FILE``.  Progress goes to stderr.  Exit status 0 unless something broke
+(a mount that does not come up, a command that fails); timings never fail the run.
+
+Caveats:
+- all FUSE mounts and temp dirs live in a private mount namespace of the benchmark
+  (unshare(CLONE_NEWNS)), so they never show up in other processes' mount tables and vanish
+  with the benchmark; the session-path commands are started back in the original namespace.
+- sequential write times ``write`` + ``close`` of page-cache data; the disk's own speed is
+  excluded (an untimed sync follows).  Cold reads depend on the disk and on
+  ``drop_caches``, which is global: it also drops the FUSE targets' page caches.
+- the FUSE targets differ in caching policy (serve-fs keeps the page cache across opens
+  while a file is unchanged, c-ll's default mode drops it on every open, c-ll-wb keeps
+  everything): warm numbers compare policies as much as request paths.
+- timings of whole processes (tar, fio, chroot, cntr) include their start-up, identical
+  on every target; fio reports its runtime in whole milliseconds.
+- small numbers (single milliseconds) on a 2-core VM are noisy: read the spread column.
+- the C reference cannot walk 200,000 files here (it keeps a descriptor per inode and
+  RLIMIT_NOFILE is 20,000 without CAP_SYS_RESOURCE), so the memory section has no
+  reference.
+- ``--profile DIR`` runs every serve-fs under cProfile (DIR/serve-fs-*.prof): its
+  timings are then inflated and only good for finding where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cntr.linux import syscalls as sc  # noqa: E402  # the repository is put on sys.path first
+
+CACHE = Path(os.environ.get("CNTR_BENCH_CACHE", "/var/cache/cntr-bench"))
+LL_SRC_DIR = Path("/usr/share/doc/libfuse3-dev/examples")
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+CNTR = str(REPO / ".venv" / "bin" / "cntr")
+CONTAINER = "cntr-test-docker"
+MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
+MIB = 1 << 20
+# A clean environment for the programs started through the mounts.
+EXEC_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+def log(msg: str) -> None:
+    """Progress on stderr."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """Something the benchmark needs broke (not a slow timing)."""
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each workload does."""
+
+    runs: int
+    """repetitions of every workload (the median is reported)."""
+    big_mib: int
+    """size of the large file for the sequential and random workloads."""
+    fio_mib: int
+    """bytes read by the 4 KiB random-read job."""
+    dirs: int
+    """directories of the small-file tree."""
+    files: int
+    """files of the small-file tree (spread evenly over ``dirs``)."""
+    max_file: int
+    """largest small file, bytes (sizes are drawn with a fixed seed)."""
+    exec_launches: int
+    """timed launches per run of the program-start workloads."""
+    attach_launches: int
+    """timed launches per run of the attach variants."""
+    resolve_launches: int
+    """timed launches per run of the resolve variants."""
+    walk_dirs: int
+    """directories (1,000 files each) of the cached tree walked for the memory figures."""
+
+
+DEFAULT = Sizes(runs=5, big_mib=512, fio_mib=128, dirs=40, files=4000, max_file=8192,
+                exec_launches=10, attach_launches=3, resolve_launches=5, walk_dirs=200)
+QUICK = Sizes(runs=3, big_mib=64, fio_mib=16, dirs=10, files=1000, max_file=8192,
+              exec_launches=4, attach_launches=2, resolve_launches=3, walk_dirs=20)
+WALK_TREE_DIRS = 200  # the cached tree always has 200 x 1,000 files; --quick walks a part
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL if the benchmark dies (mounts die with our ns)."""
+    sc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def in_namespace(ns_fd: int) -> Callable[[], None]:
+    """preexec_fn joining the mount namespace ``ns_fd`` (the child is single-threaded)."""
+
+    def enter() -> None:
+        sc.setns(ns_fd, sc.CLONE_NEWNS, "setns(original mount namespace)")
+
+    return enter
+
+
+def run_quiet(argv: Sequence[str], *, what: str, preexec: Callable[[], None] | None = None,
+              env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    """Run ``argv``; return its stdout, raise BenchError (with its stderr) on failure."""
+    try:
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             preexec_fn=preexec, env=env, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"{what}: {exc}") from exc
+    if res.returncode != 0:
+        err = res.stderr.strip().splitlines()
+        raise BenchError(f"{what}: exit {res.returncode}: {err[-1] if err else ''}")
+    return res.stdout
+
+
+def time_command(argv: Sequence[str], *, preexec: Callable[[], None] | None = None,
+                 env: dict[str, str] | None = None) -> float:
+    """Wall time of one run of ``argv`` (output discarded); BenchError if it fails."""
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, preexec_fn=preexec, env=env, timeout=120)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace").strip().splitlines()
+        raise BenchError(f"{' '.join(argv)}: exit {res.returncode}: {err[-1] if err else ''}")
+    return elapsed
+
+
+def mean_launch(argv: Sequence[str], launches: int, **kw: Any) -> float:
+    """One untimed launch, then the mean wall time of ``launches`` launches."""
+    time_command(argv, **kw)
+    return sum(time_command(argv, **kw) for _ in range(launches)) / launches
+
+
+# ----------------------------------------------------------------------------- mounts
+
+
+def mounted_below(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in our mount namespace."""
+    prefix = str(path).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = line.split()[4].replace("\\040", " ")
+            if mnt == str(path) or mnt.startswith(prefix):
+                out.append(mnt)
+    return out
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` itself is a mount point."""
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@dataclass
+class Mount:
+    """A FUSE filesystem served by a child process."""
+
+    name: str
+    mountpoint: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def status(self) -> dict[str, int]:
+        """VmRSS/VmHWM (KiB) and the descriptor count of the server."""
+        out: dict[str, int] = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0])
+        out["fds"] = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        return out
+
+    def stop(self) -> None:
+        """Unmount (lazily) and make sure the server is gone."""
+        with contextlib.suppress(OSError):
+            if is_mounted(self.mountpoint):
+                sc.umount2(str(self.mountpoint), MNT_DETACH)
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@dataclass
+class Tools:
+    """Where the comparison programs are."""
+
+    passthrough_ll: Path | None
+    bindfs: str | None
+    fio: str | None
+    profile_dir: Path | None
+
+
+def build_passthrough_ll() -> Path | None:
+    """Compile libfuse's passthrough_ll example once into the cache dir."""
+    exe = CACHE / "passthrough_ll"
+    if exe.exists():
+        return exe
+    src = LL_SRC_DIR / "passthrough_ll.c"
+    build = CACHE / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    for name in ("passthrough_ll.c", "passthrough_helpers.h"):
+        for cand in (LL_SRC_DIR / name, LL_SRC_DIR / f"{name}.gz"):
+            if cand.exists():
+                data = cand.read_bytes()
+                if cand.suffix == ".gz":
+                    import gzip
+                    data = gzip.decompress(data)
+                (build / name).write_bytes(data)
+                break
+    if not (build / "passthrough_ll.c").exists():
+        log(f"no {src}: the C reference is skipped (install libfuse3-dev)")
+        return None
+    flags = run_quiet(["pkg-config", "fuse3", "--cflags", "--libs"],
+                      what="pkg-config fuse3").split()
+    run_quiet(["gcc", "-O2", "-Wall", "-o", str(exe) + ".tmp",
+               str(build / "passthrough_ll.c"), *flags], what="gcc passthrough_ll.c")
+    os.rename(str(exe) + ".tmp", exe)
+    log(f"built {exe}")
+    return exe
+
+
+def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
+                timeout: float = 30) -> Mount:
+    """Serve ``root`` on ``mnt`` with the FUSE implementation ``kind``; wait for it."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / f"{kind}-{mnt.parent.name}.log"
+    pass_fds: tuple[int, ...] = ()
+    rfd = wfd = -1
+    if kind == "serve-fs":
+        rfd, wfd = os.pipe()
+        pass_fds = (wfd,)
+        argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
+                str(mnt)]
+        if tools.profile_dir is not None:
+            prof = tools.profile_dir / f"serve-fs-{mnt.parent.name}.prof"
+            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stages.serve_fs"]
+    elif kind in ("c-ll", "c-ll-wb"):
+        assert tools.passthrough_ll is not None
+        argv = [str(tools.passthrough_ll), "-f", "-o", f"source={root}", str(mnt)]
+        if kind == "c-ll-wb":
+            argv[2:2] = ["-o", "writeback", "-o", "cache=always"]
+    elif kind == "bindfs":
+        assert tools.bindfs is not None
+        argv = [tools.bindfs, "-f", str(root), str(mnt)]
+    else:
+        raise ValueError(kind)
+    # The benchmark never starts threads, so preexec_fn is safe here.
+    with open(logfile, "wb") as logf:
+        proc = subprocess.Popen(argv, cwd=REPO, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=logf,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509  # no threads
+    mount = Mount(kind, mnt, proc, logfile)
+    if wfd >= 0:
+        os.close(wfd)
+    try:
+        deadline = time.monotonic() + timeout
+        if rfd >= 0:  # serve-fs says "R" on its ready descriptor
+            import select
+            while not select.select([rfd], [], [], 0.1)[0]:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    break
+            with contextlib.suppress(OSError):
+                os.set_blocking(rfd, False)
+                os.read(rfd, 1)
+        while not is_mounted(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
+                raise BenchError(f"{kind}: {mnt} did not get mounted "
+                                 f"(exit {proc.poll()}): {' | '.join(tail)}")
+            time.sleep(0.01)
+    except BaseException:
+        mount.stop()
+        raise
+    finally:
+        if rfd >= 0:
+            os.close(rfd)
+    return mount
+
+
+# ----------------------------------------------------------------------------- fs workloads
+
+
+@dataclass
+class Target:
+    """Where a workload runs: a native directory or a mount of one."""
+
+    name: str
+    path: Path
+    mount: Mount | None = None
+    big_warm: bool = False
+
+
+@dataclass
+class FsContext:
+    """What the filesystem workloads share."""
+
+    sizes: Sizes
+    tools: Tools
+    work: Path
+    block: bytearray = field(default_factory=lambda: bytearray(os.urandom(MIB)))
+    payload: bytes = b""
+    file_sizes: list[int] = field(default_factory=list)
+    tarball: Path | None = None
+    fs_targets: list[Target] = field(default_factory=list)
+
+
+def drop_caches(ctx: FsContext) -> None:
+    """Write back and drop the page, dentry and inode caches (global)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+    for t in ctx.fs_targets:
+        t.big_warm = False
+
+
+def write_big(ctx: FsContext, path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(ctx.block)
+        for _ in range(ctx.sizes.big_mib):
+            done = 0
+            while done < MIB:
+                done += os.write(fd, view[done:])
+    finally:
+        os.close(fd)
+
+
+def read_all(ctx: FsContext, path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    total = 0
+    try:
+        while n := os.readv(fd, [ctx.block]):
+            total += n
+    finally:
+        os.close(fd)
+    return total
+
+
+def ensure_big(ctx: FsContext, t: Target) -> Path:
+    big = t.path / "big"
+    try:
+        ok = big.stat().st_size == ctx.sizes.big_mib * MIB
+    except FileNotFoundError:
+        ok = False
+    if not ok:
+        write_big(ctx, big)
+        os.sync()
+    return big
+
+
+def wl_seq_write(ctx: FsContext, t: Target) -> float:
+    big = t.path / "big"
+    with contextlib.suppress(FileNotFoundError):
+        big.unlink()
+    os.sync()
+    t0 = time.perf_counter()
+    write_big(ctx, big)
+    elapsed = time.perf_counter() - t0
+    t.big_warm = False
+    os.sync()  # untimed: the next workload must not pay for our dirty pages
+    return elapsed
+
+
+def wl_seq_read_cold(ctx: FsContext, t: Target) -> float:
+    big = ensure_big(ctx, t)
+    drop_caches(ctx)
+    t0 = time.perf_counter()
+    n = read_all(ctx, big)
+    elapsed = time.perf_counter() - t0
+    if n != ctx.sizes.big_mib * MIB:
+        raise BenchError(f"{t.name}: read {n} bytes of {big}")
+    return elapsed
+
+
+def wl_seq_read_warm(ctx: FsContext, t: Target) -> float:
+    big = ensure_big(ctx, t)
+    read_all(ctx, big)  # untimed: warm every cache this target has
+    t0 = time.perf_counter()
+    read_all(ctx, big)
+    elapsed = time.perf_counter() - t0
+    t.big_warm = True
+    return elapsed
+
+
+def wl_rand_read(ctx: FsContext, t: Target) -> float:
+    big = ensure_big(ctx, t)
+    if not t.big_warm:
+        read_all(ctx, big)
+        t.big_warm = True
+    if ctx.tools.fio is None:  # os.pread with a fixed seed
+        rng = random.Random(4096)
+        blocks = ctx.sizes.big_mib * MIB // 4096
+        offsets = [rng.randrange(blocks) * 4096 for _ in range(ctx.sizes.fio_mib * 256)]
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            t0 = time.perf_counter()
+            for off in offsets:
+                os.pread(fd, 4096, off)
+            return time.perf_counter() - t0
+        finally:
+            os.close(fd)
+    # invalidate=0: fio would otherwise drop the file's page cache before the job.
+    out = run_quiet([ctx.tools.fio, "--name=randread", f"--filename={big}", "--rw=randread",
+                     "--bs=4k", f"--size={ctx.sizes.big_mib}M", f"--io_size={ctx.sizes.fio_mib}M",
+                     "--ioengine=psync", "--invalidate=0", "--randrepeat=1", "--norandommap",
+                     "--output-format=json"], what=f"fio on {t.name}")
+    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+    return float(job["runtime"]) / 1000
+
+
+def make_tree(ctx: FsContext, root: Path) -> None:
+    os.mkdir(root)
+    per = ctx.sizes.files // ctx.sizes.dirs
+    i = 0
+    for d in range(ctx.sizes.dirs):
+        sub = root / f"d{d:03d}"
+        os.mkdir(sub)
+        for f in range(per):
+            fd = os.open(sub / f"f{f:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, ctx.payload[:ctx.file_sizes[i]])
+            os.close(fd)
+            i += 1
+
+
+def stat_tree(root: Path) -> int:
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            os.lstat(os.path.join(dirpath, name))
+            n += 1
+    return n
+
+
+def read_tree(root: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                total += len(f.read())
+    return total
+
+
+def ensure_tree(ctx: FsContext, t: Target) -> Path:
+    tree = t.path / "tree"
+    if not tree.exists():
+        make_tree(ctx, tree)
+    return tree
+
+
+def wl_create(ctx: FsContext, t: Target) -> float:
+    tree = t.path / "tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+    os.sync()
+    t0 = time.perf_counter()
+    make_tree(ctx, tree)
+    return time.perf_counter() - t0
+
+
+def wl_stat_tree(ctx: FsContext, t: Target) -> float:
+    tree = ensure_tree(ctx, t)
+    want = stat_tree(tree)  # untimed: the tree is warm
+    os.sync()
+    t0 = time.perf_counter()
+    n = stat_tree(tree)
+    elapsed = time.perf_counter() - t0
+    if n != want or n != ctx.sizes.files + ctx.sizes.dirs:
+        raise BenchError(f"{t.name}: stat saw {n} entries, expected "
+                         f"{ctx.sizes.files + ctx.sizes.dirs}")
+    return elapsed
+
+
+def wl_read_tree(ctx: FsContext, t: Target) -> float:
+    tree = ensure_tree(ctx, t)
+    os.sync()
+    t0 = time.perf_counter()
+    n = read_tree(tree)
+    elapsed = time.perf_counter() - t0
+    if n != sum(ctx.file_sizes):
+        raise BenchError(f"{t.name}: read {n} bytes of the tree, expected {sum(ctx.file_sizes)}")
+    return elapsed
+
+
+def extract(ctx: FsContext, dest: Path) -> None:
+    assert ctx.tarball is not None
+    os.mkdir(dest)
+    run_quiet(["tar", "-xf", str(ctx.tarball), "-C", str(dest)], what=f"tar -x in {dest}")
+
+
+def wl_untar(ctx: FsContext, t: Target) -> float:
+    dest = t.path / "untar"
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.sync()
+    t0 = time.perf_counter()
+    extract(ctx, dest)
+    return time.perf_counter() - t0
+
+
+def wl_delete(ctx: FsContext, t: Target) -> float:
+    tree = ensure_tree(ctx, t)
+    dest = t.path / "untar"
+    if not dest.exists():
+        extract(ctx, dest)
+    os.sync()  # untimed: written-back files are cheaper to delete than dirty ones
+    t0 = time.perf_counter()
+    shutil.rmtree(tree)
+    shutil.rmtree(dest)
+    return time.perf_counter() - t0
+
+
+def wl_exec(argv: list[str]) -> Callable[[FsContext, Target], float]:
+    def run(ctx: FsContext, t: Target) -> float:
+        return mean_launch(["chroot", str(t.path), *argv], ctx.sizes.exec_launches,
+                           env=EXEC_ENV)
+    return run
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+@dataclass(frozen=True)
+class Goal:
+    """``target``'s median must be at most ``max_ratio`` times ``versus``'s."""
+
+    target: str
+    versus: str
+    max_ratio: float
+
+    def label(self) -> str:
+        return f"<={self.max_ratio:g}x {self.versus}"
+
+
+@dataclass
+class Workload:
+    """One row group of the table."""
+
+    name: str
+    description: str
+    group: str
+    """"fs" (the backing-dir targets), "exec" (mounts of /) or "session"."""
+    baseline: str
+    """the limit: ratios in the "x limit" column are to this target."""
+    reference: str
+    """the reference implementation: the "x ref" column."""
+    goals: list[Goal]
+    run: Callable[[Any, Any], float] | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def fs_goals(*extra: Goal) -> list[Goal]:
+    return [*extra, Goal("serve-fs", "c-ll", 1.0)]
+
+
+def make_workloads(sizes: Sizes) -> list[Workload]:
+    big = f"{sizes.big_mib} MiB"
+    tree = f"{sizes.files} files in {sizes.dirs} dirs"
+    fs = [
+        ("seq-write", f"write {big} in 1 MiB writes, close", wl_seq_write,
+         fs_goals(Goal("serve-fs", "native", 1.5))),
+        ("seq-read-cold", f"read {big} after drop_caches", wl_seq_read_cold, fs_goals()),
+        ("seq-read-warm", f"read {big} again", wl_seq_read_warm,
+         fs_goals(Goal("serve-fs", "native", 1.2))),
+        ("rand-read-4k", f"{sizes.fio_mib} MiB of 4 KiB random reads, warm", wl_rand_read,
+         fs_goals()),
+        ("create", f"create {tree}", wl_create, fs_goals()),
+        ("stat-tree", f"lstat every entry of the warm tree ({tree})", wl_stat_tree,
+         fs_goals(Goal("serve-fs", "native", 1.5))),
+        ("read-tree", "read every file of the tree", wl_read_tree, fs_goals()),
+        ("untar", f"tar -x of a tarball of {tree}", wl_untar, fs_goals()),
+        ("delete", "rm -r the tree and the extracted tree", wl_delete, fs_goals()),
+    ]
+    out = [Workload(n, d, "fs", "native", "c-ll", g, run=f) for n, d, f, g in fs]
+    for name, argv in (("exec-python", ["/usr/bin/python3", "-c", "pass"]),
+                       ("exec-true", ["/bin/true"])):
+        out.append(Workload(name, f"chroot MNT {' '.join(argv)} (mount of /, warm, per launch)",
+                            "exec", "native", "c-ll",
+                            fs_goals(Goal("serve-fs", "native", 1.3)), run=wl_exec(argv)))
+    out.append(Workload("attach", f"attach round trip `true` in {CONTAINER} (per launch)",
+                        "session", "nsenter", "docker-exec",
+                        [Goal("cntr-attach", "docker-exec", 1.0)]))
+    out.append(Workload("resolve", f"find {CONTAINER}'s pid (per launch)", "session",
+                        "docker-inspect", "docker-inspect", []))
+    return out
+
+
+# ----------------------------------------------------------------------------- session path
+
+
+@dataclass
+class SessionVariant:
+    """One command of the attach or resolve workload."""
+
+    name: str
+    argv: list[str]
+
+
+def session_variants(host_ns: int) -> dict[str, list[SessionVariant]]:
+    """Start the docker test container and the demo (idempotent), build the commands."""
+    enter_host = in_namespace(host_ns)
+    attach: list[SessionVariant] = []
+    resolve: list[SessionVariant] = []
+    try:
+        run_quiet([str(REPO / "scripts" / "engines"), "start", "docker"],
+                  what="scripts/engines start docker", preexec=enter_host, timeout=300)
+        pid = run_quiet([str(REPO / "scripts" / "engines"), "pid", "docker"],
+                        what="scripts/engines pid docker", preexec=enter_host).strip()
+        attach += [
+            SessionVariant("nsenter", ["nsenter", "-t", pid, "-a", "true"]),
+            SessionVariant("docker-exec", [DOCKER, "exec", CONTAINER, "true"]),
+            SessionVariant("cntr-attach", [CNTR, "attach", CONTAINER, "--", "true"]),
+            SessionVariant("cntr-attach-pid", [CNTR, "attach", pid, "--", "true"]),
+        ]
+        resolve += [
+            SessionVariant("docker-inspect",
+                           [DOCKER, "inspect", "--format", "{{.State.Pid}}", CONTAINER]),
+            SessionVariant("cntr-resolve-t", [CNTR, "resolve", CONTAINER, "-t", "docker"]),
+            SessionVariant("cntr-resolve", [CNTR, "resolve", CONTAINER]),
+        ]
+    except BenchError as exc:
+        log(f"docker is not available, its variants are skipped: {exc}")
+    try:
+        demo = run_quiet([str(REPO / "scripts" / "demo"), "start"], what="scripts/demo start",
+                         preexec=enter_host, timeout=120).strip()
+        attach.append(SessionVariant("cntr-attach-demo", [CNTR, "attach", demo, "--", "true"]))
+    except BenchError as exc:
+        log(f"the demo container is not available: {exc}")
+    return {"attach": attach, "resolve": resolve}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def ensure_walk_tree() -> Path:
+    """200 directories of 1,000 empty files, made once in the cache dir."""
+    root = CACHE / "walk-200k"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    log(f"creating {WALK_TREE_DIRS * 1000:,} files in {root} (once)")
+    if root.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=True)
+    root.mkdir(parents=True)
+    for d in range(WALK_TREE_DIRS):
+        sub = root / f"d{d:03d}"
+        sub.mkdir()
+        for f in range(1000):
+            os.close(os.open(sub / f"f{f:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    done.touch()
+    return root
+
+
+def walk(root: Path, dirs: int, sample: Callable[[], None] | None = None) -> int:
+    """lstat every entry of the first ``dirs`` directories of the walk tree."""
+    n = 0
+    for d in range(dirs):
+        n += stat_tree(root / f"d{d:03d}")
+        if sample is not None:
+            sample()
+    return n
+
+
+def memory_section(sizes: Sizes, tools: Tools, work: Path) -> dict[str, Any]:
+    root = ensure_walk_tree()
+    files = sizes.walk_dirs * 1000
+    t0 = time.perf_counter()
+    walk(root, sizes.walk_dirs)
+    native_s = time.perf_counter() - t0
+    mount = start_mount("serve-fs", root, work / "mnt" / "walk", tools, work / "logs")
+    try:
+        before = mount.status()
+        max_fds = before["fds"]
+
+        def sample() -> None:
+            nonlocal max_fds
+            max_fds = max(max_fds, mount.status()["fds"])
+
+        t0 = time.perf_counter()
+        n = walk(mount.mountpoint, sizes.walk_dirs, sample)
+        serve_s = time.perf_counter() - t0
+        after = mount.status()
+    finally:
+        mount.stop()
+    if n != files:
+        raise BenchError(f"walk through serve-fs saw {n} files, expected {files}")
+    return {"files": files, "native_walk_s": native_s, "serve_fs_walk_s": serve_s,
+            "rss_before_kib": before["VmRSS"], "rss_kib": after["VmRSS"],
+            "hwm_kib": after["VmHWM"], "fds_before": before["fds"], "fds_after": after["fds"],
+            "fds_max": max_fds}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt_time(sec: float) -> str:
+    if sec >= 10:
+        return f"{sec:.1f} s"
+    if sec >= 1:
+        return f"{sec:.2f} s"
+    if sec >= 1e-3:
+        return f"{sec * 1e3:.1f} ms" if sec < 0.1 else f"{sec * 1e3:.0f} ms"
+    return f"{sec * 1e6:.0f} us"
+
+
+def summarize(wl: Workload) -> dict[str, Any]:
+    meds = {t: statistics.median(s) for t, s in wl.samples.items() if s}
+    targets: dict[str, Any] = {}
+    for t, s in wl.samples.items():
+        if not s:
+            continue
+        m = meds[t]
+        targets[t] = {
+            "samples_s": s, "median_s": m, "min_s": min(s), "max_s": max(s),
+            "spread": (max(s) - min(s)) / m if m else 0.0,
+            "x_limit": m / meds[wl.baseline] if wl.baseline in meds else None,
+            "x_reference": m / meds[wl.reference] if wl.reference in meds else None,
+        }
+    goals = []
+    for g in wl.goals:
+        if g.target in meds and g.versus in meds:
+            ratio = meds[g.target] / meds[g.versus]
+            goals.append({"target": g.target, "versus": g.versus, "max_ratio": g.max_ratio,
+                          "ratio": ratio, "met": ratio <= g.max_ratio})
+    return {"name": wl.name, "description": wl.description, "limit": wl.baseline,
+            "reference": wl.reference, "targets": targets, "goals": goals,
+            "errors": wl.errors}
+
+
+def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
+                out: Any = sys.stdout) -> None:
+    rows: list[list[str]] = [["workload", "target", "median", "spread", "x limit", "x ref",
+                              "goal"]]
+    notes: list[str] = []
+    for s in summaries:
+        if not s["targets"] and not s["errors"]:
+            continue
+        notes.append(f"  {s['name']}: {s['description']}; limit {s['limit']}, "
+                     f"ref {s['reference']}")
+        first = True
+        for t, r in s["targets"].items():
+            goal = "; ".join(
+                f"<={g['max_ratio']:g}x {g['versus']}: {g['ratio']:.2f} "
+                f"{'ok' if g['met'] else 'MISS'}"
+                for g in s["goals"] if g["target"] == t)
+            rows.append([s["name"] if first else "", t, fmt_time(r["median_s"]),
+                         f"{r['spread'] * 100:.0f}%",
+                         "" if r["x_limit"] is None else f"{r['x_limit']:.2f}",
+                         "" if r["x_reference"] is None else f"{r['x_reference']:.2f}", goal])
+            first = False
+        for t, err in s["errors"].items():
+            rows.append([s["name"] if first else "", t, "FAILED", "", "", "", err[:60]])
+            first = False
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4, 5}
+    for n, r in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        print("  ".join(cells).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    if memory:
+        m = memory
+        rss_ok = m["rss_kib"] < 100 * 1024
+        fds_ok = m["fds_max"] < 5000
+        print(f"\nserve-fs after walking {m['files']:,} files (lstat of every entry): "
+              f"walk {fmt_time(m['serve_fs_walk_s'])} (native {fmt_time(m['native_walk_s'])},"
+              f" {m['serve_fs_walk_s'] / m['native_walk_s']:.1f}x)", file=out)
+        print(f"  VmRSS {m['rss_kib'] / 1024:.1f} MiB (at mount {m['rss_before_kib'] / 1024:.1f}"
+              f" MiB), VmHWM {m['hwm_kib'] / 1024:.1f} MiB   goal <100 MiB: "
+              f"{'ok' if rss_ok else 'MISS'}", file=out)
+        print(f"  descriptors: {m['fds_before']} at mount, max {m['fds_max']} during the walk, "
+              f"{m['fds_after']} after   goal bounded (<5,000): {'ok' if fds_ok else 'MISS'}",
+              file=out)
+    print("\nmedian of the runs; spread = (max-min)/median; x limit = median / the limit's "
+          "(native, nsenter, docker inspect); x ref = median / the reference's (c-ll = "
+          "passthrough_ll default mode, docker exec)", file=out)
+    print("\n".join(notes), file=out)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def rotate(items: list[Any], by: int) -> list[Any]:
+    if not items:
+        return items
+    k = by % len(items)
+    return items[k:] + items[:k]
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def git_version() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "absent"
+    lines = (res.stdout or res.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 3)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, 3 runs")
+    p.add_argument("--only", help="comma-separated workloads (names in the table, 'memory')")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="run serve-fs under cProfile, stats in DIR (timings inflated)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (FUSE mounts, drop_caches, chroot)", file=sys.stderr)
+        return 2
+    sizes = QUICK if args.quick else DEFAULT
+    if args.runs is not None:
+        if args.runs < 1:
+            print("bench: --runs must be at least 1", file=sys.stderr)
+            return 2
+        sizes = dataclasses.replace(sizes, runs=args.runs)
+    workloads = make_workloads(sizes)
+    names = [w.name for w in workloads] + ["memory"]
+    only = set(names if not args.only else args.only.split(","))
+    if unknown := only - set(names):
+        print(f"bench: unknown workload(s) {', '.join(sorted(unknown))}; one of: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return 2
+    workloads = [w for w in workloads if w.name in only]
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+    started = time.monotonic()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tools = Tools(passthrough_ll=build_passthrough_ll(), bindfs=shutil.which("bindfs"),
+                  fio=shutil.which("fio"), profile_dir=args.profile)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+        tools.profile_dir = args.profile
+    host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    variants: dict[str, list[SessionVariant]] = {}
+    if any(w.group == "session" for w in workloads):
+        # Before unshare: the engines and the demo must not inherit our mounts.
+        variants = session_variants(host_ns)
+    # A private mount namespace: our FUSE mounts are invisible to everybody else and die
+    # with us (unshare(CLONE_NEWNS) needs a single-threaded process: we are).
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+
+    kinds = ["serve-fs"]
+    if tools.passthrough_ll is not None:
+        kinds += ["c-ll", "c-ll-wb"]
+    if tools.bindfs is not None:
+        kinds.append("bindfs")
+    work = Path(tempfile.mkdtemp(prefix="cntr-bench-", dir="/var/tmp"))
+    (work / "logs").mkdir()
+    mounts: list[Mount] = []
+    failures: list[str] = []
+    memory: dict[str, Any] | None = None
+    try:
+        rng = random.Random(42)
+        ctx = FsContext(sizes, tools, work)
+        ctx.payload = os.urandom(sizes.max_file)
+        ctx.file_sizes = [rng.randrange(sizes.max_file + 1) for _ in range(sizes.files)]
+        fs_t: list[Target] = []
+        root_t: list[Target] = []
+        if any(w.group == "fs" for w in workloads):
+            native = work / "backing" / "native"
+            native.mkdir(parents=True)
+            fs_t.append(Target("native", native))
+            tar_src = work / "tarsrc"
+            tar_src.mkdir()
+            make_tree(ctx, tar_src / "tree")
+            ctx.tarball = work / "tree.tar"
+            run_quiet(["tar", "-cf", str(ctx.tarball), "-C", str(tar_src), "tree"],
+                      what="tar -c")
+        if any(w.group == "exec" for w in workloads):
+            root_t.append(Target("native", Path("/")))
+        for kind in kinds:
+            try:
+                if fs_t:
+                    backing = work / "backing" / kind
+                    backing.mkdir(parents=True)
+                    m = start_mount(kind, backing, work / "mnt" / kind, tools, work / "logs")
+                    mounts.append(m)
+                    fs_t.append(Target(kind, m.mountpoint, m))
+                if root_t:
+                    m = start_mount(kind, Path("/"), work / "rootmnt" / kind, tools,
+                                    work / "logs")
+                    mounts.append(m)
+                    root_t.append(Target(kind, m.mountpoint, m))
+            except BenchError as exc:
+                failures.append(str(exc))
+                log(f"skipping {kind}: {exc}")
+        ctx.fs_targets = fs_t
+        log(f"targets mounted in {work}; {sizes.runs} runs of {len(workloads)} workloads")
+
+        for rep in range(sizes.runs):
+            for wl in workloads:
+                if wl.group == "session":
+                    items: list[Any] = variants.get(wl.name, [])
+                else:
+                    items = fs_t if wl.group == "fs" else root_t
+                for item in rotate(items, rep):
+                    if item.name in wl.errors:
+                        continue
+                    try:
+                        if wl.group == "session":
+                            n = (sizes.attach_launches if wl.name == "attach"
+                                 else sizes.resolve_launches)
+                            sec = mean_launch(item.argv, n, preexec=in_namespace(host_ns))
+                        else:
+                            assert wl.run is not None
+                            sec = wl.run(ctx, item)
+                    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                        wl.errors[item.name] = str(exc)
+                        failures.append(f"{wl.name} on {item.name}: {exc}")
+                        log(f"FAILED {wl.name} on {item.name}: {exc}")
+                        continue
+                    wl.samples.setdefault(item.name, []).append(sec)
+                    log(f"run {rep + 1}/{sizes.runs} {wl.name:<13} {item.name:<16} "
+                        f"{fmt_time(sec)}")
+        for m in mounts:
+            if m.proc.poll() is not None:
+                failures.append(f"{m.name} on {m.mountpoint} died (exit {m.proc.returncode})")
+        if "memory" in only:
+            log(f"memory: walking {sizes.walk_dirs * 1000:,} files through serve-fs")
+            try:
+                memory = memory_section(sizes, tools, work)
+            except (BenchError, OSError) as exc:
+                failures.append(f"memory: {exc}")
+                log(f"FAILED memory: {exc}")
+    finally:
+        for m in mounts:
+            m.stop()
+        left = mounted_below(work)
+        if left:
+            log(f"still mounted, {work} is left in place: {', '.join(left)}")
+        else:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+        os.close(host_ns)
+
+    elapsed = time.monotonic() - started
+    summaries = [summarize(w) for w in workloads]
+    print_table(summaries, memory)
+    print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min"
+          + (f"; profiles in {args.profile}" if args.profile else ""))
+    if args.json is not None:
+        doc = {
+            "meta": {
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                "kernel": platform.release(), "cpus": os.cpu_count(),
+                "python": platform.python_version(), "cntr": git_version(),
+                "libfuse": tool_version(["pkg-config", "--modversion", "fuse3"]),
+                "bindfs": tool_version(["bindfs", "--version"]),
+                "fio": tool_version(["fio", "--version"]),
+                "quick": args.quick, "sizes": dataclasses.asdict(sizes), "elapsed_s": elapsed,
+                "profiled": args.profile is not None,
+            },
+            "workloads": summaries, "memory": memory, "failures": failures,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"JSON in {args.json}")
+    if failures:
+        log("something broke:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("bench: interrupted; mounts and temp dirs were cleaned up", file=sys.stderr)
+        sys.exit(130)
