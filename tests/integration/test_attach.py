@@ -244,3 +244,16 @@ def test_interactive_session_gets_a_pty(demo: Container) -> None:
     assert b"marker-42" in out
     assert b"tty-2" in out  # stdin and stdout are a terminal
     assert b"33 101" in out  # of the caller's size
+
+
+def test_effective_user_owns_files_created_on_the_host(demo: Container) -> None:
+    path = Path("/tmp/cntr-effective-user")
+    path.unlink(missing_ok=True)
+    out = run_cntr("attach", "--effective-user", "nobody", demo.ident, "--", "/bin/sh", "-c",
+                   f"id -u; echo x > {path}; stat -c %u /var/lib/cntr")
+    try:
+        assert out.returncode == 0, out.stderr.decode()
+        assert out.stdout.split()[0] == b"0"  # the session keeps the container's ids
+        assert path.stat().st_uid == 65534
+    finally:
+        path.unlink(missing_ok=True)

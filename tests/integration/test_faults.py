@@ -162,7 +162,9 @@ def test_signal_during_setup_leaves_nothing(demo: Container, delay: float) -> No
         time.sleep(delay)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    assert proc.returncode != 0 or True  # it may have finished before the signal
+    # Finished before the signal (0), ended by it (143, or -15 before cntr set its
+    # handlers), or stopped while setting up (137: the setup child ended on SIGTERM).
+    assert proc.returncode in {0, 128 + signal.SIGTERM, -signal.SIGTERM, 137}
     wait_clean(demo, before)
 
 

@@ -111,3 +111,28 @@ def test_pipeline_through_a_saved_file(demo: Container, tmp_path: Path) -> None:
         shell=True, capture_output=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == b"hello\n"
+
+
+@pytest.mark.parametrize("stage", ["enter", "capture"])
+def test_stage_decoders_on_random_input(demo: Container, stage: str) -> None:
+    """Random and mutated bytes on each stage's stdin, through the real command: exit 3,
+    one line, nothing done (the in-process fuzz test covers many more inputs)."""
+    import random
+
+    rng = random.Random(1234)
+    valid = run_cntr("capture", demo.ident).stdout
+    inputs = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
+              for _ in range(6)]
+    for _ in range(6):
+        buf = bytearray(valid)
+        for _ in range(rng.randrange(1, 6)):
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+        inputs.append(bytes(buf[: rng.randrange(1, len(buf))]))
+    before = snapshot(demo)
+    for data in inputs:
+        args = ["enter", "--", "true"] if stage == "enter" else ["capture"]
+        out = run_cntr(*args, input=data)
+        assert out.returncode in (3, 4, 5), (data[:40], out.stderr)
+        assert out.stderr.count(b"\n") == 1 and out.stderr.startswith(b"cntr: ")
+        assert b"Traceback" not in out.stderr
+    assert snapshot(demo) == before

@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from pyfuse3 import FUSEError
@@ -94,7 +95,7 @@ class Session:
     """The child's report and a way to let it finish."""
 
     def __init__(self, proc: subprocess.Popen[bytes], info: object, go_w: int,
-                 info_r: object) -> None:
+                 info_r: BinaryIO) -> None:
         self.proc = proc
         self.first: dict[str, object] = self._check(info)
         self._go_w = go_w
@@ -119,7 +120,7 @@ class Session:
     def finish(self) -> dict[str, object]:
         """Let the child read again and exit; its second report."""
         os.write(self._go_w, b"G")
-        line = self._info_r.readline()  # type: ignore[attr-defined]  # a binary file
+        line = self._info_r.readline()
         return self._check(json.loads(line))
 
 
@@ -131,7 +132,7 @@ def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
     (src / "never-looked-up.txt").write_text("secret\n")
     (src / "sub").mkdir()
     (src / "sub" / "inner").write_text("inner\n")
-    started: list[tuple[subprocess.Popen[bytes], int, object]] = []
+    started: list[tuple[subprocess.Popen[bytes], int, BinaryIO]] = []
 
     def start(gated: bool) -> Session:
         if not os.path.exists("/dev/fuse"):
@@ -150,7 +151,7 @@ def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
         line = reader.readline()
         if not line:
             proc.wait(timeout=30)
-            raise AssertionError(f"session failed: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+            raise AssertionError(f"session failed: {proc.stderr.read()!r}"
                                  if proc.stderr else "session failed")
         return Session(proc, json.loads(line), go_w, reader)
 
@@ -162,7 +163,7 @@ def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, errout = proc.communicate()
-        reader.close()  # type: ignore[attr-defined]  # a binary file
+        reader.close()
         assert proc.returncode == 0, errout.decode(errors="replace")[-2000:]
         result = json.loads(out.decode().strip().splitlines()[-1])
         assert result == {"status": 0, "child": 0}, (result, errout)
@@ -256,6 +257,7 @@ def other_ns_process() -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 def _refused(gate: MountNsGate, pid: int) -> bool:
@@ -282,10 +284,6 @@ def test_gate_verdicts(other_ns_process: int) -> None:
         assert not _refused(gate, 0)  # the kernel's own requests
         assert not _refused(gate, os.getpid())
         assert not _refused(gate, os.getpid())  # cached
-        tids: list[int] = []
-        t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
-        t.start()
-        t.join()
         # a live thread (FUSE requests carry thread ids)
         ready = threading.Event()
         done = threading.Event()
@@ -319,11 +317,11 @@ def test_gate_rejudges_a_reused_pid(other_ns_process: int) -> None:
     try:
         # other_ns_process "took over" the pid of an admitted process that exited
         _, dead = _dead_pidfd()
-        gate._cache[other_ns_process] = (True, dead)  # noqa: SLF001  # simulate pid reuse
+        gate._cache[other_ns_process] = (True, dead)  # simulate pid reuse
         assert _refused(gate, other_ns_process)
         # and a session process that got the pid of a refused one is admitted
         _, dead = _dead_pidfd()
-        gate._cache[os.getpid()] = (False, dead)  # noqa: SLF001  # simulate pid reuse
+        gate._cache[os.getpid()] = (False, dead)  # simulate pid reuse
         assert not _refused(gate, os.getpid())
     finally:
         gate.close()
@@ -336,7 +334,7 @@ def test_gate_is_bounded_and_closes_its_pidfds() -> None:
     try:
         for p in procs:
             assert not _refused(gate, p.pid)
-        assert len(gate._cache) == 3  # noqa: SLF001  # the bound
+        assert len(gate._cache) == 3  # the bound
         assert len(os.listdir("/proc/self/fd")) == before + 3
     finally:
         gate.close()

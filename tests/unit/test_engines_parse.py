@@ -708,3 +708,4 @@ def test_rkt_lookup_with_sample_output(bindir: Path) -> None:
 def test_rkt_not_installed(no_tools: None) -> None:
     eng = rkt.RktEngine()
     assert eng.lookup("x") == [] and eng.reason == "not installed"
+
