@@ -15,9 +15,21 @@ Open O_PATH descriptors live only in a bounded LRU cache (``fd_cache_size``); on
 descriptor is kept per mount that supports handles (open_by_handle_at(2) rejects O_PATH
 mount descriptors with EBADF), and the root's descriptor is pinned.
 
-Node ids are never reused (a counter), so the generation stays 0.  A (dev, ino) found
-again with another file type or birth time is a new file that reused the inode number and
-gets a new node id; the kernel would otherwise mark its inode bad.
+Node ids are derived from the file's identity: ``(device index << 48) | st_ino``, the
+device index numbering the host devices (st_dev) in the order serve-fs meets them, from 1
+(so no id is 0 or FUSE_ROOT_ID).  One dict maps node ids to inodes: it answers both the
+kernel's "which file is node N" and the lookup's "do I know (dev, ino)".  The served root
+is node 1 and its own derived id is an alias of 1.  Files whose inode number does not fit
+in 48 bits (NFS, overlayfs with xino) or a 32,768th device get ids from a counter below
+2**48 through a small side table.  The kernel also reports node ids as ``st_ino``, so
+inode numbers seen through the mount are 49 to 63 bits wide and stay unique across host
+devices (hard-link detection in tar, du, rsync -H relies on it).
+
+A (dev, ino) found again with another file type or birth time is a new file that reused
+the inode number: it keeps the node id with the next ``generation``, which makes the
+kernel drop (mark bad) its inode of the old file.  The lookup count is per node id, summed
+over generations: the kernel's FORGET carries no generation, and it sends one for the old
+inode too.
 
 Caveats:
 - cached descriptors pin host files: an unlinked file's space is freed only when its
@@ -28,7 +40,12 @@ Caveats:
 - the (parent, name) fallback follows renames done through serve-fs only; a rename behind
   serve-fs's back makes the inode ESTALE until the kernel forgets it;
 - the table is not thread-safe; serve-fs handlers never await, so requests never
-  interleave.
+  interleave;
+- between a generation bump in readdir and the entry reaching the kernel (a reply buffer
+  that was full), the kernel's inode of the old file is served as the new one.
+
+Memory: about 270 bytes per inode the kernel holds (the `Inode`, its id, identity and
+handle, one dict entry); the kernel holds an inode per cached dentry.
 """
 
 from __future__ import annotations
@@ -83,6 +100,13 @@ def key_of(st: StatT) -> int:
     return (st[DEV_MAJ] << 96) | (st[DEV_MIN] << 64) | st[INO]
 
 
+#: node id = (device index << _INO_BITS) | st_ino, below 2**63 (pyfuse3 and libfuse pass
+#: ids through signed types in places); anything else gets a counter id below 2**48.
+_INO_BITS = 48
+_INO_LIMIT = 1 << _INO_BITS
+_DEV_LIMIT = 1 << (63 - _INO_BITS)
+
+
 def ident_of(st: StatT) -> int:
     """File type and birth time: what tells a reused inode number from the old file."""
     return (((st[BTIME] << 30) | st[BTIME_NS]) << 4) | (st[MODE] >> 12)
@@ -102,12 +126,13 @@ class Mount:
 class Inode:
     """One file the kernel holds a lookup count on."""
 
-    __slots__ = ("fd", "ident", "key", "mount", "nlookup", "nodeid", "ref", "stamp")
+    __slots__ = ("fd", "gen", "ident", "mount", "nlookup", "nodeid", "ref", "stamp")
 
-    def __init__(self, nodeid: int, key: int, ident: int, ref: bytes | tuple[Inode, bytes],
+    def __init__(self, nodeid: int, ident: int, ref: bytes | tuple[Inode, bytes],
                  mount: Mount | None) -> None:
         self.nodeid = nodeid
-        self.key = key
+        #: FUSE generation: bumped when (dev, ino) turns out to be another file
+        self.gen = 0
         self.ident = ident
         self.nlookup = 0
         #: a struct file_handle, or (parent, name) where handles are not supported
@@ -119,7 +144,8 @@ class Inode:
         self.stamp: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
-        return f"<Inode {self.nodeid} key={self.key:#x} nlookup={self.nlookup} fd={self.fd}>"
+        return (f"<Inode {self.nodeid:#x} gen={self.gen} nlookup={self.nlookup} "
+                f"fd={self.fd}>")
 
 
 class InodeTable:
@@ -139,15 +165,23 @@ class InodeTable:
         self.statbuf = StatBuf()
         st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
                              else sc.AT_EMPTY_PATH)
-        self.root = Inode(ROOT_INODE, key_of(st), ident_of(st), b"", None)
+        self.root = Inode(ROOT_INODE, ident_of(st), b"", None)
         self.root.fd = root_fd
         self.root.nlookup = 1
+        #: node id -> inode, the only per-inode table
         self.by_id: dict[int, Inode] = {ROOT_INODE: self.root}
-        self.by_key: dict[int, Inode] = {self.root.key: self.root}
         self.lru: OrderedDict[int, Inode] = OrderedDict()
         #: mount id -> Mount, or None when that mount has no usable handles
         self.mounts: dict[int, Mount | None] = {}
-        self._next_id = ROOT_INODE + 1
+        #: (major << 32 | minor) -> device index (1, 2, ...)
+        self._devs: dict[int, int] = {}
+        #: key_of() <-> counter id, for files whose ids cannot be derived
+        self._counter_ids: dict[int, int] = {}
+        self._counter_keys: dict[int, int] = {}
+        self._next_counter_id = ROOT_INODE + 1
+        #: the root's derived id, answered with ROOT_INODE
+        self._root_alias = -1
+        self._root_alias = self._id(st, create=True)
         self._handle = sc.FileHandle()
         self._handle_ptr = ctypes.addressof(self._handle)
         self._mount_id = ctypes.c_int()
@@ -184,9 +218,14 @@ class InodeTable:
 
         The lookup count is not changed: the caller adds one once the reply is sent.
         """
-        key = (st[DEV_MAJ] << 96) | (st[DEV_MIN] << 64) | st[INO]
+        ino = st[INO]
+        idx = self._devs.get((st[DEV_MAJ] << 32) | st[DEV_MIN], 0)
+        nodeid = ((idx << _INO_BITS) | ino if idx and ino < _INO_LIMIT
+                  else self._id(st, create=True))
+        if nodeid == self._root_alias:
+            return self.root
         ident = (((st[BTIME] << 30) | st[BTIME_NS]) << 4) | (st[MODE] >> 12)
-        node = self.by_key.get(key)
+        node = self.by_id.get(nodeid)
         if node is not None and node.ident == ident:
             return node
         ref: bytes | tuple[Inode, bytes] = (parent, name)
@@ -203,11 +242,27 @@ class InodeTable:
                     mount = None
                 else:
                     ref = handle
-        nodeid = self._next_id
-        self._next_id = nodeid + 1
-        node = Inode(nodeid, key, ident, ref, mount)
+        if node is not None:
+            # The inode number was reused by another file: same id, next generation.
+            self._uncache(node)
+            node.gen += 1
+            node.ident = ident
+            node.ref = ref
+            node.mount = mount
+            node.stamp = None
+            return node
+        node = Inode(nodeid, ident, ref, mount)
         self.by_id[nodeid] = node
-        self.by_key[key] = node
+        return node
+
+    def find(self, st: StatT) -> Inode | None:
+        """The inode of the file whose statx is ``st``, if the table has it."""
+        nodeid = self._id(st, create=False)
+        if nodeid == self._root_alias:
+            return self.root
+        node = self.by_id.get(nodeid)
+        if node is None or node.ident != ident_of(st):
+            return None
         return node
 
     def drop_if_unused(self, node: Inode) -> None:
@@ -224,9 +279,11 @@ class InodeTable:
         if node.nlookup <= 0:
             self._remove(node)
 
-    def renamed(self, key: int, new_parent: Inode, new_name: bytes) -> None:
-        """Keep a (parent, name) inode reachable after a rename done through serve-fs."""
-        node = self.by_key.get(key)
+    def renamed(self, st: StatT, new_parent: Inode, new_name: bytes) -> None:
+        """Keep a (parent, name) inode reachable after a rename done through serve-fs.
+
+        ``st`` is the statx of the file at its new name."""
+        node = self.find(st)
         if node is not None and type(node.ref) is tuple:
             node.ref = (new_parent, new_name)
 
@@ -250,10 +307,36 @@ class InodeTable:
         return len(self.lru) + sum(1 for m in self.mounts.values() if m is not None) + 1
 
     # --- internals -----------------------------------------------------------------
+    def _id(self, st: StatT, *, create: bool) -> int:
+        """The node id of (dev, ino) in ``st``; -1 if it has none and ``create`` is false."""
+        dev = (st[DEV_MAJ] << 32) | st[DEV_MIN]
+        idx = self._devs.get(dev, 0)
+        if not idx and create and len(self._devs) + 1 < _DEV_LIMIT:
+            idx = self._devs[dev] = len(self._devs) + 1
+        ino = st[INO]
+        if idx and ino < _INO_LIMIT:
+            return (idx << _INO_BITS) | ino
+        key = key_of(st)
+        nodeid = self._counter_ids.get(key, -1)
+        if nodeid < 0 and create:
+            nodeid = self._next_counter_id
+            if nodeid >= _INO_LIMIT:  # pragma: no cover  # 2**48 files with 64-bit inos
+                raise OSError(errno.ENOSPC, "serve-fs ran out of node ids")
+            self._next_counter_id = nodeid + 1
+            self._counter_ids[key] = nodeid
+            self._counter_keys[nodeid] = key
+        return nodeid
+
     def _remove(self, node: Inode) -> None:
-        self.by_id.pop(node.nodeid, None)
-        if self.by_key.get(node.key) is node:
-            del self.by_key[node.key]
+        nodeid = node.nodeid
+        self.by_id.pop(nodeid, None)
+        if nodeid < _INO_LIMIT:
+            key = self._counter_keys.pop(nodeid, None)
+            if key is not None:
+                del self._counter_ids[key]
+        self._uncache(node)
+
+    def _uncache(self, node: Inode) -> None:
         if node.fd >= 0:
             os.close(node.fd)
             node.fd = -1
@@ -283,7 +366,8 @@ class InodeTable:
         except BaseException:
             os.close(fd)
             raise
-        if key_of(st) != node.key:
+        nodeid = self._id(st, create=False)
+        if (nodeid if nodeid != self._root_alias else ROOT_INODE) != node.nodeid:
             os.close(fd)
             raise OSError(errno.ESTALE, "file replaced behind serve-fs")
         return fd

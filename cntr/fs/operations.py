@@ -102,7 +102,6 @@ from cntr.fs.inodes import (
     Inode,
     InodeTable,
     StatT,
-    key_of,
 )
 from cntr.linux import syscalls as sc
 
@@ -288,9 +287,11 @@ class Operations(pyfuse3.Operations):
             self._install_debug_logging()
 
     # --- helpers ---------------------------------------------------------------------
-    def _entry(self, nodeid: int, st: StatT) -> EntryAttributes:
+    def _entry(self, node: Inode, st: StatT) -> EntryAttributes:
         e = EntryAttributes()
-        e.st_ino = nodeid
+        e.st_ino = node.nodeid
+        if node.gen:
+            e.generation = node.gen
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
         e.st_mode = st[MODE]
@@ -328,7 +329,7 @@ class Operations(pyfuse3.Operations):
         st = self.statbuf.at(pfd, name, _NOFOLLOW)
         node = self.table.learn(parent, pfd, name, st)
         node.nlookup += 1
-        return self._entry(node.nodeid, st)
+        return self._entry(node, st)
 
     def _owner(self, ctx: RequestContext, pfd: int) -> tuple[int, int]:
         """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
@@ -388,7 +389,7 @@ class Operations(pyfuse3.Operations):
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
                 parent.nlookup += 1
-                return self._entry(parent_inode, st)
+                return self._entry(parent, st)
             try:
                 st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
             except FileNotFoundError:
@@ -402,7 +403,7 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(errno.ENOENT)
             node = table.learn(parent, pfd, name, st)
             node.nlookup += 1
-            return self._entry(node.nodeid, st)
+            return self._entry(node, st)
         except Exception as exc:
             raise self._error(exc, "lookup") from None
 
@@ -414,7 +415,7 @@ class Operations(pyfuse3.Operations):
             if node is None:
                 raise FUSEError(errno.ESTALE)
             st = self.statbuf.at(self.table.fd(node), b"", _EMPTY)
-            return self._entry(inode, st)
+            return self._entry(node, st)
         except Exception as exc:
             raise self._error(exc, "getattr") from None
 
@@ -444,7 +445,7 @@ class Operations(pyfuse3.Operations):
                 sc.utimensat(fd, b"", atime, mtime, _EMPTY_NOFOLLOW)
             # update_ctime: any change above already set ctime; it cannot be set directly.
             st = self.statbuf.at(fd, b"", _EMPTY)
-            return self._entry(inode, st)
+            return self._entry(node, st)
         except Exception as exc:
             raise self._error(exc, "setattr") from None
 
@@ -545,10 +546,10 @@ class Operations(pyfuse3.Operations):
             sc.renameat2(ofd, name_old, nfd, name_new, flags)
             # Inodes without file handles are found again by (parent, name): follow them.
             moved = self.statbuf.at(nfd, name_new, _LOOKUP_FLAGS)
-            table.renamed(key_of(moved), new_parent, name_new)
+            table.renamed(moved, new_parent, name_new)
             if flags & sc.RENAME_EXCHANGE:
                 other = self.statbuf.at(ofd, name_old, _LOOKUP_FLAGS)
-                table.renamed(key_of(other), old_parent, name_old)
+                table.renamed(other, old_parent, name_old)
         except Exception as exc:
             raise self._error(exc, "rename") from None
 
@@ -614,7 +615,7 @@ class Operations(pyfuse3.Operations):
             node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 self._writers[fd] = node
-            return FileInfo(fh=fd, keep_cache=True), self._entry(node.nodeid, st)
+            return FileInfo(fh=fd, keep_cache=True), self._entry(node, st)
         except Exception as exc:
             raise self._error(exc, "create") from None
 
@@ -716,7 +717,7 @@ class Operations(pyfuse3.Operations):
                 if st[MNT_ID] in self_mounts:
                     continue
                 child = learn(node, pfd, name, st)
-                if not reply(token, name, entry(child.nodeid, st), i + 1):
+                if not reply(token, name, entry(child, st), i + 1):
                     table.drop_if_unused(child)
                     return
                 child.nlookup += 1

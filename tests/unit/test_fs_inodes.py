@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cntr.fs.inodes import MODE, ROOT_INODE, InodeTable, StatT, key_of
+from cntr.fs.inodes import BTIME_NS, INO, MODE, ROOT_INODE, InodeTable, StatT
 from cntr.fs.operations import host_root_id
 from cntr.linux import syscalls as sc
 
@@ -45,7 +45,10 @@ def test_root(table: InodeTable, tmp_path: Path) -> None:
     assert table.get(ROOT_INODE) is table.root
     table.forget(ROOT_INODE, 100)
     assert table.get(ROOT_INODE) is table.root
-    assert key_of(table.statbuf.at(table.root.fd, b"", sc.AT_EMPTY_PATH)) == table.root.key
+    st = table.statbuf.at(table.root.fd, b"", sc.AT_EMPTY_PATH)
+    assert table.find(st) is table.root
+    # the root reached by another name (a bind mount of it below itself) is node 1 too
+    assert table.learn(table.root, table.root.fd, b"", st) is table.root
 
 
 def test_same_file_same_node_id_hard_links_too(table: InodeTable, tmp_path: Path) -> None:
@@ -61,7 +64,39 @@ def test_same_file_same_node_id_hard_links_too(table: InodeTable, tmp_path: Path
     assert table.get(a).nlookup == 3
 
 
-def test_forget_and_new_node_ids_are_never_reused(table: InodeTable, tmp_path: Path) -> None:
+def test_node_ids_come_from_dev_and_ino(table: InodeTable, tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("x")
+    (tmp_path / "b").write_text("y")
+    a, st_a = lookup(table, ROOT_INODE, b"a")
+    b, st_b = lookup(table, ROOT_INODE, b"b")
+    assert a & ((1 << 48) - 1) == st_a[INO]
+    assert b & ((1 << 48) - 1) == st_b[INO]
+    assert a >> 48 == b >> 48 >= 1
+    assert ROOT_INODE < a < 1 << 63
+
+
+def test_inode_numbers_too_wide_get_counter_ids(table: InodeTable, tmp_path: Path) -> None:
+    """Inode numbers of 49+ bits (NFS, overlayfs xino) cannot be packed with the device."""
+    (tmp_path / "a").write_text("x")
+    _, st = lookup(table, ROOT_INODE, b"a")
+    wide = list(st)
+    wide[INO] = (1 << 60) + 5
+    node = table.learn(table.root, table.root.fd, b"a", tuple(wide))
+    node.nlookup += 1
+    assert ROOT_INODE < node.nodeid < 1 << 48
+    assert table.learn(table.root, table.root.fd, b"a", tuple(wide)) is node
+    assert table.find(tuple(wide)) is node
+    wide2 = list(wide)
+    wide2[INO] += 1
+    other = table.learn(table.root, table.root.fd, b"a", tuple(wide2))
+    assert other.nodeid not in (node.nodeid, ROOT_INODE)
+    table.drop_if_unused(other)
+    table.forget(node.nodeid, 1)
+    assert table.find(tuple(wide)) is None
+
+
+def test_forget_and_forgotten_files_get_their_id_again(table: InodeTable,
+                                                       tmp_path: Path) -> None:
     (tmp_path / "a").write_text("x")
     a, _ = lookup(table, ROOT_INODE, b"a")
     lookup(table, ROOT_INODE, b"a")
@@ -73,18 +108,33 @@ def test_forget_and_new_node_ids_are_never_reused(table: InodeTable, tmp_path: P
     assert info.value.errno == errno.ESTALE
     table.forget(a, 1)  # unknown: ignored
     again, _ = lookup(table, ROOT_INODE, b"a")
-    assert again != a
+    assert again == a
+    assert table.get(a).gen == 0
 
 
-def test_reused_inode_number_with_other_type_is_a_new_node(table: InodeTable,
-                                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["type", "birth time"])
+def test_reused_inode_number_is_the_next_generation(table: InodeTable, tmp_path: Path,
+                                                    change: str) -> None:
     (tmp_path / "a").write_text("x")
     a, st = lookup(table, ROOT_INODE, b"a")
+    lookup(table, ROOT_INODE, b"a")
     fake = list(st)
-    fake[MODE] = stat.S_IFDIR | 0o755
+    if change == "type":
+        fake[MODE] = stat.S_IFDIR | 0o755
+    else:
+        fake[BTIME_NS] = (st[BTIME_NS] + 1) % 1_000_000_000
     node = table.learn(table.root, table.root.fd, b"a", tuple(fake))
-    assert node.nodeid != a
-    assert table.get(a).nodeid == a  # the kernel's old node stays valid until forgotten
+    assert node.nodeid == a
+    assert node.gen == 1
+    assert table.find(st) is None  # the old file is not known any more
+    assert table.find(tuple(fake)) is node
+    # the kernel forgets its old inode (2 lookups) after taking one of the new file
+    node.nlookup += 1
+    table.forget(a, 2)
+    assert table.get(a) is node
+    table.forget(a, 1)
+    with pytest.raises(OSError):
+        table.get(a)
 
 
 def test_descriptor_cache_is_bounded(table: InodeTable, tmp_path: Path) -> None:
@@ -135,9 +185,10 @@ def test_rename_is_followed(table: InodeTable, tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "old").write_text("moved")
     d, _ = lookup(table, ROOT_INODE, b"d")
-    f, st = lookup(table, ROOT_INODE, b"old")
+    f, _ = lookup(table, ROOT_INODE, b"old")
     os.rename(tmp_path / "old", tmp_path / "d" / "new")
-    table.renamed(key_of(st), table.get(d), b"new")
+    table.renamed(table.statbuf.at(table.fd(table.get(d)), b"new", NOFOLLOW), table.get(d),
+                  b"new")
     for i in range(20):
         (tmp_path / f"x{i}").write_text("")
         table.fd(table.get(lookup(table, ROOT_INODE, f"x{i}".encode())[0]))
