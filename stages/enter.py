@@ -126,7 +126,9 @@ def session_env(ctx: Context, interactive: bool, base_dir: str) -> dict[str, str
     env = dict(ctx.env)
     cpath = env.get("PATH") or DEFAULT_PATH
     parts = cpath.split(":")
-    for p in os.environ.get("PATH", DEFAULT_PATH).split(":"):
+    # Last, where cntr itself lives (its virtualenv), so `cntr exec` works in the session.
+    extra = [os.path.dirname(sys.executable)]
+    for p in [*os.environ.get("PATH", DEFAULT_PATH).split(":"), *extra]:
         if p and p not in parts:
             parts.append(p)
     env["PATH"] = ":".join(parts)

@@ -170,8 +170,7 @@ def test_exec_shows_the_containers_files(container: Container) -> None:
 
 
 def test_exec_inside_a_session(container: Container) -> None:
-    cntr = " ".join(CNTR)
-    out = sh(container, f"{cntr} exec cat /etc/os-release; echo ===; cat /etc/os-release")
+    out = sh(container, "cntr exec cat /etc/os-release; echo ===; cat /etc/os-release")
     inside, host_view = out.split("===\n")
     assert "ID=busybox" in inside
     assert host_view == Path("/etc/os-release").read_text()

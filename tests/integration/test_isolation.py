@@ -5,6 +5,7 @@ process's /proc links (root, cwd, fd, map_files)."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -46,5 +47,5 @@ def test_container_cannot_reach_the_sessions_host_view(docker_container: Contain
             session.stdin.write(b"go\n")
             session.stdin.close()
         # The session itself still reads the host's file through the same descriptor.
-        assert session.stdout.read() == open(HOST_ONLY, "rb").read()
+        assert session.stdout.read() == Path(HOST_ONLY).read_bytes()
         assert session.wait(timeout=30) == 0
