@@ -1,5 +1,5 @@
 """``python -m cntr``: the same as the ``cntr`` command."""
 
-from cntr.cli import main
+from cntr.entry import main
 
 main()

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,17 +35,15 @@ from typing import Any
 
 from cntr.context import Context
 from cntr.errors import (
-    PermissionDenied,
     SessionSetupError,
     StaleContext,
-    Unsupported,
     os_error,
 )
+from cntr.fs import launch
+from cntr.fs.launch import DEFAULT_BASE_DIR, SessionServer, check_host
 from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
 
-DEFAULT_BASE_DIR = "/var/lib/cntr"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-FUSE_DEVICE = "/dev/fuse"
 SETUP_TIMEOUT = 30.0
 """Seconds serve-fs may take to start before enter gives up."""
 
@@ -103,24 +99,6 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
                 f"({ino} -> {current.get(kind)})")
 
 
-def check_host() -> None:
-    """The one-line failures that need no container: not root, no /dev/fuse."""
-    if os.geteuid() != 0:
-        raise PermissionDenied(
-            "cntr must run as root: it joins namespaces and mounts a FUSE filesystem")
-
-
-def open_fuse() -> int:
-    try:
-        return os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise Unsupported(
-            f"{FUSE_DEVICE} is missing: load the fuse module (modprobe fuse) or, in a "
-            "container, pass the device in") from None
-    except OSError as exc:
-        raise os_error(f"open({FUSE_DEVICE})", exc) from None
-
-
 def session_env(ctx: Context, interactive: bool, base_dir: str) -> dict[str, str]:
     """The container's environment; PATH extended with the host's so its tools are found."""
     env = dict(ctx.env)
@@ -145,83 +123,14 @@ def default_command() -> list[str]:
     return [shell if os.path.exists(shell) else "/bin/sh"]
 
 
-_SERVE_CODE = """\
-import json, os, sys
-start_fd, fuse_fd, ready_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-from stages.serve_fs import serve_fs
-with os.fdopen(start_fd, "rb") as start:
-    line = start.readline()
-if not line.startswith(b"G"):
-    sys.exit(0)
-sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:])))
-"""
-SERVE_FS_ISOLATION = False
-"""Pass the session's mount namespace to serve-fs, which then refuses other processes."""
-
-
-class SessionServer:
-    """serve-fs, started ahead of the session so its start-up overlaps resolve, capture and
-    the namespace work; it waits on a pipe for its parameters (``start``) and serves the
-    ``/dev/fuse`` descriptor this object opened.  ``close`` ends it if it never started.
-    """
-
-    def __init__(self, base_dir: str) -> None:
-        check_host()
-        self.fuse_fd: int = open_fuse()
-        try:
-            # The mount point of the container's root must exist in the served tree.
-            os.makedirs(base_dir, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            os.close(self.fuse_fd)
-            raise os_error(f"create {base_dir}", exc) from None
-        start_r, self.start_w = os.pipe()
-        self.ready_r, ready_w = os.pipe()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = [sys.executable, "-c", _SERVE_CODE, str(start_r), str(self.fuse_fd),
-                str(ready_w)]
-        # A session of its own: a Ctrl-C meant for the session's command must not stop it.
-        self.proc = subprocess.Popen(
-            argv, pass_fds=(start_r, self.fuse_fd, ready_w), start_new_session=True,
-            stdin=subprocess.DEVNULL, env=env, cwd="/",
-        )
-        os.close(start_r)
-        os.close(ready_w)
-
-    def start(self, params: dict[str, Any]) -> None:
-        """Hand serve-fs its parameters: it starts reading the mounted descriptor."""
-        os.write(self.start_w, b"G" + json.dumps(params).encode() + b"\n")
-        os.close(self.start_w)
-        self.start_w = -1
-
-    def release_fuse_fd(self) -> None:
-        """Close this process's copy once the setup child has it (forked)."""
-        if self.fuse_fd >= 0:
-            os.close(self.fuse_fd)
-            self.fuse_fd = -1
-
-    def close(self) -> None:
-        """End serve-fs if it never started; else wait a little for it to exit (it does
-        when the session's namespace is gone)."""
-        if self.start_w >= 0:
-            os.close(self.start_w)
-            self.start_w = -1
-        self.release_fuse_fd()
-        if self.ready_r >= 0:
-            os.close(self.ready_r)
-            self.ready_r = -1
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            # Processes left running in the session keep the filesystem in use.
-            print("cntr: serve-fs keeps serving processes still running in the session",
-                  file=sys.stderr)
-
-
 @contextlib.contextmanager
 def open_server(base_dir: str | None = None) -> Iterator[SessionServer]:
-    server = SessionServer(base_dir or EnterOptions().base_dir)
+    base_dir = base_dir or EnterOptions().base_dir
+    server = launch.take_prestarted()
+    if server is None or server.base_dir != base_dir:
+        if server is not None:
+            server.close()
+        server = SessionServer(base_dir)
     try:
         yield server
     finally:
@@ -465,7 +374,7 @@ def _read_messages(status_r: int, child: int, server: SessionServer | None,
                 line, buf = buf.split(b"\n", 1)
                 tag, text = line[:1], line[1:].decode(errors="replace")
                 if tag == b"M" and server is not None:
-                    if SERVE_FS_ISOLATION:
+                    if launch.SERVE_FS_ISOLATION:
                         # The session's own mount namespace: serve-fs refuses requests
                         # from processes outside it (the container's, through /proc/PID/root).
                         params["allowed_mnt_ns"] = os.stat(f"/proc/{child}/ns/mnt").st_ino
@@ -558,7 +467,7 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
     ]
     if not opts.container_root:
         steps += [
-            {"step": "open", "path": FUSE_DEVICE},
+            {"step": "open", "path": launch.FUSE_DEVICE},
             {"step": "mkdir", "path": opts.base_dir, "where": "host"},
             {"step": "serve-fs", "root": "/", "uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
              "effective_user": opts.effective_user},

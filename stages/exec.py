@@ -13,8 +13,9 @@ import os
 from collections.abc import Sequence
 
 from cntr.errors import CommandNotRun, NotFound, PermissionDenied
+from cntr.fs.launch import DEFAULT_BASE_DIR, check_host
 from stages.capture import capture
-from stages.enter import DEFAULT_BASE_DIR, EnterOptions, check_host, enter
+from stages.enter import EnterOptions, enter
 from stages.resolve import resolve
 
 

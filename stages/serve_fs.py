@@ -3,7 +3,7 @@
 ``serve_fs()`` is what ``cntr serve-fs`` and ``attach`` call; it never touches click.
 Run standalone for tests and debugging::
 
-    python -m stages.serve_fs [--debug] ROOT MOUNTPOINT
+    python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
 Caveats:
 - sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
@@ -58,16 +58,22 @@ def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
     ready_fd: int | None = None
-    if args and args[0].startswith("--ready-fd="):
-        ready_fd = int(args.pop(0).split("=", 1)[1])
+    allowed_mnt_ns: int | None = None
+    while args and args[0].startswith(("--ready-fd=", "--allowed-mnt-ns=")):
+        opt, value = args.pop(0).split("=", 1)
+        if opt == "--ready-fd":
+            ready_fd = int(value)
+        else:
+            allowed_mnt_ns = int(value)
     if len(args) != 2:
-        print("usage: python -m stages.serve_fs [--debug] [--ready-fd=N] ROOT MOUNTPOINT",
-              file=sys.stderr)
+        print("usage: python -m stages.serve_fs [--debug] [--ready-fd=N] "
+              "[--allowed-mnt-ns=INO] ROOT MOUNTPOINT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(name)s: %(message)s")
     try:
-        return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd, debug=debug)
+        return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
+                        allowed_mnt_ns=allowed_mnt_ns, debug=debug)
     except CntrError as exc:
         print(f"cntr: {exc}", file=sys.stderr)
         return exc.exit_code

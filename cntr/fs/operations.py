@@ -34,12 +34,15 @@ release, fsync, readdir, releasedir, fsyncdir, forget) act on a file handle that
 admitted open/opendir/create returns, or on the kernel's own bookkeeping.  Limits:
 - the kernel answers from its dentry and attribute caches for ``entry_timeout`` and
   ``attr_timeout`` without asking: a refused process may still stat (see the metadata of)
-  names a session process looked up in the last second, and list ``/proc/<pid>/fd``; it
-  cannot open, read, list, write, create or remove anything (open and opendir always ask);
+  names a session process looked up in the last second, and readlink(2) on
+  ``/proc/<pid>/fd/N`` (procfs) shows paths; it cannot open, read, list, write, create or
+  remove anything (open and opendir always ask, refusals are not cached);
 - a descriptor a session process hands over (SCM_RIGHTS, inheritance) works, as does
   anything done by a process that can ptrace a session process and act as it;
 - a session process that moves to another mount namespace (``unshare -m``, ``ip netns
-  exec``, bwrap) is refused from then on;
+  exec``, bwrap) keeps its cached verdict while it lasts, then is refused: serve-fs cannot
+  tell a namespace unshared from the session's from any other, and re-reading the
+  namespace on every request would cost 3.5 us instead of 0.4 us;
 - the verdict is taken when the request is handled: a requester that dies and whose pid is
   reused by an admitted process before serve-fs reads the request is judged as the latter
   (it would need a full pid wrap-around inside that window).

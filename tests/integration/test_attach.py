@@ -60,7 +60,8 @@ def snapshot(c: Container) -> dict[str, object]:
     return {
         "host mounts": mount_points("self"),
         "container mounts": mount_points(c.pid),
-        "tmp": sorted(os.listdir("/tmp")),
+        # (other tools of a developer's machine churn /tmp: their files are not cntr's)
+        "tmp": sorted(n for n in os.listdir("/tmp") if not n.startswith(("bash_", "pytest"))),
         "base dir": sorted(os.listdir("/var/lib/cntr")) if os.path.isdir("/var/lib/cntr")
         else [],
         "container tmp": sorted(os.listdir(f"/proc/{c.pid}/root/tmp")),
