@@ -11,11 +11,12 @@ schema is loaded, so a schema can never silently check less than it says.
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "schemas")
 
 _KEYWORDS = frozenset({
     "$id", "title", "description", "type", "const", "enum", "required", "properties",
@@ -31,7 +32,7 @@ class SchemaError(ValueError):
 @cache
 def load(name: str) -> dict[str, Any]:
     """Load ``schemas/NAME.json`` (e.g. ``context.v1``)."""
-    with open(SCHEMA_DIR / f"{name}.json") as f:
+    with open(os.path.join(SCHEMA_DIR, f"{name}.json")) as f:
         schema: dict[str, Any] = json.load(f)
     _check_keywords(schema, name)
     return schema

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -157,7 +156,9 @@ def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int
     The command runs in its own session with stdin from /dev/null and LC_ALL=C (messages are
     matched in English); on timeout its whole process group is killed and EngineError raised.
     """
-    exe = shutil.which(argv[0])
+    from shutil import which  # ~3 ms to import: only when a tool is run
+
+    exe = which(argv[0])
     if exe is None:
         return None
     env = dict(os.environ, LC_ALL="C")

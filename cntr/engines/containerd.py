@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +117,8 @@ def parse_info_labels(text: str) -> dict[str, str]:
 
 def config_address(path: str) -> str | None:
     """The [grpc] address of a containerd config.toml, None when unreadable or unset."""
+    import tomllib  # only a config file needs it (~3 ms to import)
+
     try:
         with open(path, "rb") as f:
             conf = tomllib.load(f)
@@ -130,6 +131,8 @@ def config_address(path: str) -> str | None:
 
 def config_state(path: str) -> str | None:
     """The ``state`` directory of a containerd config.toml, None when unreadable or unset."""
+    import tomllib  # only a config file needs it (~3 ms to import)
+
     try:
         with open(path, "rb") as f:
             conf = tomllib.load(f)
