@@ -191,7 +191,7 @@ def serve_fs(root: str, mountpoint: str | None, fuse_fd: int | None,
         raise click.UsageError("give exactly one of --mountpoint and --fuse-fd")
 
     def run() -> int:
-        from cntr.fs.launch import check_host
+        from cntr.launch import check_host
         from stages.serve_fs import serve_fs as do_serve
 
         check_host()

@@ -1,7 +1,7 @@
 """The ``cntr`` console entry point.
 
 For ``cntr attach`` it starts serve-fs before anything else is imported, so serve-fs's own
-start-up overlaps cntr's (see ``cntr.fs.launch``); then it runs the click CLI.
+start-up overlaps cntr's (see ``cntr.launch``); then it runs the click CLI.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "attach" and "--help" not in sys.argv[2:]:
-        from cntr.fs import launch
+        from cntr import launch
 
         launch.prestart()
     from cntr.cli import main as cli

@@ -42,7 +42,9 @@ Caveats:
   (unshare(CLONE_NEWNS)), so they never show up in other processes' mount tables and vanish
   with the benchmark; the session-path commands are started back in the original namespace.
 - sequential write times ``write`` + ``close`` of page-cache data; the disk's own speed is
-  excluded (an untimed sync follows).  Cold reads depend on the disk and on
+  excluded (an untimed sync follows).  Before it, an untimed native write and delete of
+  twice the size recycles warm pages: on this VM, first-touch of guest memory would
+  otherwise dominate (and randomise) the result.  Cold reads depend on the disk and on
   ``drop_caches``, which is global: it also drops the FUSE targets' page caches.
 - the FUSE targets differ in caching policy (serve-fs keeps the page cache across opens
   while a file is unchanged, c-ll's default mode drops it on every open, c-ll-wb keeps
@@ -415,11 +417,30 @@ def ensure_big(ctx: FsContext, t: Target) -> Path:
     return big
 
 
+def prime_page_allocator(ctx: FsContext) -> None:
+    """Write and delete a native scratch file twice the size of the big file.
+
+    On this VM the first touch of a guest page costs several times a warm one (a 512 MiB
+    write into fresh memory took 1.3 s, then 0.12 s): writing that much first leaves as
+    many just-freed, host-backed pages for the timed write to reuse, whatever the target
+    (a FUSE write fills two page caches: the mount's and the backing file's).
+    """
+    scratch = ctx.work / "prime"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(2 * ctx.sizes.big_mib):
+            os.write(fd, ctx.block)
+    finally:
+        os.close(fd)
+        scratch.unlink()  # dirty pages of an unlinked file are dropped, never written
+
+
 def wl_seq_write(ctx: FsContext, t: Target) -> float:
     big = t.path / "big"
     with contextlib.suppress(FileNotFoundError):
         big.unlink()
     os.sync()
+    prime_page_allocator(ctx)
     t0 = time.perf_counter()
     write_big(ctx, big)
     elapsed = time.perf_counter() - t0
@@ -660,40 +681,66 @@ class SessionVariant:
     """One command of the attach or resolve workload."""
 
     name: str
-    argv: list[str]
+    argv: Callable[[], list[str]]
+    """builds the command before each run (untimed): the containers may have been
+    restarted by somebody else's tests meanwhile, with a new pid."""
 
 
-def session_variants(host_ns: int) -> dict[str, list[SessionVariant]]:
-    """Start the docker test container and the demo (idempotent), build the commands."""
-    enter_host = in_namespace(host_ns)
-    attach: list[SessionVariant] = []
-    resolve: list[SessionVariant] = []
-    try:
-        run_quiet([str(REPO / "scripts" / "engines"), "start", "docker"],
-                  what="scripts/engines start docker", preexec=enter_host, timeout=300)
-        pid = run_quiet([str(REPO / "scripts" / "engines"), "pid", "docker"],
-                        what="scripts/engines pid docker", preexec=enter_host).strip()
-        attach += [
-            SessionVariant("nsenter", ["nsenter", "-t", pid, "-a", "true"]),
-            SessionVariant("docker-exec", [DOCKER, "exec", CONTAINER, "true"]),
-            SessionVariant("cntr-attach", [CNTR, "attach", CONTAINER, "--", "true"]),
-            SessionVariant("cntr-attach-pid", [CNTR, "attach", pid, "--", "true"]),
-        ]
-        resolve += [
-            SessionVariant("docker-inspect",
-                           [DOCKER, "inspect", "--format", "{{.State.Pid}}", CONTAINER]),
-            SessionVariant("cntr-resolve-t", [CNTR, "resolve", CONTAINER, "-t", "docker"]),
-            SessionVariant("cntr-resolve", [CNTR, "resolve", CONTAINER]),
-        ]
-    except BenchError as exc:
-        log(f"docker is not available, its variants are skipped: {exc}")
-    try:
-        demo = run_quiet([str(REPO / "scripts" / "demo"), "start"], what="scripts/demo start",
-                         preexec=enter_host, timeout=120).strip()
-        attach.append(SessionVariant("cntr-attach-demo", [CNTR, "attach", demo, "--", "true"]))
-    except BenchError as exc:
-        log(f"the demo container is not available: {exc}")
-    return {"attach": attach, "resolve": resolve}
+class SessionTargets:
+    """The docker test container and the demo, started (idempotently) in the original
+    mount namespace, so that they never inherit the benchmark's mounts."""
+
+    def __init__(self, host_ns: int) -> None:
+        self.enter_host = in_namespace(host_ns)
+
+    def _script(self, *args: str) -> str:
+        return run_quiet([str(REPO / "scripts" / args[0]), *args[1:]],
+                         what=f"scripts/{' '.join(args)}", preexec=self.enter_host,
+                         timeout=300).strip()
+
+    def docker_pid(self) -> str:
+        try:
+            return self._script("engines", "pid", "docker")
+        except BenchError:
+            self._script("engines", "start", "docker")
+            return self._script("engines", "pid", "docker")
+
+    def demo_pid(self) -> str:
+        return self._script("demo", "start")
+
+    def variants(self) -> dict[str, list[SessionVariant]]:
+        attach: list[SessionVariant] = []
+        resolve: list[SessionVariant] = []
+        try:
+            self._script("engines", "start", "docker")
+            self.docker_pid()
+        except BenchError as exc:
+            log(f"docker is not available, its variants are skipped: {exc}")
+        else:
+            attach += [
+                SessionVariant("nsenter",
+                               lambda: ["nsenter", "-t", self.docker_pid(), "-a", "true"]),
+                SessionVariant("docker-exec", lambda: [DOCKER, "exec", CONTAINER, "true"]),
+                SessionVariant("cntr-attach",
+                               lambda: [CNTR, "attach", CONTAINER, "--", "true"]),
+                SessionVariant("cntr-attach-pid",
+                               lambda: [CNTR, "attach", self.docker_pid(), "--", "true"]),
+            ]
+            resolve += [
+                SessionVariant("docker-inspect", lambda: [
+                    DOCKER, "inspect", "--format", "{{.State.Pid}}", CONTAINER]),
+                SessionVariant("cntr-resolve-t",
+                               lambda: [CNTR, "resolve", CONTAINER, "-t", "docker"]),
+                SessionVariant("cntr-resolve", lambda: [CNTR, "resolve", CONTAINER]),
+            ]
+        try:
+            self.demo_pid()
+        except BenchError as exc:
+            log(f"the demo container is not available: {exc}")
+        else:
+            attach.append(SessionVariant(
+                "cntr-attach-demo", lambda: [CNTR, "attach", self.demo_pid(), "--", "true"]))
+        return {"attach": attach, "resolve": resolve}
 
 
 # ----------------------------------------------------------------------------- memory
@@ -881,7 +928,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 3)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, 3 runs")
-    p.add_argument("--only", help="comma-separated workloads (names in the table, 'memory')")
+    p.add_argument("--only", metavar="NAME[,NAME]",
+                   help="workloads to run: " + ", ".join(
+                       [w.name for w in make_workloads(DEFAULT)] + ["memory"]))
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
@@ -922,7 +971,7 @@ def main(argv: list[str]) -> int:
     variants: dict[str, list[SessionVariant]] = {}
     if any(w.group == "session" for w in workloads):
         # Before unshare: the engines and the demo must not inherit our mounts.
-        variants = session_variants(host_ns)
+        variants = SessionTargets(host_ns).variants()
     # A private mount namespace: our FUSE mounts are invisible to everybody else and die
     # with us (unshare(CLONE_NEWNS) needs a single-threaded process: we are).
     sc.unshare(sc.CLONE_NEWNS)
@@ -989,7 +1038,7 @@ def main(argv: list[str]) -> int:
                         if wl.group == "session":
                             n = (sizes.attach_launches if wl.name == "attach"
                                  else sizes.resolve_launches)
-                            sec = mean_launch(item.argv, n, preexec=in_namespace(host_ns))
+                            sec = mean_launch(item.argv(), n, preexec=in_namespace(host_ns))
                         else:
                             assert wl.run is not None
                             sec = wl.run(ctx, item)

@@ -7,7 +7,7 @@ captured; it is ended again if either fails.
 
 from __future__ import annotations
 
-from cntr.fs.launch import check_host
+from cntr.launch import check_host
 from stages.capture import capture
 from stages.enter import EnterOptions, enter, open_server
 from stages.resolve import resolve

@@ -33,14 +33,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cntr import launch
 from cntr.context import Context
 from cntr.errors import (
     SessionSetupError,
     StaleContext,
     os_error,
 )
-from cntr.fs import launch
-from cntr.fs.launch import DEFAULT_BASE_DIR, SessionServer, check_host
+from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
 from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from cntr.errors import CommandNotRun, NotFound, PermissionDenied
-from cntr.fs.launch import DEFAULT_BASE_DIR, check_host
+from cntr.launch import DEFAULT_BASE_DIR, check_host
 from stages.capture import capture
 from stages.enter import EnterOptions, enter
 from stages.resolve import resolve

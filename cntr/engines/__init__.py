@@ -18,7 +18,6 @@ Caveats:
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from cntr.engines.base import Engine, EngineError, Match, NotRunning
 from cntr.engines.command import CommandEngine
@@ -135,6 +134,8 @@ def resolve(ident: str, types: list[str] | None = None) -> Match:
             del answers["process_id"]  # "not a pid" is noise in the message
     results: dict[str, list[Match]] = {}
     if names:
+        from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
+
         with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="cntr-lookup") as pool:
             futures = {t: pool.submit(_ask, make(t), ident) for t in names}
         for t in names:
@@ -171,6 +172,8 @@ def list_all(types: list[str] | None = None) -> list[Match]:
             return make(t).list()
         except EngineError:
             return []
+
+    from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
 
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         lists = list(pool.map(one, names))

@@ -33,7 +33,6 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -296,6 +295,8 @@ def _parallel(calls: Sequence[Callable[[], T]]) -> list[T | EngineError]:
 
     if len(calls) <= 1:
         return [guarded(c) for c in calls]
+    from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
+
     with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
         return list(pool.map(guarded, calls))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import quote
 
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
@@ -32,6 +31,7 @@ from cntr.engines.base import (
     NotRunning,
     api_message,
     first_line,
+    quote,
     reason_of,
     run_tool,
     unix_http_json,
@@ -115,7 +115,7 @@ class DockerCompatEngine(BaseEngine):
 
     def api_lookup(self, ident: str) -> list[Match]:
         """Ask the API socket; OSError when it does not answer."""
-        status, data = self._get(f"/containers/{quote(ident, safe='')}/json")
+        status, data = self._get(f"/containers/{quote(ident)}/json")
         if status == 200:
             return [parse_inspect(data, self.name)]
         message = api_message(data, f"HTTP {status}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import quote
 
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
@@ -25,6 +24,7 @@ from cntr.engines.base import (
     Match,
     NotRunning,
     api_message,
+    quote,
     reason_of,
     unix_http_json,
 )
@@ -91,7 +91,7 @@ class LxdEngine(BaseEngine):
                 return self._none(NOT_INSTALLED)
             raise EngineError(f"lxd: not running (no {sock or SOCKETS[0]})")
         try:
-            status, data = unix_http_json(sock, f"/1.0/instances/{quote(ident, safe='')}/state",
+            status, data = unix_http_json(sock, f"/1.0/instances/{quote(ident)}/state",
                                           self.timeout)
         except OSError as exc:
             raise EngineError(f"lxd: {sock}: {reason_of(exc)}") from exc

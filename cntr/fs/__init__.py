@@ -80,7 +80,9 @@ def _import_pyfuse3() -> None:
     Both placeholders leave ``sys.modules`` right after the import: a later ``import
     trio`` anywhere in the process gets the real trio, and the trio mode
     (``serve(use_trio=True)``) sets ``pyfuse3.trio`` back to it.  Nothing is replaced
-    when trio or pyfuse3 is already imported, or with ``CNTR_SERVE_FS_TRIO=1``.
+    when trio or pyfuse3 is already imported, or with ``CNTR_SERVE_FS_TRIO=1``.  (Another
+    thread importing trio during those few milliseconds would get the placeholder: import
+    cntr.fs before starting threads that use trio.)
     """
     if ("pyfuse3" in sys.modules or "trio" in sys.modules
             or os.environ.get("CNTR_SERVE_FS_TRIO") == "1"):

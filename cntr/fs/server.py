@@ -10,7 +10,9 @@ Caveats:
 - pyfuse3 keeps one global session: one `serve()` per process.
 - requests are served one at a time: handlers never await (blocking syscalls on the
   host), so more workers would only add scheduling per request; `DirectLoop` drops trio
-  from the request path altogether.  A host syscall that blocks (a hung NFS server)
+  from the request path altogether, and trio is then never imported (`cntr.fs` imports
+  pyfuse3 with a placeholder for it; ``use_trio`` imports the real one and hands it to
+  pyfuse3).  A host syscall that blocks (a hung NFS server)
   blocks the whole filesystem.
 - in ``fuse_fd`` mode the mount options were chosen by the mounter; ours only configure
   libfuse's session.

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +92,13 @@ def _wait_ready(rfd: int, proc: subprocess.Popen[bytes], mountpoint: Path,
 
 @contextlib.contextmanager
 def serve_fs_mount(root: str | Path, mountpoint: str | Path | None = None, *,
-                   debug: bool = False, timeout: float = 20) -> Iterator[Served]:
-    """Serve ``root`` on ``mountpoint`` (a fresh temp dir by default) in a subprocess."""
+                   debug: bool = False, timeout: float = 20,
+                   env: Mapping[str, str] | None = None,
+                   launcher: Sequence[str] = ("-m", "stages.serve_fs")) -> Iterator[Served]:
+    """Serve ``root`` on ``mountpoint`` (a fresh temp dir by default) in a subprocess.
+
+    ``env`` is added to the environment; ``launcher`` replaces ``-m stages.serve_fs``
+    (e.g. ``-c CODE`` that ends up in ``stages.serve_fs._main``)."""
     tmp = None
     if mountpoint is None:
         tmp = tempfile.mkdtemp(prefix="cntr-mnt-")
@@ -102,12 +107,13 @@ def serve_fs_mount(root: str | Path, mountpoint: str | Path | None = None, *,
     mnt.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkstemp(prefix="serve-fs-", suffix=".log")[1])
     rfd, wfd = os.pipe()
-    args = [PYTHON, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root), str(mnt)]
+    args = [PYTHON, *launcher, f"--ready-fd={wfd}", str(root), str(mnt)]
     if debug:
-        args.insert(3, "--debug")
+        args.insert(1 + len(launcher), "--debug")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(args, cwd=REPO, pass_fds=(wfd,), stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=logf)
+                                stdout=logf, stderr=logf,
+                                env={**os.environ, **env} if env is not None else None)
     os.close(wfd)
     try:
         try:

@@ -48,7 +48,7 @@ if not line.startswith(b"G"):
     sys.exit(0)
 sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:])))
 """
-SERVE_FS_ISOLATION = False
+SERVE_FS_ISOLATION = True
 """Pass the session's mount namespace to serve-fs, which then refuses other processes."""
 
 

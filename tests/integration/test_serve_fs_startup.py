@@ -1,0 +1,78 @@
+"""serve-fs start-up: the default loop never imports trio; the trio mode still works.
+
+``cntr.fs`` imports pyfuse3 with placeholders for ``trio`` and ``importlib.metadata``
+(about 150 ms of imports on the attach path); these tests pin that down and check that
+both request loops serve, including the trio loop chosen after pyfuse3 was imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.integration.fsutil import PYTHON, REPO, serve_fs_mount
+
+_PROBE = r'''
+import json, sys
+import stages.serve_fs, pyfuse3
+out = {"trio": "trio" in sys.modules, "metadata": "importlib.metadata" in sys.modules,
+       "version": pyfuse3.__version__}
+import importlib.metadata, trio
+out["real_version"] = importlib.metadata.version("pyfuse3")
+out["real_trio"] = hasattr(trio, "run") and hasattr(trio.lowlevel, "current_trio_token")
+print(json.dumps(out))
+'''
+
+
+def _probe(env: dict[str, str]) -> dict[str, object]:
+    res = subprocess.run([PYTHON, "-c", _PROBE], cwd=REPO, capture_output=True, check=True,
+                         timeout=60, env={**os.environ, **env})
+    data: dict[str, object] = json.loads(res.stdout)
+    return data
+
+
+def test_default_import_skips_trio_and_metadata() -> None:
+    got = _probe({"CNTR_SERVE_FS_TRIO": ""})
+    assert got["trio"] is False
+    assert got["metadata"] is False
+    assert got["version"] == got["real_version"]
+    assert got["real_trio"] is True  # a later `import trio` gets the real module
+
+
+def test_trio_mode_imports_trio() -> None:
+    got = _probe({"CNTR_SERVE_FS_TRIO": "1"})
+    assert got["trio"] is True
+
+
+def _serve_and_read(tmp_path: Path, env: dict[str, str],
+                    launcher: Sequence[str] = ("-m", "stages.serve_fs")) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("through the loop\n")
+    with serve_fs_mount(tmp_path / "src", env=env, launcher=launcher) as served:
+        assert (served.mountpoint / "f").read_text() == "through the loop\n"
+        assert sorted(p.name for p in served.mountpoint.iterdir()) == ["f"]
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=20) == 0, served.log_text()
+
+
+@pytest.mark.fuse
+def test_direct_loop_serves(tmp_path: Path) -> None:
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": ""})
+
+
+@pytest.mark.fuse
+def test_trio_loop_serves(tmp_path: Path) -> None:
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "1"})
+
+
+@pytest.mark.fuse
+def test_trio_loop_chosen_after_pyfuse3_was_imported_without_trio(tmp_path: Path) -> None:
+    code = ("import os, sys, stages.serve_fs as s; assert 'trio' not in sys.modules; "
+            "os.environ['CNTR_SERVE_FS_TRIO'] = '1'; sys.exit(s._main(sys.argv[1:]))")
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": ""}, launcher=("-c", code))
