@@ -183,9 +183,11 @@ def capture(pid: int | None, fmt: str | None) -> None:
 @click.option("--fuse-fd", type=int, help="Serve an inherited /dev/fuse descriptor that "
               "another process mounted.")
 @_effective_user_option
+@click.option("--allowed-mnt-ns", type=int, metavar="INODE", help="Serve only processes "
+              "of this mount namespace (inode of /proc/PID/ns/mnt); refuse others (EACCES).")
 @click.option("--fs-debug", is_flag=True, help="Log every request.")
-def serve_fs(root: str, mountpoint: str | None, fuse_fd: int | None,
-             effective_user: str | None, fs_debug: bool) -> None:
+def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
+             effective_user: str | None, allowed_mnt_ns: int | None, fs_debug: bool) -> None:
     """Serve ROOT (default /) through FUSE until it is unmounted."""
     if (mountpoint is None) == (fuse_fd is None):
         raise click.UsageError("give exactly one of --mountpoint and --fuse-fd")
@@ -196,7 +198,8 @@ def serve_fs(root: str, mountpoint: str | None, fuse_fd: int | None,
 
         check_host()
         return do_serve(root, mountpoint=mountpoint, fuse_fd=fuse_fd,
-                        effective_user=_effective_user(effective_user), debug=fs_debug)
+                        effective_user=_effective_user(effective_user),
+                        allowed_mnt_ns=allowed_mnt_ns, debug=fs_debug)
 
     _run("serve-fs", run)
 

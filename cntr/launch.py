@@ -1,19 +1,17 @@
 """Starting serve-fs in a process of its own for a session.
 
-serve-fs's start-up (a Python process and its imports) is the longest wait on the attach
-path, so it is started first, before cntr has even parsed its arguments (``prestart``,
-called by the console entry for ``cntr attach``), or else by ``enter``; it then waits on a
-pipe for its parameters and serves the ``/dev/fuse`` descriptor opened here once the setup
-child has mounted it.  Only the standard library is imported here.
+serve-fs's start-up (its imports) would be the longest wait on the attach path, so it is
+forked first, before cntr has even parsed its arguments (``prestart``, called by the
+console entry for ``cntr attach``), or else by ``enter``; it then waits on a pipe for its
+parameters and serves the ``/dev/fuse`` descriptor opened here once the setup child has
+mounted it.  Only ``os`` and ``sys`` are imported up front: this module runs before
+anything else of cntr.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-from typing import Any
 
 from cntr.errors import PermissionDenied, Unsupported, os_error
 
@@ -38,24 +36,24 @@ def open_fuse() -> int:
         raise os_error(f"open({FUSE_DEVICE})", exc) from None
 
 
-_SERVE_CODE = """\
-import json, os, sys
-start_fd, fuse_fd, ready_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-from stages.serve_fs import serve_fs
-with os.fdopen(start_fd, "rb") as start:
-    line = start.readline()
-if not line.startswith(b"G"):
-    sys.exit(0)
-sys.exit(serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:])))
-"""
 SERVE_FS_ISOLATION = True
 """Pass the session's mount namespace to serve-fs, which then refuses other processes."""
+SERVE_FS_COMM = b"cntr-serve-fs"
+"""The process name (comm) of a session's serve-fs, as ps and the tests see it."""
+WAIT_FOR_EXIT = 5.0
+"""Seconds ``close`` waits for serve-fs to exit after the session."""
 
 
 class SessionServer:
     """serve-fs, started ahead of the session so its start-up overlaps resolve, capture and
     the namespace work; it waits on a pipe for its parameters (``start``) and serves the
     ``/dev/fuse`` descriptor this object opened.  ``close`` ends it if it never started.
+
+    It is a fork of this process, not a new interpreter: no second Python start-up
+    (~20 ms and as much CPU) on the attach path.  It runs in a session of its own (a
+    Ctrl-C meant for the session's command must not stop it), with its output going to
+    /dev/null (libfuse reports benign races at unmount there; ``CNTR_SERVE_FS_LOG=FILE``
+    keeps it).
     """
 
     def __init__(self, base_dir: str) -> None:
@@ -70,29 +68,17 @@ class SessionServer:
             raise os_error(f"create {base_dir}", exc) from None
         start_r, self.start_w = os.pipe()
         self.ready_r, ready_w = os.pipe()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = [sys.executable, "-c", _SERVE_CODE, str(start_r), str(self.fuse_fd),
-                str(ready_w)]
-        # A session of its own: a Ctrl-C meant for the session's command must not stop it.
-        # libfuse reports benign races at unmount on stderr ("fuse_reply_* failed"): the
-        # session's terminal gets none of it; CNTR_SERVE_FS_LOG=FILE keeps it.
-        log = os.environ.get("CNTR_SERVE_FS_LOG")
-        err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-        try:
-            self.proc = subprocess.Popen(
-                argv, pass_fds=(start_r, self.fuse_fd, ready_w), start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd="/",
-            )
-        finally:
-            if log and not isinstance(err, int):
-                err.close()
+        self.pid = os.fork()
+        if self.pid == 0:
+            _serve_child(start_r, self.fuse_fd, ready_w, keep=(start_r, self.fuse_fd, ready_w))
         os.close(start_r)
         os.close(ready_w)
+        self.pidfd = _pidfd(self.pid)
 
-    def start(self, params: dict[str, Any]) -> None:
+    def start(self, params: dict[str, object]) -> None:
         """Hand serve-fs its parameters: it starts reading the mounted descriptor."""
+        import json
+
         os.write(self.start_w, b"G" + json.dumps(params).encode() + b"\n")
         os.close(self.start_w)
         self.start_w = -1
@@ -113,13 +99,78 @@ class SessionServer:
         if self.ready_r >= 0:
             os.close(self.ready_r)
             self.ready_r = -1
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            # Processes left running in the session keep the filesystem in use.
+        if self.pid <= 0:
+            return
+        import select
+
+        if self.pidfd < 0 or select.select([self.pidfd], [], [], WAIT_FOR_EXIT)[0]:
+            os.waitpid(self.pid, 0)
+        else:
+            # Processes left running in the session keep the filesystem in use; serve-fs
+            # goes on serving them and exits with them (init reaps it).
             print("cntr: serve-fs keeps serving processes still running in the session",
                   file=sys.stderr)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.pid = -1
 
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ...]) -> None:
+    """The forked serve-fs: wait for the parameters, then serve. Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        log = os.environ.get("CNTR_SERVE_FS_LOG")
+        out = os.open(log or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        # Nothing of the caller's but what serve-fs needs (a terminal, a pipe the
+        # caller's caller waits on for end-of-file, ...).
+        fds = sorted(keep)
+        lo = 3
+        for fd in fds:
+            os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 65536)
+        _set_comm(SERVE_FS_COMM)
+        # Imports first: they are what this early start overlaps with the caller's work.
+        import json
+
+        from stages.serve_fs import serve_fs
+
+        with os.fdopen(start_fd, "rb") as start:
+            line = start.readline()
+        if not line.startswith(b"G"):
+            os._exit(0)
+        code = serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:]))
+    except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _set_comm(name: bytes) -> None:
+    try:
+        with open("/proc/self/comm", "wb") as f:
+            f.write(name)
+    except OSError:
+        return
 
 
 _prestarted: SessionServer | None = None

@@ -31,20 +31,20 @@ def mount_points(pid: int | str) -> list[str]:
 
 
 def cntr_processes() -> list[str]:
-    """Command lines of cntr or serve-fs processes still running."""
+    """cntr processes still running: a session's serve-fs (named cntr-serve-fs) or the cntr
+    command itself; serve-fs instances other tests start on their own are not ours."""
     found = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        # enter's serve-fs (python -c "... from stages.serve_fs import serve_fs ...") and
-        # the cntr command itself; other serve-fs instances (tests of their own) are not ours
-        if "from stages.serve_fs import serve_fs" in cmd or " -m cntr " in cmd:
-            found.append(f"{entry}: {cmd}")
+        if comm == "cntr-serve-fs" or " -m cntr " in cmd or "/bin/cntr " in cmd:
+            found.append(f"{entry}: {comm}: {cmd}")
     return found
 
 

@@ -83,8 +83,7 @@ def _children(pid: int) -> list[int]:
 
 def _serve_fs_of(cntr_pid: int) -> int:
     for child in _children(cntr_pid):
-        cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"from stages.serve_fs import serve_fs" in cmd:
+        if Path(f"/proc/{child}/comm").read_text().strip() == "cntr-serve-fs":
             return child
     raise AssertionError("no serve-fs child")
 
