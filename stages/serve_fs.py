@@ -44,7 +44,8 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     except OSError as exc:
         raise os_error(f"serve-fs: open({root})", exc) from exc
     os.umask(0)
-    ops = Operations(root_fd, uid_map=uid_map, gid_map=gid_map,
+    # acl: the kernel enforces POSIX ACLs (FUSE_POSIX_ACL) as the disk under it would.
+    ops = Operations(root_fd, acl=True, uid_map=uid_map, gid_map=gid_map,
                      effective_user=effective_user, allowed_mnt_ns=allowed_mnt_ns,
                      debug=debug)
     try:

@@ -114,31 +114,29 @@ def parse_info_labels(text: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
-def config_address(path: str) -> str | None:
-    """The [grpc] address of a containerd config.toml, None when unreadable or unset."""
+def _config_string(path: str, *keys: str) -> str | None:
+    """A string setting of a containerd config.toml (``keys`` is its table path), None when
+    the file is unreadable or the setting unset."""
     import tomllib  # only a config file needs it (~3 ms to import)
 
     try:
         with open(path, "rb") as f:
-            conf = tomllib.load(f)
+            value: object = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError):
         return None
-    grpc = conf.get("grpc")
-    address = grpc.get("address") if isinstance(grpc, dict) else None
-    return address if isinstance(address, str) and address else None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def config_address(path: str) -> str | None:
+    """The [grpc] address of a containerd config.toml, None when unreadable or unset."""
+    return _config_string(path, "grpc", "address")
 
 
 def config_state(path: str) -> str | None:
     """The ``state`` directory of a containerd config.toml, None when unreadable or unset."""
-    import tomllib  # only a config file needs it (~3 ms to import)
-
-    try:
-        with open(path, "rb") as f:
-            conf = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    state = conf.get("state")
-    return state if isinstance(state, str) and state else None
+    return _config_string(path, "state")
 
 
 def state_of(argv: list[str]) -> str:

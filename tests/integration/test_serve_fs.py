@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+
 from cntr.linux import syscalls as sc
 from tests.integration.fsutil import (
     Served,
@@ -321,8 +323,8 @@ def test_xattrs(pair: Pair) -> None:
 def test_posix_acl(pair: Pair) -> None:
     f = pair.mnt / "acl"
     f.write_text("x")
-    if shutil.which("setfacl") is None or shutil.which("getfacl") is None:
-        pytest.skip("setfacl/getfacl not installed")
+    require(None if shutil.which("setfacl") and shutil.which("getfacl")
+            else "setfacl/getfacl not installed (scripts/setup installs acl)")
     subprocess.run(["setfacl", "-m", "u:1234:rw", str(f)], check=True)
     native = subprocess.run(["getfacl", "-c", str(pair.src / "acl")], check=True,
                             capture_output=True, text=True).stdout
@@ -330,6 +332,24 @@ def test_posix_acl(pair: Pair) -> None:
     through = subprocess.run(["getfacl", "-c", str(f)], check=True, capture_output=True,
                              text=True).stdout
     assert through == native
+
+
+def test_posix_acl_is_enforced(pair: Pair) -> None:
+    """An ACL entry grants what the mode bits alone refuse, through the mount as natively."""
+    require(None if shutil.which("setfacl")
+            else "setfacl not installed (scripts/setup installs acl)")
+    os.chmod(pair.src, 0o755)
+    secret = pair.src / "secret"
+    secret.write_text("s")
+    os.chmod(secret, 0o600)
+    subprocess.run(["setfacl", "-m", "u:1234:r", str(secret)], check=True)
+    for path in (secret, pair.mnt / "secret"):
+        allowed = subprocess.run(["cat", str(path)], user=1234, capture_output=True,
+                                 timeout=30, check=False)
+        refused = subprocess.run(["cat", str(path)], user=1235, capture_output=True,
+                                 timeout=30, check=False)
+        assert (allowed.returncode, allowed.stdout) == (0, b"s"), (path, allowed.stderr)
+        assert refused.returncode != 0 and b"Permission denied" in refused.stderr, path
 
 
 def test_ownership_of_new_files_is_the_callers(pair: Pair) -> None:
