@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
-
 from cntr.linux import syscalls as sc
+from tests.conftest import require
 from tests.integration.fsutil import (
     Served,
     is_mounted,
