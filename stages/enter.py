@@ -253,15 +253,15 @@ def _setup_child(plan: _Plan) -> None:
     step = "join the container's cgroups"
     try:
         cgroups.join(ctx.cgroups, os.getpid())
-        mnt_fd = nsfds.fds.pop("mnt", None)
+        step = "open the container's mount namespace"
+        mnt_fd = nsfds.fds.pop("mnt")
         if opts.container_root:
             step = "enter the container's root"
-            if mnt_fd is not None:
-                syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
+            syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
             os.fchdir(root_fd)
             os.chroot(".")
         else:
-            assert fuse_fd is not None and mnt_fd is not None
+            assert fuse_fd is not None  # enter() passes one unless container_root
             step = "build the session's mount namespace"
             spec = mounts.SessionRoot(fuse_fd=fuse_fd, base_dir=opts.base_dir.strip("/"),
                                       files=BOUND_FILES)

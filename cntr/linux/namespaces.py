@@ -4,8 +4,8 @@ All namespace descriptors are opened *before* any is joined: once the mount name
 the container's, ``/proc`` may be the container's and pids differ.
 
 Caveats:
-- setns(2) into the namespace the caller is already in fails with EINVAL for user
-  namespaces; ``open_namespaces`` leaves out every kind the caller already shares.
+- setns(2) into the user namespace the caller is already in fails with EINVAL;
+  ``open_namespaces`` leaves it out (joining any other kind one already shares is a no-op).
 - joining a pid or time namespace affects only children: fork after ``join``.
 - the user namespace is joined last, so the others are joined with the host's privileges.
 """
@@ -44,7 +44,7 @@ class NamespaceFds:
 
 
 def open_namespaces(pid: int, kinds: tuple[str, ...] = tuple(FLAGS)) -> NamespaceFds:
-    """Open ``/proc/PID/ns/KIND`` for each kind the caller does not already share."""
+    """Open ``/proc/PID/ns/KIND`` for each kind (but a user namespace the caller shares)."""
     fds: dict[str, int] = {}
     try:
         for kind in kinds:
@@ -55,8 +55,8 @@ def open_namespaces(pid: int, kinds: tuple[str, ...] = tuple(FLAGS)) -> Namespac
                 if not os.path.exists(f"/proc/{pid}"):
                     raise
                 continue  # the kernel lacks this kind
-            if os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino:
-                os.close(fd)
+            if kind == "user" and os.fstat(fd).st_ino == os.stat("/proc/self/ns/user").st_ino:
+                os.close(fd)  # setns into one's own user namespace is EINVAL
                 continue
             fds[kind] = fd
     except BaseException:
