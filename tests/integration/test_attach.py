@@ -257,3 +257,16 @@ def test_effective_user_owns_files_created_on_the_host(demo: Container) -> None:
         assert path.stat().st_uid == 65534
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_attach_to_a_process_of_the_host() -> None:
+    """A plain process that shares cntr's own namespaces is a valid target too."""
+    with subprocess.Popen(["sleep", "300"]) as proc:
+        try:
+            out = run_cntr("attach", str(proc.pid), "--", "/bin/sh", "-c",
+                           "hostname; ls /var/lib/cntr/etc/os-release")
+        finally:
+            proc.kill()
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == [os.uname().nodename,
+                                           "/var/lib/cntr/etc/os-release"]
