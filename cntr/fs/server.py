@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,6 +35,9 @@ from cntr.fs.operations import Operations
 from cntr.linux import syscalls as sc
 
 log = logging.getLogger("cntr.fs")
+
+_monotonic_ns = time.monotonic_ns
+_sched_yield = os.sched_yield
 
 
 def fuse_options() -> set[str]:
@@ -104,10 +108,21 @@ class DirectLoop:
     checkpoint and the epoll wait), about half of the per-request cost.  Signals wake the
     poll through ``signal.set_wakeup_fd``; `notify_closing` (called by
     ``pyfuse3.terminate()``) ends the loop at the next wait.
+
+    Before sleeping in poll(2), the loop keeps polling without a timeout (yielding the CPU
+    between polls) for ``spin_ns``: a requester that sends its next request within that
+    time finds serve-fs awake.  Waking a sleeping server on another CPU costs an
+    inter-processor interrupt, which on a VM is a VM exit: measured 60-90 us per request
+    on a 2-vCPU Firecracker guest against ~8 us when both sides share a CPU, i.e. most of
+    the cost of a request.  Spinning keeps that wake-up out of bursts of requests (untar,
+    create: -30 to -40 % wall time there; neutral for read, delete and large writes) for
+    at most ``spin_ns`` of CPU after each burst; 0 turns it off.
     """
 
     ClosedResourceError = _ClosedResourceError
     Lock = _NullLock
+    #: how long to poll /dev/fuse before sleeping (see the class docstring)
+    spin_ns = 100_000
 
     def __init__(self, wakeup_fd: int) -> None:
         self.lowlevel = self
@@ -134,10 +149,21 @@ class DirectLoop:
         if fd not in self._registered:
             self._poll.register(fd, select.POLLIN)
             self._registered.add(fd)
+        poll = self._poll.poll
         while True:
             if self.closing:
                 raise _ClosedResourceError
-            for ready, _events in self._poll.poll():
+            events = poll(0)
+            if not events and self.spin_ns > 0:
+                deadline = _monotonic_ns() + self.spin_ns
+                while True:
+                    _sched_yield()  # a requester on this CPU runs first
+                    events = poll(0)
+                    if events or _monotonic_ns() >= deadline:
+                        break
+            if not events:
+                events = poll()
+            for ready, _events in events:
                 if ready == fd:
                     return
                 with contextlib.suppress(BlockingIOError):
