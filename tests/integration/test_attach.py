@@ -227,11 +227,13 @@ def test_interactive_session_gets_a_pty(demo: Container) -> None:
         os.chdir(REPO)
         os.execv(CNTR[0], [*CNTR, "attach", demo.ident, "--", "/bin/sh"])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    import select
+
     out = b""
     os.write(fd, b"test -t 0 && test -t 1 && echo tty-$((1+1)); stty size; "
                  b"echo marker-$((6*7)); exit 5\n")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
         try:
             chunk = os.read(fd, 4096)
         except OSError:
