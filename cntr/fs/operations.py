@@ -59,7 +59,8 @@ Caveats:
 - the kernel checks permissions (``default_permissions``) on mode bits; POSIX ACLs pass
   through as xattrs but are only enforced with ``acl=True`` (FUSE_POSIX_ACL), which costs a
   getxattr per inode.
-- writes by serve-fs run as root, so they do not clear setuid bits as a user's write would.
+- writes by serve-fs run as root; the kernel still clears set-user/group-ID bits on a
+  user's write (file_remove_privs sends a setattr first: FUSE_HANDLE_KILLPRIV is not set).
 - missing names are cached by the kernel as negative entries for ``entry_timeout``: a file
   created on the host right after a failed lookup shows up only then; create(2) always uses
   O_EXCL, so in that window an open(O_CREAT) fails with EEXIST rather than opening (and

@@ -351,6 +351,20 @@ def test_posix_acl_is_enforced(pair: Pair) -> None:
         assert refused.returncode != 0 and b"Permission denied" in refused.stderr, path
 
 
+def test_write_by_a_user_clears_setuid_bits(pair: Pair) -> None:
+    """As on the disk: another user's write drops set-user-ID and set-group-ID."""
+    os.chmod(pair.src, 0o755)
+    for path in (pair.src / "native", pair.src / "through"):
+        path.write_text("x")
+        os.chown(path, 1234, 1234)
+        os.chmod(path, 0o6777)
+    for path in (pair.src / "native", pair.mnt / "through"):
+        subprocess.run(["sh", "-c", 'echo y >> "$1"', "sh", str(path)], user=4321,
+                       group=4321, extra_groups=[], check=True, timeout=30)
+    assert stat.S_IMODE((pair.src / "native").stat().st_mode) == 0o777
+    assert stat.S_IMODE((pair.src / "through").stat().st_mode) == 0o777
+
+
 def test_ownership_of_new_files_is_the_callers(pair: Pair) -> None:
     os.chmod(pair.src, 0o777)
     script = 'cd "$1" && : > f && mkdir d && ln -s f l && mkfifo p'
