@@ -187,7 +187,8 @@ def running_tasks(task_dirs: list[str], ident: str) -> list[tuple[str, str, int]
                         pid = int(f.read().strip() or 0)
                 except (OSError, ValueError):
                     continue
-                if pid > 0:
+                # A shim killed with its container leaves its directory behind for a while.
+                if pid > 0 and os.path.exists(f"/proc/{pid}"):
                     out.append((ns, cid, pid))
     return out
 
