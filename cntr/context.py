@@ -11,12 +11,8 @@ In JSON, ``bytes`` values (the captured files) are written as ``"base64:..."`` s
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, BinaryIO, ClassVar, TypeVar
-
-import msgpack
 
 from cntr import schema
 from cntr.errors import BadInput
@@ -133,12 +129,16 @@ def from_dict(cls: type[R], data: Any) -> R:
 # --- encoding -------------------------------------------------------------------------
 
 def _json_default(obj: Any) -> Any:
+    import base64
+
     if isinstance(obj, bytes):
         return "base64:" + base64.b64encode(obj).decode()
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
 def _json_hook(obj: dict[str, Any]) -> dict[str, Any]:
+    import base64
+
     files = obj.get("files")
     if isinstance(files, dict) and obj.get("kind") == Context.KIND:
         for key, value in files.items():
@@ -150,7 +150,14 @@ def _json_hook(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+# json, msgpack and base64 are imported where used: `cntr attach` decodes no record.
+
+
 def encode(record: Resolved | Context, fmt: str) -> bytes:
+    import json
+
+    import msgpack
+
     data = to_dict(record)
     if fmt == "json":
         return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
@@ -159,6 +166,10 @@ def encode(record: Resolved | Context, fmt: str) -> bytes:
 
 def decode(cls: type[R], raw: bytes, what: str = "input") -> R:
     """Decode msgpack or JSON (told apart by the first byte) and validate."""
+    import json
+
+    import msgpack
+
     if not raw.strip():
         raise BadInput(f"{what} is empty: the previous stage printed nothing (did it fail?)")
     if len(raw) > MAX_RECORD:
@@ -189,6 +200,10 @@ def read_stream(stream: BinaryIO) -> bytes:
 
 def read_any(raw: bytes, what: str = "input") -> Resolved | Context:
     """Decode either record kind (capture accepts a resolve record or a context)."""
+    import json
+
+    import msgpack
+
     first = raw.lstrip()[:1]
     kind: Any = None
     try:

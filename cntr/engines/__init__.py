@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cntr.engines.base import Engine, EngineError, Match, NotRunning
+from cntr.engines.base import Engine, EngineError, Match, NotRunning, shared_process_scan
 from cntr.engines.command import CommandEngine
 from cntr.engines.containerd import ContainerdEngine, KubernetesEngine
 from cntr.engines.docker import DockerEngine
@@ -114,6 +114,11 @@ def resolve(ident: str, types: list[str] | None = None) -> Match:
 
     Raises NotFound (what every engine answered, on one line) or Ambiguous.
     """
+    with shared_process_scan():
+        return _resolve(ident, types)
+
+
+def _resolve(ident: str, types: list[str] | None) -> Match:
     names = list(types) if types else list(TYPES)
     for t in names:
         if t not in ENGINES:
@@ -161,6 +166,11 @@ def resolve(ident: str, types: list[str] | None = None) -> Match:
 
 def list_all(types: list[str] | None = None) -> list[Match]:
     """Every running container of the engines of `types` (default TYPES), each process once."""
+    with shared_process_scan():
+        return _list_all(types)
+
+
+def _list_all(types: list[str] | None) -> list[Match]:
     names = [t for t in (types or TYPES) if t != "process_id"]
     # A pod's containers are containerd tasks too: name them as pods, the more useful name.
     if "kubernetes" in names:

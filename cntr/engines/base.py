@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -165,7 +165,8 @@ def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int
     The command runs in its own session with stdin from /dev/null and LC_ALL=C (messages are
     matched in English); on timeout its whole process group is killed and EngineError raised.
     """
-    from shutil import which  # ~3 ms to import: only when a tool is run
+    import subprocess  # shutil and subprocess cost ~6 ms to import: only when a tool runs
+    from shutil import which
 
     exe = which(argv[0])
     if exe is None:
@@ -263,6 +264,43 @@ def read_stat(pid: int, proc: str = "/proc") -> ProcStat | None:
         return ProcStat(raw[lpar + 1 : rpar], fields[0], int(fields[1]), int(fields[19]), uid)
     except (IndexError, ValueError):
         return None
+
+
+_scan_lock = threading.Lock()
+_scans: dict[str, dict[int, ProcStat]] | None = None
+
+
+@contextlib.contextmanager
+def shared_process_scan() -> Iterator[None]:
+    """While inside, `processes` reads /proc once and every engine shares that reading
+    (resolve asks the engines at once; three of them look for daemon processes)."""
+    global _scans
+    _scans = {}
+    try:
+        yield
+    finally:
+        _scans = None
+
+
+def processes(proc: str = "/proc") -> dict[int, ProcStat]:
+    """The stat of every process (pid -> ProcStat); shared within `shared_process_scan`."""
+    scans = _scans
+    if scans is None:
+        return _read_all(proc)
+    with _scan_lock:
+        found = scans.get(proc)
+        if found is None:
+            found = scans[proc] = _read_all(proc)
+        return found
+
+
+def _read_all(proc: str) -> dict[int, ProcStat]:
+    out = {}
+    for pid in iter_pids(proc):
+        st = read_stat(pid, proc)
+        if st is not None:
+            out[pid] = st
+    return out
 
 
 def alive(pid: int, proc: str = "/proc") -> bool:

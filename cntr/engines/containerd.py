@@ -46,10 +46,9 @@ from cntr.engines.base import (
     NotRunning,
     first_line,
     is_hex,
-    iter_pids,
     option_value,
+    processes,
     read_cmdline,
-    read_stat,
     reason_of,
     run_tool,
 )
@@ -152,9 +151,8 @@ def find_state_dirs(proc: str = "/proc") -> list[str] | None:
     """Task directories of every running containerd, or None when one cannot be read (then
     only ctr can tell)."""
     out: list[str] = []
-    for pid in iter_pids(proc):
-        st = read_stat(pid, proc)
-        if st is None or st.comm != "containerd":
+    for pid, st in processes(proc).items():
+        if st.comm != "containerd":
             continue
         tasks = os.path.join(state_of(read_cmdline(pid, proc)), TASK_DIR)
         if not os.path.isdir(tasks):
@@ -209,9 +207,8 @@ def find_sockets(proc: str = "/proc") -> list[str]:
     if env:
         return [env.removeprefix("unix://")]
     candidates = [DEFAULT_SOCKET, *DOCKER_SOCKETS]
-    for pid in iter_pids(proc):
-        st = read_stat(pid, proc)
-        if st is not None and st.comm == "containerd":
+    for pid, st in processes(proc).items():
+        if st.comm == "containerd":
             candidates.append(address_of(read_cmdline(pid, proc)))
     out: list[str] = []
     seen: set[str] = set()

@@ -24,10 +24,9 @@ from cntr.engines.base import (
     BaseEngine,
     Match,
     children,
-    iter_pids,
     option_value,
+    processes,
     read_cmdline,
-    read_stat,
     run_tool,
 )
 
@@ -55,9 +54,8 @@ def parse_leader(text: str) -> int:
 def scan(proc: str = "/proc") -> list[tuple[str, int]]:
     """(machine name, leader pid) of every systemd-nspawn process that has a living child."""
     out = []
-    for pid in iter_pids(proc):
-        st = read_stat(pid, proc)
-        if st is None or st.comm != "systemd-nspawn" or st.state in ("Z", "X"):
+    for pid, st in processes(proc).items():
+        if st.comm != "systemd-nspawn" or st.state in ("Z", "X"):
             continue
         name = machine_name(read_cmdline(pid, proc))
         kids = children(pid, proc)

@@ -36,10 +36,9 @@ from cntr.engines.base import (
     NotRunning,
     alive,
     children,
-    iter_pids,
     option_value,
+    processes,
     read_cmdline,
-    read_stat,
 )
 from cntr.engines.docker import DockerCompatEngine, socket_from_host
 
@@ -81,9 +80,8 @@ def parse_conmon(pid: int, argv: list[str], uid: int) -> Conmon | None:
 def scan_conmon(proc: str = "/proc") -> list[Conmon]:
     """Every conmon process's container."""
     found = []
-    for pid in iter_pids(proc):
-        st = read_stat(pid, proc)
-        if st is None or st.comm != "conmon":
+    for pid, st in processes(proc).items():
+        if st.comm != "conmon":
             continue
         c = parse_conmon(pid, read_cmdline(pid, proc), st.uid)
         if c is not None:
