@@ -89,6 +89,14 @@ class SessionServer:
             os.close(self.fuse_fd)
             self.fuse_fd = -1
 
+    def kill(self) -> None:
+        """End serve-fs at once (a session that cannot be built)."""
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, 9)  # SIGKILL; the signal module is not imported here
+            except ProcessLookupError:
+                return
+
     def close(self) -> None:
         """End serve-fs if it never started; else wait a little for it to exit (it does
         when the session's namespace is gone)."""

@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,15 +44,17 @@ from cntr.errors import (
 )
 from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
 from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
+from stages.capture import BOUND_FILES
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SETUP_TIMEOUT = 30.0
-"""Seconds serve-fs may take to start before enter gives up."""
+SETUP_TIMEOUT = float(os.environ.get("CNTR_SETUP_TIMEOUT") or 30)
+"""Seconds the session may take to be built (up to the command's execve) before enter
+gives up: a serve-fs that never answers would otherwise leave the setup blocked."""
 
-BOUND_FILES = (
-    "etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
-    "etc/localtime",
-)
+
+class _SetupTimeout(Exception):
+    """The setup child did not finish within SETUP_TIMEOUT."""
+
 
 
 @dataclass
@@ -364,8 +368,16 @@ def _read_messages(status_r: int, child: int, server: SessionServer | None,
     errors: list[str] = []
     session_pid: int | None = None
     buf = b""
+    deadline = time.monotonic() + SETUP_TIMEOUT
     with os.fdopen(status_r, "rb", buffering=0) as f:
         while True:
+            left = deadline - time.monotonic()
+            try:
+                ready = left > 0 and select.select([f], [], [], left)[0]
+            except InterruptedError:
+                continue
+            if not ready:
+                raise _SetupTimeout
             chunk = f.read(4096)
             if not chunk:
                 break
@@ -410,7 +422,18 @@ def _supervise(child: int, *, server: SessionServer | None, params: dict[str, An
 
     old = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
-        errors, session_pid = _read_messages(status_r, child, server, params)
+        try:
+            errors, session_pid = _read_messages(status_r, child, server, params)
+        except _SetupTimeout:
+            # Ending serve-fs aborts the FUSE connection: whatever waits on it fails.
+            if server is not None:
+                server.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise SessionSetupError(
+                f"the session was not ready within {SETUP_TIMEOUT:g} s "
+                "(serve-fs did not answer); nothing ran") from None
         if master is not None and not errors:
             pidfd = syscalls.pidfd_open(child)
             try:

@@ -6,6 +6,7 @@ container's table, no cntr or serve-fs process, no file in /tmp or the container
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -345,3 +346,26 @@ def test_job_control_in_interactive_session(demo: Container) -> None:
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_serve_fs_that_never_answers_times_out(demo: Container) -> None:
+    """serve-fs stopped (SIGSTOP) before it serves: enter gives up after its set-up time
+    with one line, and leaves nothing behind."""
+    before = snapshot(demo)
+    env = {**os.environ, "CNTR_SETUP_TIMEOUT": "3"}
+    with subprocess.Popen([*CNTR, "attach", demo.ident, "--", "true"], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 10
+        server = None
+        while server is None and time.monotonic() < deadline:
+            with contextlib.suppress(AssertionError, OSError):
+                server = _serve_fs_of(proc.pid)
+        assert server is not None
+        os.kill(server, signal.SIGSTOP)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+    assert proc.returncode == 125
+    assert err.decode().count("\n") == 1 and "not ready within 3 s" in err.decode()
+    assert took < 20
+    wait_clean(demo, before)
