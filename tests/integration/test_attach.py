@@ -272,3 +272,12 @@ def test_attach_to_a_process_of_the_host() -> None:
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().split() == [os.uname().nodename,
                                            "/var/lib/cntr/etc/os-release"]
+
+
+def test_readme_demo_command_runs() -> None:
+    """The README's first command, with a command instead of an interactive shell."""
+    out = subprocess.run([REPO / "scripts/demo", "--", "/bin/sh", "-c",
+                          "hostname; cat /var/lib/cntr/etc/hostname; echo $CNTR_DEMO"],
+                         capture_output=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.split() == [b"cntr-demo", b"cntr-demo", b"hello"]
