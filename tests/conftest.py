@@ -75,8 +75,10 @@ class Container:
 
 def run_cntr(*args: str, input: bytes | None = None, timeout: float = 60,
              **kw: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*CNTR, *args], input=input, capture_output=True, timeout=timeout,
-                          cwd=REPO, **kw)  # type: ignore[call-overload]
+    # **kw passes env and the like through; mypy cannot match it to run()'s overloads
+    result: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
+        [*CNTR, *args], input=input, capture_output=True, timeout=timeout, cwd=REPO, **kw)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -69,9 +69,11 @@ def wait_clean(c: Container, before: dict[str, object], timeout: float = 10) -> 
 
 
 def _session(c: Container, script: str, **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*CNTR, "attach", c.ident, "--", "/bin/sh", "-c", script],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                            **kw)  # type: ignore[call-overload]
+    # **kw passes stdin and the like through; mypy cannot match it to Popen's overloads
+    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+        [*CNTR, "attach", c.ident, "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, **kw)
+    return proc
 
 
 def _children(pid: int) -> list[int]:
