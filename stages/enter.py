@@ -2,8 +2,9 @@
 
 Three processes, as in the original cntr's "two-process dance" plus a server:
 
-- this process (host namespaces) checks the context, opens ``/dev/fuse``, starts
-  serve-fs, relays the pty, forwards signals and returns the command's exit status;
+- this process (host namespaces) checks the context, hands serve-fs (``cntr.launch``,
+  forked early with the ``/dev/fuse`` descriptor) its parameters once the filesystem is
+  mounted, relays the pty, forwards signals and returns the command's exit status;
 - a *setup child*, single-threaded, joins the container's cgroups, builds the session's
   mount namespace (``cntr.linux.mounts``), joins the uts, ipc, net, cgroup, pid, time and
   user namespaces, forks the session process, waits for it and exits with its status;
@@ -54,7 +55,6 @@ gives up: a serve-fs that never answers would otherwise leave the setup blocked.
 
 class _SetupTimeout(Exception):
     """The setup child did not finish within SETUP_TIMEOUT."""
-
 
 
 @dataclass
@@ -129,6 +129,8 @@ def default_command() -> list[str]:
 
 @contextlib.contextmanager
 def open_server(base_dir: str | None = None) -> Iterator[SessionServer]:
+    """The serve-fs of a session: the one the console entry prestarted, or a new one;
+    ended (if it never started) or waited for when the block ends."""
     base_dir = base_dir or EnterOptions().base_dir
     server = launch.take_prestarted()
     if server is None or server.base_dir != base_dir:
