@@ -17,15 +17,23 @@ from cntr.errors import PermissionDenied, Unsupported, os_error
 
 FUSE_DEVICE = "/dev/fuse"
 DEFAULT_BASE_DIR = "/var/lib/cntr"
+SERVE_FS_ISOLATION = True
+"""Pass the session's mount namespace to serve-fs, which then refuses other processes."""
+SERVE_FS_COMM = b"cntr-serve-fs"
+"""The process name (comm) of a session's serve-fs, as ps and the tests see it."""
+WAIT_FOR_EXIT = 5.0
+"""Seconds ``close`` waits for serve-fs to exit after the session."""
+
 
 def check_host() -> None:
-    """The one-line failures that need no container: not root, no /dev/fuse."""
+    """The failure that needs no container: cntr is not root."""
     if os.geteuid() != 0:
         raise PermissionDenied(
             "cntr must run as root: it joins namespaces and mounts a FUSE filesystem")
 
 
 def open_fuse() -> int:
+    """Open /dev/fuse; its absence is one clear line (exit 7)."""
     try:
         return os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -34,14 +42,6 @@ def open_fuse() -> int:
             "container, pass the device in") from None
     except OSError as exc:
         raise os_error(f"open({FUSE_DEVICE})", exc) from None
-
-
-SERVE_FS_ISOLATION = True
-"""Pass the session's mount namespace to serve-fs, which then refuses other processes."""
-SERVE_FS_COMM = b"cntr-serve-fs"
-"""The process name (comm) of a session's serve-fs, as ps and the tests see it."""
-WAIT_FOR_EXIT = 5.0
-"""Seconds ``close`` waits for serve-fs to exit after the session."""
 
 
 class SessionServer:
