@@ -103,9 +103,14 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
                 f"({ino} -> {current.get(kind)})")
 
 
-def session_env(ctx: Context, interactive: bool, base_dir: str) -> dict[str, str]:
-    """The container's environment; PATH extended with the host's so its tools are found."""
+def session_env(ctx: Context, opts: EnterOptions, interactive: bool) -> dict[str, str]:
+    """The container's environment; in a session (not ``cntr exec``) PATH is extended with
+    the host's so its tools are found."""
     env = dict(ctx.env)
+    if interactive and "TERM" in os.environ:
+        env.setdefault("TERM", os.environ["TERM"])
+    if opts.container_root:
+        return env
     cpath = env.get("PATH") or DEFAULT_PATH
     parts = cpath.split(":")
     # Last, where cntr itself lives (its virtualenv), so `cntr exec` works in the session.
@@ -115,11 +120,21 @@ def session_env(ctx: Context, interactive: bool, base_dir: str) -> dict[str, str
             parts.append(p)
     env["PATH"] = ":".join(parts)
     env["CNTR_CONTAINER_PATH"] = cpath
-    if base_dir != DEFAULT_BASE_DIR:
-        env["CNTR_BASE_DIR"] = base_dir
-    if interactive and "TERM" in os.environ:
-        env.setdefault("TERM", os.environ["TERM"])
+    if opts.base_dir != DEFAULT_BASE_DIR:
+        env["CNTR_BASE_DIR"] = opts.base_dir
     return env
+
+
+def wants_tty(opts: EnterOptions) -> bool:
+    """A pty for the session: as asked, else when stdin and stdout are terminals."""
+    return opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
+
+
+def session_cwd(ctx: Context, opts: EnterOptions) -> str:
+    """The container's working directory, as the session sees it."""
+    if opts.container_root:
+        return ctx.cwd
+    return os.path.join(opts.base_dir, ctx.cwd.lstrip("/"))
 
 
 def default_command() -> list[str]:
@@ -220,10 +235,8 @@ def _session_process(plan: _Plan) -> None:
         step = "set capabilities"
         caps.set_sets(ctx.caps.effective, ctx.caps.permitted, ctx.caps.inheritable,
                       ctx.caps.ambient)
-        cwd = ctx.cwd if opts.container_root else os.path.join(
-            opts.base_dir, ctx.cwd.lstrip("/"))
         try:
-            os.chdir(cwd)
+            os.chdir(session_cwd(ctx, opts))
         except OSError:
             os.chdir("/")
         step = f"run {argv[0]}"
@@ -323,13 +336,8 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
 
 def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
     argv = list(opts.command) or default_command()
-    interactive = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
-    if opts.container_root:
-        env = dict(ctx.env)
-        if interactive and "TERM" in os.environ:
-            env.setdefault("TERM", os.environ["TERM"])
-    else:
-        env = session_env(ctx, interactive, opts.base_dir)
+    interactive = wants_tty(opts)
+    env = session_env(ctx, opts, interactive)
     try:
         root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -481,9 +489,8 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
     """The ordered plan ``enter`` would carry out, without doing any of it (--dry-run)."""
     opts = opts or EnterOptions()
     argv = list(opts.command) or default_command()
-    interactive = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
-    env = dict(ctx.env) if opts.container_root else session_env(ctx, interactive,
-                                                                 opts.base_dir)
+    interactive = wants_tty(opts)
+    env = session_env(ctx, opts, interactive)
     mounts_info = cgroups.cgroup_mounts(procfs.read_bytes("/proc/self/mountinfo").decode())
     own = procfs.read_namespaces(os.getpid())
     steps: list[dict[str, Any]] = [
@@ -531,10 +538,8 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
     ]
     if ctx.lsm and ctx.label:
         steps.append({"step": "lsm-label", "lsm": ctx.lsm, "label": ctx.label})
-    cwd = ctx.cwd if opts.container_root else os.path.join(opts.base_dir,
-                                                           ctx.cwd.lstrip("/"))
     steps += [
-        {"step": "chdir", "path": cwd},
+        {"step": "chdir", "path": session_cwd(ctx, opts)},
         {"step": "exec", "argv": argv, "env": env, "pty": interactive},
     ]
     return steps
