@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cntr.errors import CntrError
+from cntr.linux.procfs import split_stat
 
 #: seconds an engine's API socket may take to answer
 SOCKET_TIMEOUT = 3.0
@@ -253,15 +254,13 @@ def read_stat(pid: int, proc: str = "/proc") -> ProcStat | None:
     """The stat of `pid`, None when it vanished."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
+            raw = f.read()
         uid = os.stat(f"{proc}/{pid}").st_uid
     except OSError:
         return None
-    # comm may hold spaces and parentheses: it ends at the last ')'.
-    lpar, rpar = raw.find("("), raw.rfind(")")
-    fields = raw[rpar + 2 :].split()
     try:
-        return ProcStat(raw[lpar + 1 : rpar], fields[0], int(fields[1]), int(fields[19]), uid)
+        comm, fields = split_stat(raw)
+        return ProcStat(comm, fields[0], int(fields[1]), int(fields[19]), uid)
     except (IndexError, ValueError):
         return None
 

@@ -78,18 +78,23 @@ def read_status(pid: int, proc: str = "/proc") -> Status:
     )
 
 
+def split_stat(raw: bytes) -> tuple[str, list[str]]:
+    """``/proc/PID/stat`` as (comm, the fields after it): field 3 (state) is index 0.
+
+    comm (field 2) may contain spaces and parentheses: it ends at the last ')'.
+    """
+    lpar, rpar = raw.find(b"("), raw.rindex(b")")
+    return raw[lpar + 1 : rpar].decode(errors="replace"), raw[rpar + 2 :].decode().split()
+
+
 def read_start_time(pid: int, proc: str = "/proc") -> int:
     """Field 22 of ``/proc/PID/stat``: start time in clock ticks since boot."""
-    data = read_bytes(f"{proc}/{pid}/stat")
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[19])
+    return int(split_stat(read_bytes(f"{proc}/{pid}/stat"))[1][19])
 
 
 def read_state(pid: int, proc: str = "/proc") -> str:
     """Field 3 of ``/proc/PID/stat``: R, S, D, Z (zombie), X (dead), ..."""
-    data = read_bytes(f"{proc}/{pid}/stat")
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    return split_stat(read_bytes(f"{proc}/{pid}/stat"))[1][0]
 
 
 def read_boot_id(proc: str = "/proc") -> str:
