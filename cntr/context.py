@@ -166,6 +166,11 @@ def encode(record: Resolved | Context, fmt: str) -> bytes:
 
 def decode(cls: type[R], raw: bytes, what: str = "input") -> R:
     """Decode msgpack or JSON (told apart by the first byte) and validate."""
+    return from_dict(cls, _parse(raw, what))
+
+
+def _parse(raw: bytes, what: str) -> Any:
+    """The decoded value of a msgpack or JSON record, not yet validated."""
     import json
 
     import msgpack
@@ -174,20 +179,16 @@ def decode(cls: type[R], raw: bytes, what: str = "input") -> R:
         raise BadInput(f"{what} is empty: the previous stage printed nothing (did it fail?)")
     if len(raw) > MAX_RECORD:
         raise BadInput(f"{what} is larger than {MAX_RECORD >> 20} MiB: not a cntr record")
-    first = raw.lstrip()[:1]
-    data: Any
-    if first == b"{":
+    if raw.lstrip()[:1] == b"{":
         try:
-            data = json.loads(raw, object_hook=_json_hook)
+            return json.loads(raw, object_hook=_json_hook)
         except (ValueError, RecursionError) as exc:
             raise BadInput(f"{what} is not valid JSON: {exc}") from None
-    else:
-        try:
-            data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError,
-                msgpack.StackError, TypeError) as exc:
-            raise BadInput(f"{what} is not a msgpack or JSON record ({exc})") from None
-    return from_dict(cls, data)
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, TypeError) as exc:
+        raise BadInput(f"{what} is not a msgpack or JSON record ({exc})") from None
 
 
 def read_stream(stream: BinaryIO) -> bytes:
@@ -200,19 +201,8 @@ def read_stream(stream: BinaryIO) -> bytes:
 
 def read_any(raw: bytes, what: str = "input") -> Resolved | Context:
     """Decode either record kind (capture accepts a resolve record or a context)."""
-    import json
-
-    import msgpack
-
-    first = raw.lstrip()[:1]
-    kind: Any = None
-    try:
-        if first == b"{":
-            kind = json.loads(raw).get("kind")
-        elif raw.strip():
-            kind = msgpack.unpackb(raw, raw=False, strict_map_key=False).get("kind")
-    except Exception:  # noqa: BLE001 - decode() below reports the real error
-        kind = None
+    data = _parse(raw, what)
+    kind = data.get("kind") if isinstance(data, dict) else None
     if kind == Context.KIND:
-        return decode(Context, raw, what)
-    return decode(Resolved, raw, what)
+        return from_dict(Context, data)
+    return from_dict(Resolved, data)
