@@ -14,7 +14,7 @@ import stat
 
 from cntr.context import Caps, Context, Resolved
 from cntr.errors import CntrError, NotFound, PermissionDenied, os_error
-from cntr.linux import lsm, procfs, syscalls
+from cntr.linux import lsm, mounts, procfs
 
 BOUND_FILES = (
     "etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
@@ -27,12 +27,8 @@ _MAX_FILE = 1 << 20
 
 def read_container_file(root_fd: int, rel: str) -> bytes | None:
     """Content of ``rel`` inside the container's root, or None when absent/not a file."""
-    try:
-        fd = syscalls.openat2(
-            root_fd, rel, os.O_RDONLY | os.O_NONBLOCK,
-            syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS,
-        )
-    except OSError:
+    fd = mounts.open_in_container(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+    if fd is None:
         return None
     try:
         st = os.fstat(fd)

@@ -60,8 +60,9 @@ def _clone(fd: int, recursive: bool) -> int:
     return syscalls.open_tree(fd, "", flags)
 
 
-def _open_in_container(root_fd: int, rel: str, directory: bool) -> int | None:
-    flags = os.O_PATH | (os.O_DIRECTORY if directory else 0)
+def open_in_container(root_fd: int, rel: str, flags: int) -> int | None:
+    """Open ``rel`` as the container resolves it (symlinks stay inside its root); None
+    when it cannot be opened."""
     try:
         return syscalls.openat2(root_fd, rel, flags, RESOLVE_CONTAINER)
     except OSError:
@@ -105,7 +106,7 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
         root_dev = os.fstat(croot).st_dev
         clones.append((_clone(croot, recursive=True), spec.base_dir))
         for rel in MOUNT_DIRS:
-            fd = _open_in_container(croot, rel, directory=True)
+            fd = open_in_container(croot, rel, os.O_PATH | os.O_DIRECTORY)
             if fd is None:
                 spec.skipped.append(f"/{rel} (absent in the container)")
                 continue
@@ -117,7 +118,7 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
             finally:
                 os.close(fd)
         for rel in spec.files:
-            fd = _open_in_container(croot, rel, directory=False)
+            fd = open_in_container(croot, rel, os.O_PATH)
             if fd is None:
                 continue
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 from typing import Any, NewType
 
@@ -262,7 +263,9 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_sys("capset", ctypes.byref(hdr), ctypes.byref(data)), "capset")
 
 
+@functools.cache
 def cap_last_cap() -> int:
+    """The highest capability number this kernel knows (read once per process)."""
     with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
         return int(f.read())
 
