@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cntr.engines.base import children
 from tests.conftest import CNTR, REPO, Container, engine_container, run_cntr
 from tests.integration.test_attach import cntr_processes, mount_points, snapshot
 
@@ -76,16 +77,8 @@ def _session(c: Container, script: str, **kw: object) -> subprocess.Popen[bytes]
     return proc
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
 def _serve_fs_of(cntr_pid: int) -> int:
-    for child in _children(cntr_pid):
+    for child in children(cntr_pid):
         if Path(f"/proc/{child}/comm").read_text().strip() == "cntr-serve-fs":
             return child
     raise AssertionError("no serve-fs child")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cntr.engines.base import children
 from tests.conftest import CNTR, REPO, Container, run_cntr
 from tests.integration.test_attach import snapshot
 
@@ -33,14 +34,14 @@ def _short_container() -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(["unshare", "--fork", "--pid", "--uts", "--kill-child",
                              "sleep", "1000"])
     deadline = time.monotonic() + 10
-    while not Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().strip():
+    while not children(proc.pid):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     return proc
 
 
 def _inner_pid(proc: subprocess.Popen[bytes]) -> int:
-    return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+    return children(proc.pid)[0]
 
 
 def test_stale_context_is_refused_after_restart(demo: Container, tmp_path: Path) -> None:
