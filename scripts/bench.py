@@ -6,7 +6,9 @@ all targets alike):
 
 Filesystem workloads, each on five targets:
   ``native``  the backing directory itself (the limit);
-  ``serve-fs`` ``python -m stages.serve_fs DIR MNT``;
+  ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
+  ``serve-fs-libfuse`` the same Operations on pyfuse3's libfuse session
+              (``CNTR_SERVE_FS_LOOP=libfuse``): what the wire session gains;
   ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
               reference the goals compare against: multi-threaded, cache=auto, 1 s timeouts);
   ``c-ll-wb`` the same with ``-o writeback -o cache=always``;
@@ -295,13 +297,16 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     logfile = logdir / f"{kind}-{mnt.parent.name}.log"
     pass_fds: tuple[int, ...] = ()
     rfd = wfd = -1
-    if kind == "serve-fs":
+    env = None
+    if kind in ("serve-fs", "serve-fs-libfuse"):
+        if kind == "serve-fs-libfuse":
+            env = {**os.environ, "CNTR_SERVE_FS_LOOP": "libfuse"}
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
         argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
                 str(mnt)]
         if tools.profile_dir is not None:
-            prof = tools.profile_dir / f"serve-fs-{mnt.parent.name}.prof"
+            prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
             argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stages.serve_fs"]
     elif kind in ("c-ll", "c-ll-wb"):
         assert tools.passthrough_ll is not None
@@ -315,7 +320,8 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
         raise ValueError(kind)
     # The benchmark never starts threads, so preexec_fn is safe here.
     with open(logfile, "wb") as logf:
-        proc = subprocess.Popen(argv, cwd=REPO, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, pass_fds=pass_fds,
+                                stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=logf,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509  # no threads
     mount = Mount(kind, mnt, proc, logfile)
@@ -977,7 +983,7 @@ def main(argv: list[str]) -> int:
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
-    kinds = ["serve-fs"]
+    kinds = ["serve-fs", "serve-fs-libfuse"]
     if tools.passthrough_ll is not None:
         kinds += ["c-ll", "c-ll-wb"]
     if tools.bindfs is not None:

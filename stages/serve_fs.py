@@ -18,7 +18,7 @@ import sys
 
 from cntr.errors import CntrError, os_error
 from cntr.fs.operations import IdMap, Operations
-from cntr.fs.server import serve
+from cntr.fs.server import LOOPS, serve
 
 
 def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | None = None,
@@ -39,6 +39,7 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
+    loop = _loop()
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -50,9 +51,21 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      debug=debug)
     try:
         return serve(ops, mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
-                     use_trio=os.environ.get("CNTR_SERVE_FS_TRIO") == "1")
+                     loop=loop)
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
+
+
+def _loop() -> str:
+    """The FUSE session: ``CNTR_SERVE_FS_LOOP`` (wire, libfuse or trio; see
+    `cntr.fs.server.serve`), or trio with the older ``CNTR_SERVE_FS_TRIO=1``."""
+    if os.environ.get("CNTR_SERVE_FS_TRIO") == "1":
+        return "trio"
+    loop = os.environ.get("CNTR_SERVE_FS_LOOP") or "wire"
+    if loop not in LOOPS:
+        raise CntrError(f"serve-fs: CNTR_SERVE_FS_LOOP must be one of {', '.join(LOOPS)}, "
+                        f"not {loop!r}")
+    return loop
 
 
 def _main(argv: list[str]) -> int:

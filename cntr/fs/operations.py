@@ -251,6 +251,8 @@ class Operations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False
+    #: adds one entry to a readdir reply (`cntr.fs.wire` installs its own)
+    readdir_reply = staticmethod(pyfuse3.readdir_reply)
 
     def __init__(
         self,
@@ -629,7 +631,7 @@ class Operations(pyfuse3.Operations):
         except Exception as exc:
             raise self._error(exc, "read") from None
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
         try:
             return os.pwrite(fh, buf, off)
         except Exception as exc:
@@ -702,7 +704,7 @@ class Operations(pyfuse3.Operations):
             statx = self.statbuf.at
             learn = table.learn
             entry = self._entry
-            reply = pyfuse3.readdir_reply
+            reply = self.readdir_reply
             self_mounts = self.self_mount_ids
             for i in range(start_id, len(entries)):
                 name = entries[i]

@@ -32,6 +32,7 @@ from typing import Any
 import pyfuse3
 
 from cntr.fs.operations import Operations
+from cntr.fs.wire import Session
 from cntr.linux import syscalls as sc
 
 log = logging.getLogger("cntr.fs")
@@ -232,15 +233,28 @@ async def _serve_trio(ready_fd: int | None, stopped: list[int]) -> None:
         nursery.cancel_scope.cancel()
 
 
+LOOPS = ("wire", "libfuse", "trio")
+
+
 def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None = None,
-          ready_fd: int | None = None, use_trio: bool = False) -> int:
+          ready_fd: int | None = None, loop: str = "wire") -> int:
     """Serve ``ops`` until unmounted or signalled; 0 on a clean end.
 
-    ``use_trio`` runs pyfuse3's own trio loop instead of `DirectLoop` (same behaviour,
-    about twice the per-request overhead).
+    ``loop`` picks the FUSE session: ``wire`` (default) is serve-fs's own
+    (`cntr.fs.wire`: FUSE passthrough, cached directory listings); ``libfuse`` is
+    pyfuse3's libfuse session driven by `DirectLoop`, ``trio`` the same with pyfuse3's own
+    trio loop (about twice the per-request overhead).  The last two negotiate none of
+    the kernel features libfuse 3.14 lacks; they stay as references for the benchmark.
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise ValueError("serve(): give exactly one of mountpoint and fuse_fd")
+    if loop not in LOOPS:
+        raise ValueError(f"serve(): loop must be one of {', '.join(LOOPS)}")
+    if loop == "wire":
+        try:
+            return _serve_wire(ops, mountpoint, fuse_fd, ready_fd)
+        finally:
+            ops.close()
     target = mountpoint if mountpoint is not None else f"/dev/fd/{fuse_fd}"
     pyfuse3.init(ops, target, fuse_options())
     try:
@@ -248,7 +262,7 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
             # Serving "/" on a mountpoint under "/": lookups must not enter this mount.
             ops.self_mount_ids.add(mount_id_of(mountpoint))
         stopped: list[int] = []
-        if use_trio:
+        if loop == "trio":
             import trio  # only this mode needs trio
 
             # pyfuse3 may have been imported with a placeholder for trio
@@ -263,3 +277,50 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
     return 0
 
 
+def mount_options(fuse_fd: int) -> str:
+    """mount(2) data for a FUSE mount on ``fuse_fd``: the options the session's mount gets
+    (`cntr.linux.mounts.fuse_mount`)."""
+    return (f"fd={fuse_fd},rootmode=40000,user_id=0,group_id=0,allow_other,"
+            "default_permissions")
+
+
+def _serve_wire(ops: Operations, mountpoint: str | None, fuse_fd: int | None,
+                ready_fd: int | None) -> int:
+    own_fd = fuse_fd is None
+    if fuse_fd is None:
+        fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    mounted = False
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    session = Session(ops, fuse_fd, wakeup_fd=rfd)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("serve-fs: signal %d, stopping", signum)
+        session.stop()
+
+    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,
+                                                                   signal.SIGINT)}
+    try:
+        if mountpoint is not None:
+            try:
+                sc.mount("cntr", mountpoint, "fuse.cntr", sc.MS_NOSUID | sc.MS_NODEV,
+                         mount_options(fuse_fd))
+            except OSError as exc:
+                raise RuntimeError(exc.strerror or str(exc)) from None
+            mounted = True
+            # Serving "/" on a mountpoint under "/": lookups must not enter this mount.
+            ops.self_mount_ids.add(mount_id_of(mountpoint))
+        _signal_ready(ready_fd)
+        session.run()
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(rfd)
+        os.close(wfd)
+        if mounted and mountpoint is not None:
+            with contextlib.suppress(OSError):  # already unmounted from outside
+                sc.umount2(mountpoint, sc.MNT_DETACH)
+        if own_fd:
+            os.close(fuse_fd)
+    return 0

@@ -1,0 +1,659 @@
+# ruff: noqa: BLE001  # a request that fails in any way is answered, never dropped
+"""serve-fs's own FUSE session: requests read from ``/dev/fuse``, answered by `Operations`.
+
+libfuse 3.14 (what pyfuse3 is built on here) cannot negotiate the kernel features that
+matter most for a passthrough of the host's files, so this module speaks the kernel's wire
+protocol (``<linux/fuse.h>``) itself and calls the same `cntr.fs.operations.Operations`
+methods pyfuse3 would, with the same argument and result types:
+
+- **FUSE passthrough** (Linux 6.9+): regular files are opened on the host and handed to the
+  kernel as backing files (``FUSE_DEV_IOC_BACKING_OPEN``); the kernel then reads, writes
+  and maps them itself and serve-fs sees no READ or WRITE at all.  One backing id per inode
+  while it has passthrough opens (the kernel refuses two backing files for one inode).
+- ``FOPEN_CACHE_DIR``: directory listings stay in the kernel's cache between opens while
+  the directory's mtime is unchanged (checked when its attributes expire), so a second
+  walk of a tree sends OPENDIR/RELEASEDIR but no READDIRPLUS.
+- ``FUSE_CACHE_SYMLINKS``: symlink targets are kept in the page cache.
+- ``max_pages`` 256: 1 MiB requests for what still goes through serve-fs.
+
+Passthrough is not used for files opened with ``direct_io`` (procfs and sysfs files that
+report size 0), for writable opens of set-user/group-ID files (a backing write runs with
+serve-fs's credentials, which would not clear those bits), or when the kernel refuses the
+backing file (another filesystem stacked too deep): those are read and written through
+serve-fs as before.
+
+Requests are served one at a time by one thread; the loop polls ``/dev/fuse`` for
+``spin_ns`` before sleeping (see `cntr.fs.server`).  The session ends when the filesystem
+is unmounted (ENODEV), at FUSE_DESTROY, or when `stop` is called (signal handlers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import select
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from pyfuse3 import EntryAttributes, FUSEError, RequestContext, SetattrFields
+
+from cntr.fs.operations import Operations
+
+log = logging.getLogger("cntr.fs")
+
+# --- <linux/fuse.h> -------------------------------------------------------------------
+KERNEL_MAJOR, KERNEL_MINOR = 7, 41
+
+LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
+MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE = 8, 9, 10, 11, 12, 13, 14, 15, 16
+STATFS, RELEASE, FSYNC, SETXATTR, GETXATTR, LISTXATTR = 17, 18, 20, 21, 22, 23
+REMOVEXATTR, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR, FSYNCDIR = 24, 25, 26, 27, 28, 29, 30
+ACCESS, CREATE, INTERRUPT, DESTROY, POLL, NOTIFY_REPLY = 34, 35, 36, 38, 40, 41
+BATCH_FORGET, READDIRPLUS, RENAME2 = 42, 44, 45
+
+# INIT flags (flags2 holds bits 32-63)
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+EXPORT_SUPPORT = 1 << 4
+BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
+DO_READDIRPLUS = 1 << 13
+ASYNC_DIO = 1 << 15
+PARALLEL_DIROPS = 1 << 18
+POSIX_ACL = 1 << 20
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+HANDLE_KILLPRIV_V2 = 1 << 28
+INIT_EXT = 1 << 30
+PASSTHROUGH = 1 << 37
+
+FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NONSEEKABLE = 1 << 0, 1 << 1, 1 << 2
+FOPEN_CACHE_DIR, FOPEN_PASSTHROUGH = 1 << 3, 1 << 7
+
+FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FATTR_ATIME, FATTR_MTIME, FATTR_FH = 1 << 4, 1 << 5, 1 << 6
+FATTR_ATIME_NOW, FATTR_MTIME_NOW, FATTR_CTIME = 1 << 7, 1 << 8, 1 << 10
+FATTR_KILL_SUIDGID = 1 << 11
+FUSE_OPEN_KILL_SUIDGID = 1 << 0
+FUSE_WRITE_KILL_SUIDGID = 1 << 2
+FSYNC_FDATASYNC = 1
+
+# _IOW(229, 1, struct fuse_backing_map) and _IOW(229, 2, uint32_t)
+FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501
+FUSE_DEV_IOC_BACKING_CLOSE = 0x4004E502
+#: FILESYSTEM_MAX_STACK_DEPTH: backing files may sit on overlayfs (a container's root)
+MAX_STACK_DEPTH = 2
+
+MAX_PAGES_WANTED = 256
+MAX_WRITE = MAX_PAGES_WANTED * 4096
+#: a request buffer: the largest WRITE plus its headers
+BUFFER_SIZE = MAX_WRITE + 4096
+
+_IN = struct.Struct("=IIQQIIIHH")  # fuse_in_header
+_IN_SIZE = _IN.size
+_OUT = struct.Struct("=IiQ")  # fuse_out_header
+_OUT_SIZE = _OUT.size
+_ATTR = "QQQQQQIIIIIIIIII"  # fuse_attr
+_ENTRY = struct.Struct("=QQQQII" + _ATTR)  # fuse_entry_out
+_ATTR_OUT = struct.Struct("=QII" + _ATTR)  # fuse_attr_out
+_DIRENT = struct.Struct("=QQII")  # fuse_dirent without its name
+_OPEN_OUT = struct.Struct("=QIi")  # fuse_open_out (fh, open_flags, backing_id)
+_INIT_IN = struct.Struct("=IIII")
+_INIT_OUT = struct.Struct("=IIIIHHIIHHII24x")
+_U32 = struct.Struct("=I")
+_U32_PAIR = struct.Struct("=II")
+_U64 = struct.Struct("=Q")
+_SETATTR_IN = struct.Struct("=II6Q8I")
+_READ_IN = struct.Struct("=QQII")  # fh, offset, size, flags (lock owner etc. follow)
+_WRITE_IN = struct.Struct("=QQIIQII")
+_RELEASE_IN = struct.Struct("=QII")
+_FSYNC_IN = struct.Struct("=QI")
+_RENAME2_IN = struct.Struct("=QI")
+_CREATE_IN = struct.Struct("=IIII")
+_MKNOD_IN = struct.Struct("=III")
+_POLL_IN = struct.Struct("=QQII")
+_STATFS_OUT = struct.Struct("=5Q4I24x")
+_FORGET_ONE = struct.Struct("=QQ")
+_BACKING_MAP = struct.Struct("=iIQ")
+_WRITE_IN_SIZE = 40  # fuse_write_in
+_SETXATTR_IN_SIZE = 8  # FUSE_COMPAT_SETXATTR_IN_SIZE (FUSE_SETXATTR_EXT not asked for)
+
+_NS = 1_000_000_000
+_SUID_SGID = stat.S_ISUID | stat.S_ISGID
+_ENTRY_PACK = _ENTRY.pack
+_ATTR_OUT_PACK = _ATTR_OUT.pack
+
+Handler = Callable[[int, RequestContext, memoryview], bytes | None]
+
+
+class Request:
+    """What `Operations` reads from a pyfuse3 RequestContext: uid, gid, pid, umask."""
+
+    __slots__ = ("gid", "pid", "uid", "umask")
+
+    def __init__(self) -> None:
+        self.uid = self.gid = self.pid = self.umask = 0
+
+
+class _Fields:
+    """A pyfuse3 SetattrFields: which attributes a SETATTR changes."""
+
+    __slots__ = ("update_atime", "update_ctime", "update_gid", "update_mode",
+                 "update_mtime", "update_size", "update_uid")
+
+    def __init__(self, valid: int) -> None:
+        self.update_mode = bool(valid & FATTR_MODE)
+        self.update_uid = bool(valid & FATTR_UID)
+        self.update_gid = bool(valid & FATTR_GID)
+        self.update_size = bool(valid & FATTR_SIZE)
+        self.update_atime = bool(valid & (FATTR_ATIME | FATTR_ATIME_NOW))
+        self.update_mtime = bool(valid & (FATTR_MTIME | FATTR_MTIME_NOW))
+        self.update_ctime = bool(valid & FATTR_CTIME)
+
+
+def _timeout(seconds: float) -> tuple[int, int]:
+    whole = int(seconds)
+    return whole, int((seconds - whole) * _NS)
+
+
+def pack_attr_fields(e: EntryAttributes) -> tuple[int, ...]:
+    """The fuse_attr fields of ``e`` in wire order."""
+    a, m, c = e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns
+    return (e.st_ino, e.st_size, e.st_blocks, a // _NS, m // _NS, c // _NS,
+            a % _NS, m % _NS, c % _NS, e.st_mode, e.st_nlink, e.st_uid, e.st_gid,
+            e.st_rdev & 0xFFFFFFFF, e.st_blksize, 0)
+
+
+def pack_entry(e: EntryAttributes) -> bytes:
+    """fuse_entry_out for a lookup-style reply; st_ino 0 is a negative entry."""
+    ev, evn = _timeout(e.entry_timeout)
+    av, avn = _timeout(e.attr_timeout)
+    return _ENTRY_PACK(e.st_ino, e.generation, ev, av, evn, avn, *pack_attr_fields(e))
+
+
+class _DirBuffer:
+    """A READDIRPLUS reply being filled; `add` is Operations' ``readdir_reply``."""
+
+    __slots__ = ("left", "parts")
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.parts: list[bytes] = []
+
+    def add(self, name: bytes, e: EntryAttributes, next_id: int) -> bool:
+        namelen = len(name)
+        size = _ENTRY.size + _DIRENT.size + ((namelen + 7) & ~7)
+        if size > self.left:
+            return False
+        self.left -= size
+        pad = b"\0" * (-namelen & 7)
+        self.parts.append(pack_entry(e) + _DIRENT.pack(e.st_ino, next_id, namelen,
+                                                       (e.st_mode & 0o170000) >> 12)
+                          + name + pad)
+        return True
+
+
+def _readdir_reply(token: _DirBuffer, name: bytes, e: EntryAttributes, next_id: int) -> bool:
+    return token.add(name, e, next_id)
+
+
+def _name(body: memoryview, start: int = 0) -> bytes:
+    """The NUL-terminated name at ``start``."""
+    raw = bytes(body[start:])
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _two_names(body: memoryview, start: int) -> tuple[bytes, bytes]:
+    raw = bytes(body[start:])
+    first, _, rest = raw.partition(b"\0")
+    second, _, _ = rest.partition(b"\0")
+    return first, second
+
+
+def _run(coro: Any) -> Any:
+    """The result of an Operations coroutine (its handlers never suspend)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("serve-fs: a request handler suspended")
+
+
+class Session:
+    """One FUSE connection (``fd``, a /dev/fuse descriptor already mounted) served by
+    ``ops``.  `run` returns when the filesystem goes away or `stop` is called."""
+
+    #: how long to poll /dev/fuse before sleeping (cntr.fs.server.DirectLoop explains)
+    spin_ns = 100_000
+
+    def __init__(self, ops: Operations, fd: int, *, wakeup_fd: int | None = None,
+                 passthrough: bool = True) -> None:
+        self.ops = ops
+        self.fd = fd
+        self.wakeup_fd = wakeup_fd
+        self.want_passthrough = passthrough
+        #: set by INIT: the kernel accepted FUSE_PASSTHROUGH
+        self.passthrough = False
+        self.stopping = False
+        #: node id -> [backing id, passthrough opens]
+        self._backing: dict[int, list[int]] = {}
+        #: file handle -> node id, for files opened in passthrough mode
+        self._pt_files: dict[int, int] = {}
+        #: the fields of the request being served
+        self._request = Request()
+        #: the same, as what Operations takes (it reads uid, gid, pid and umask)
+        self._ctx = cast(RequestContext, self._request)
+        ops.readdir_reply = _readdir_reply  # type: ignore[assignment]  # our token type
+        self._handlers: dict[int, Handler] = {
+            LOOKUP: self._lookup, GETATTR: self._getattr, SETATTR: self._setattr,
+            READLINK: self._readlink, SYMLINK: self._symlink, MKNOD: self._mknod,
+            MKDIR: self._mkdir, UNLINK: self._unlink, RMDIR: self._rmdir,
+            RENAME: self._rename, RENAME2: self._rename2, LINK: self._link,
+            OPEN: self._open, READ: self._read, WRITE: self._write, STATFS: self._statfs,
+            RELEASE: self._release, FSYNC: self._fsync, SETXATTR: self._setxattr,
+            GETXATTR: self._getxattr, LISTXATTR: self._listxattr,
+            REMOVEXATTR: self._removexattr, FLUSH: self._flush, INIT: self._init,
+            OPENDIR: self._opendir, READDIRPLUS: self._readdirplus,
+            RELEASEDIR: self._releasedir, FSYNCDIR: self._fsyncdir, ACCESS: self._access,
+            CREATE: self._create, POLL: self._poll, DESTROY: self._destroy,
+        }
+        #: requests that take no reply
+        self._silent = {FORGET: self._forget, BATCH_FORGET: self._batch_forget,
+                        INTERRUPT: None, NOTIFY_REPLY: None}
+
+    def stop(self) -> None:
+        """End `run` at its next wait (safe from a signal handler)."""
+        self.stopping = True
+
+    # --- the request loop -------------------------------------------------------------
+    def run(self) -> None:
+        """Serve requests read from ``fd`` until the filesystem goes away or `stop`."""
+        fd = self.fd
+        os.set_blocking(fd, False)
+        buf = bytearray(BUFFER_SIZE)
+        view = memoryview(buf)
+        bufs = [buf]
+        readv = os.readv
+        write = os.write
+        unpack_unique = _U64.unpack_from
+        pack_out = _OUT.pack
+        answer = self.answer
+        while not self.stopping:
+            try:
+                n = readv(fd, bufs)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EINTR):
+                    continue  # the request was interrupted before it was read
+                if exc.errno == errno.ENODEV:
+                    return  # unmounted
+                raise
+            result = answer(buf, view[_IN_SIZE:n])
+            if result is None:
+                continue
+            err, reply = result
+            unique = unpack_unique(buf, 8)[0]
+            try:
+                if reply:
+                    write(fd, pack_out(_OUT_SIZE + len(reply), err, unique) + reply)
+                else:
+                    write(fd, pack_out(_OUT_SIZE, err, unique))
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:
+                    return
+                if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
+                    raise
+
+    def answer(self, header: bytes | bytearray | memoryview,
+               body: memoryview) -> tuple[int, bytes | None] | None:
+        """Serve one request: ``(0 or -errno, reply payload)``, or None for a request that
+        takes no reply (FORGET, INTERRUPT).  ``header`` starts with the fuse_in_header,
+        ``body`` is what follows it.  Not reentrant: one request at a time."""
+        fields = self._request
+        _len, opcode, _unique, nodeid, fields.uid, fields.gid, fields.pid, _ext, _ = (
+            _IN.unpack_from(header))
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            if opcode in self._silent:
+                quiet = self._silent[opcode]
+                if quiet is not None:
+                    quiet(nodeid, self._ctx, body)
+                return None
+            return -errno.ENOSYS, None
+        try:
+            return 0, handler(nodeid, self._ctx, body)
+        except FUSEError as exc:
+            return -exc.errno, None
+        except OSError as exc:
+            return -(exc.errno or errno.EIO), None
+        except Exception as exc:
+            log.error("serve-fs: request %d failed: %r", opcode, exc)
+            return -errno.EIO, None
+
+    def _wait(self) -> None:
+        """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        if self.wakeup_fd is not None:
+            poller.register(self.wakeup_fd, select.POLLIN)
+        spin = self.spin_ns
+        if spin > 0:
+            deadline = time.monotonic_ns() + spin
+            yield_cpu = os.sched_yield
+            poll = poller.poll
+            clock = time.monotonic_ns
+            while True:
+                yield_cpu()
+                if poll(0) or clock() >= deadline:
+                    break
+        if not self.stopping:
+            for ready, _ in poller.poll():
+                if ready == self.wakeup_fd:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(ready, 512)
+
+    # --- session ----------------------------------------------------------------------
+    def _init(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
+        major, minor, max_readahead, flags = _INIT_IN.unpack_from(body)
+        if major != KERNEL_MAJOR:
+            raise FUSEError(errno.EPROTO)
+        if flags & INIT_EXT:
+            flags |= _U32.unpack_from(body, _INIT_IN.size)[0] << 32
+        want = (ASYNC_READ | ATOMIC_O_TRUNC | BIG_WRITES | AUTO_INVAL_DATA | DO_READDIRPLUS
+                | ASYNC_DIO | PARALLEL_DIROPS | MAX_PAGES | CACHE_SYMLINKS
+                | HANDLE_KILLPRIV_V2 | INIT_EXT)
+        if self.ops.supports_dot_lookup:
+            want |= EXPORT_SUPPORT
+        if self.ops.enable_acl:
+            want |= POSIX_ACL
+        if self.want_passthrough:
+            want |= PASSTHROUGH
+        got = want & flags
+        self.passthrough = bool(got & PASSTHROUGH)
+        log.debug("serve-fs: FUSE %d.%d, flags %#x, passthrough %s", major, minor, got,
+                  self.passthrough)
+        self.ops.init()
+        return _INIT_OUT.pack(KERNEL_MAJOR, min(minor, KERNEL_MINOR), max_readahead,
+                              got & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1, MAX_PAGES_WANTED, 0,
+                              got >> 32, MAX_STACK_DEPTH if self.passthrough else 0)
+
+    def _destroy(self, _nodeid: int, _req: RequestContext, _body: memoryview) -> None:
+        self.stopping = True
+
+    def _forget(self, nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.forget([(nodeid, _U64.unpack_from(body)[0])]))
+
+    def _batch_forget(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        count = _U32.unpack_from(body)[0]
+        _run(self.ops.forget(list(_FORGET_ONE.iter_unpack(body[8:8 + 16 * count]))))
+
+    # --- metadata ---------------------------------------------------------------------
+    def _lookup(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        return pack_entry(_run(self.ops.lookup(nodeid, _name(body), req)))
+
+    def _attr(self, e: EntryAttributes) -> bytes:
+        av, avn = _timeout(e.attr_timeout)
+        return _ATTR_OUT_PACK(av, avn, 0, *pack_attr_fields(e))
+
+    def _getattr(self, nodeid: int, req: RequestContext, _body: memoryview) -> bytes:
+        return self._attr(_run(self.ops.getattr(nodeid, req)))
+
+    def _setattr(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        (valid, _, fh, size, _owner, atime, mtime, _ctime, atimensec, mtimensec,
+         _ctimensec, mode, _, uid, gid, _) = _SETATTR_IN.unpack_from(body)
+        attr = EntryAttributes()
+        attr.st_size = size
+        attr.st_mode = mode
+        attr.st_uid = uid
+        attr.st_gid = gid
+        now = time.time_ns() if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW) else 0
+        attr.st_atime_ns = now if valid & FATTR_ATIME_NOW else atime * _NS + atimensec
+        attr.st_mtime_ns = now if valid & FATTR_MTIME_NOW else mtime * _NS + mtimensec
+        handle = fh if valid & FATTR_FH else None
+        fields = cast(SetattrFields, _Fields(valid))
+        e = _run(self.ops.setattr(nodeid, attr, fields, handle, req))
+        if valid & FATTR_KILL_SUIDGID and self._kill_privs(self._path(nodeid), e.st_mode):
+            e = _run(self.ops.getattr(nodeid, req))
+        return self._attr(e)
+
+    def _path(self, nodeid: int) -> bytes:
+        return b"/proc/self/fd/%d" % self.ops.table.fd(self.ops.table.get(nodeid))
+
+    @staticmethod
+    def _kill_privs(path: bytes | int, mode: int) -> bool:
+        """Clear set-user-ID, set-group-ID (with group execute) and file capabilities, as a
+        write, truncate or chown by an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2: the
+        kernel leaves that to serve-fs, whose own syscalls run with CAP_FSETID)."""
+        if not stat.S_ISREG(mode):
+            return False
+        try:
+            os.removexattr(path, b"security.capability")
+            changed = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+            changed = False
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            os.chmod(path, stat.S_IMODE(mode) & ~kill)
+            changed = True
+        return changed
+
+    def _readlink(self, nodeid: int, req: RequestContext, _body: memoryview) -> bytes:
+        target: bytes = _run(self.ops.readlink(nodeid, req))
+        return target
+
+    def _statfs(self, _nodeid: int, req: RequestContext, _body: memoryview) -> bytes:
+        sv = _run(self.ops.statfs(req))
+        return _STATFS_OUT.pack(sv.f_blocks, sv.f_bfree, sv.f_bavail, sv.f_files, sv.f_ffree,
+                                sv.f_bsize, sv.f_namemax, sv.f_frsize, 0)
+
+    def _access(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.access(nodeid, _U32.unpack_from(body)[0], req))
+
+    # --- namespace changes ------------------------------------------------------------
+    def _mknod(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        mode, rdev, self._request.umask = _MKNOD_IN.unpack_from(body)
+        return pack_entry(_run(self.ops.mknod(nodeid, _name(body, 16), mode, rdev, req)))
+
+    def _mkdir(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        mode, self._request.umask = _U32_PAIR.unpack_from(body)
+        return pack_entry(_run(self.ops.mkdir(nodeid, _name(body, 8), mode, req)))
+
+    def _symlink(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        name, target = _two_names(body, 0)
+        return pack_entry(_run(self.ops.symlink(nodeid, name, target, req)))
+
+    def _unlink(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.unlink(nodeid, _name(body), req))
+
+    def _rmdir(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.rmdir(nodeid, _name(body), req))
+
+    def _rename(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        newdir = _U64.unpack_from(body)[0]
+        old, new = _two_names(body, 8)
+        _run(self.ops.rename(nodeid, old, newdir, new, 0, req))
+
+    def _rename2(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        newdir, flags = _RENAME2_IN.unpack_from(body)
+        old, new = _two_names(body, 16)
+        _run(self.ops.rename(nodeid, old, newdir, new, flags, req))
+
+    def _link(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        target = _U64.unpack_from(body)[0]
+        return pack_entry(_run(self.ops.link(target, nodeid, _name(body, 8), req)))
+
+    # --- files ------------------------------------------------------------------------
+    def _open_reply(self, nodeid: int, fi: Any, flags: int) -> bytes:
+        """fuse_open_out for ``fi``, in passthrough mode where it can be."""
+        fh = fi.fh
+        if (self.passthrough and not fi.direct_io
+                and not (flags & os.O_ACCMODE != os.O_RDONLY and self._setid(fh))):
+            backing = self._backing_for(nodeid, fh)
+            if backing:
+                self._pt_files[fh] = nodeid
+                return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, backing)
+        open_flags = 0
+        if fi.direct_io:
+            open_flags |= FOPEN_DIRECT_IO
+        if fi.keep_cache:
+            open_flags |= FOPEN_KEEP_CACHE
+        if fi.nonseekable:
+            open_flags |= FOPEN_NONSEEKABLE
+        return _OPEN_OUT.pack(fh, open_flags, 0)
+
+    @staticmethod
+    def _setid(fh: int) -> bool:
+        return bool(os.fstat(fh).st_mode & _SUID_SGID)
+
+    def _backing_for(self, nodeid: int, fh: int) -> int:
+        """The inode's backing id (registering ``fh`` if it has none); 0 if refused."""
+        entry = self._backing.get(nodeid)
+        if entry is not None:
+            entry[1] += 1
+            return entry[0]
+        arg = bytearray(_BACKING_MAP.pack(fh, 0, 0))
+        try:
+            backing = int(fcntl.ioctl(self.fd, FUSE_DEV_IOC_BACKING_OPEN, arg, True))
+        except OSError as exc:
+            log.debug("serve-fs: no passthrough for node %#x: %s", nodeid, exc)
+            return 0
+        self._backing[nodeid] = [backing, 1]
+        return backing
+
+    def _release_backing(self, fh: int) -> None:
+        nodeid = self._pt_files.pop(fh, None)
+        if nodeid is None:
+            return
+        entry = self._backing[nodeid]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._backing[nodeid]
+            try:
+                fcntl.ioctl(self.fd, FUSE_DEV_IOC_BACKING_CLOSE,
+                            bytearray(_U32.pack(entry[0])), True)
+            except OSError as exc:
+                log.debug("serve-fs: closing backing id %d: %s", entry[0], exc)
+
+    def _open(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        flags, open_flags = _U32_PAIR.unpack_from(body)
+        fi = _run(self.ops.open(nodeid, flags, req))
+        try:
+            if open_flags & FUSE_OPEN_KILL_SUIDGID:
+                self._kill_privs(b"/proc/self/fd/%d" % fi.fh, os.fstat(fi.fh).st_mode)
+            return self._open_reply(nodeid, fi, flags)
+        except BaseException:
+            _run(self.ops.release(fi.fh))
+            raise
+
+    def _create(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        flags, mode, self._request.umask, _ = _CREATE_IN.unpack_from(body)
+        fi, entry = _run(self.ops.create(nodeid, _name(body, 16), mode, flags, req))
+        try:
+            return pack_entry(entry) + self._open_reply(entry.st_ino, fi, flags)
+        except BaseException:
+            _run(self.ops.release(fi.fh))
+            raise
+
+    def _read(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
+        fh, offset, size, _ = _READ_IN.unpack_from(body)
+        data: bytes = _run(self.ops.read(fh, offset, size))
+        return data
+
+    def _write(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
+        fh, offset, size, write_flags, _, _, _ = _WRITE_IN.unpack_from(body)
+        data = body[_WRITE_IN_SIZE:_WRITE_IN_SIZE + size]
+        written: int = _run(self.ops.write(fh, offset, data))
+        if write_flags & FUSE_WRITE_KILL_SUIDGID:
+            self._kill_privs(b"/proc/self/fd/%d" % fh, os.fstat(fh).st_mode)
+        return _U32_PAIR.pack(written, 0)
+
+    def _flush(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.flush(_U64.unpack_from(body)[0]))
+
+    def _release(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        fh = _RELEASE_IN.unpack_from(body)[0]
+        self._release_backing(fh)
+        _run(self.ops.release(fh))
+
+    def _fsync(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        fh, flags = _FSYNC_IN.unpack_from(body)
+        _run(self.ops.fsync(fh, bool(flags & FSYNC_FDATASYNC)))
+
+    def _poll(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        fh, _kh, _flags, _events = _POLL_IN.unpack_from(body)
+        revents: int = _run(self.ops.poll(nodeid, fh, None, req))
+        return _U32_PAIR.pack(revents, 0)
+
+    # --- directories ------------------------------------------------------------------
+    def _opendir(self, nodeid: int, req: RequestContext, _body: memoryview) -> bytes:
+        fh = int(_run(self.ops.opendir(nodeid, req)))
+        # The kernel keeps the listing while the directory's mtime does not change.
+        return _OPEN_OUT.pack(fh, FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, 0)
+
+    def _readdirplus(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
+        fh, offset, size, _ = _READ_IN.unpack_from(body)
+        out = _DirBuffer(size)
+        _run(self.ops.readdir(fh, offset, out))  # type: ignore[arg-type]  # our token
+        return b"".join(out.parts)
+
+    def _releasedir(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.releasedir(_RELEASE_IN.unpack_from(body)[0]))
+
+    def _fsyncdir(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+        fh, flags = _FSYNC_IN.unpack_from(body)
+        _run(self.ops.fsyncdir(fh, bool(flags & FSYNC_FDATASYNC)))
+
+    # --- extended attributes ----------------------------------------------------------
+    def _getxattr(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        size = _U32.unpack_from(body)[0]
+        value: bytes = _run(self.ops.getxattr(nodeid, _name(body, 8), req))
+        return self._sized(value, size)
+
+    @staticmethod
+    def _sized(value: bytes, size: int) -> bytes:
+        """A getxattr/listxattr reply: the size asked for 0, ERANGE when too small."""
+        if size == 0:
+            return _U32_PAIR.pack(len(value), 0)
+        if len(value) > size:
+            raise FUSEError(errno.ERANGE)
+        return value
+
+    def _setxattr(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        size, flags = _U32_PAIR.unpack_from(body)
+        raw = bytes(body[_SETXATTR_IN_SIZE:])
+        name, _, rest = raw.partition(b"\0")
+        if flags & (os.XATTR_CREATE | os.XATTR_REPLACE):
+            # Operations.setxattr has no flags (pyfuse3's signature): check first, as
+            # pyfuse3 does.
+            try:
+                _run(self.ops.getxattr(nodeid, name, req))
+                exists = True
+            except FUSEError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+                exists = False
+            if exists and flags & os.XATTR_CREATE:
+                raise FUSEError(errno.EEXIST)
+            if not exists and flags & os.XATTR_REPLACE:
+                raise FUSEError(errno.ENODATA)
+        _run(self.ops.setxattr(nodeid, name, rest[:size], req))
+
+    def _listxattr(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
+        size = _U32.unpack_from(body)[0]
+        names: list[bytes] = _run(self.ops.listxattr(nodeid, req))
+        return self._sized(b"".join(n + b"\0" for n in names), size)
+
+    def _removexattr(self, nodeid: int, req: RequestContext, body: memoryview) -> None:
+        _run(self.ops.removexattr(nodeid, _name(body), req))
