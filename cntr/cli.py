@@ -16,53 +16,20 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from cntr.errors import BadInput, CntrError
+from cntr.errors import BadInput, run_stage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMATS = click.Choice(["msgpack", "json"])
 
 
-def _die(stage: str, message: str, code: int) -> NoReturn:
-    click.echo(f"cntr: {stage}: {message}", err=True)
-    sys.exit(code)
-
-
 def _run(stage: str, fn: Callable[[], int | None]) -> NoReturn:
     debug = bool(click.get_current_context().find_root().params.get("debug"))
-    try:
-        code = fn()
-    except CntrError as exc:
-        if debug:
-            raise
-        _die(stage, exc.message, exc.exit_code)
-    except KeyboardInterrupt:
-        _die(stage, "interrupted", 130)
-    except BrokenPipeError:
-        sys.exit(141)
-    except OSError as exc:
-        if debug:
-            raise
-        _die(stage, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-             1)
-    _exit_now(code or 0)
+    run_stage(stage, fn, debug=debug, fast_exit=FAST_EXIT)
 
 
 FAST_EXIT = True
 """Exit with os._exit after a command; tests calling ``main`` in-process turn it off."""
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit without tearing the interpreter down: every resource is already closed, and
-    module teardown would add ~20 ms to every attach."""
-    if not FAST_EXIT:
-        sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        code = code or 141
-    os._exit(code)
 
 
 def _types(value: str | None) -> list[str] | None:

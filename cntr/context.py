@@ -12,23 +12,26 @@ In JSON, ``bytes`` values (the captured files) are written as ``"base64:..."`` s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from cntr import schema
 from cntr.errors import BadInput
 
+TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, TypeVar
+
+    R = TypeVar("R", "Resolved", "Context")
+
 MAX_RECORD = 16 << 20
 """Largest record a stage accepts (a context with a huge environment is ~1 MiB)."""
-
-R = TypeVar("R", "Resolved", "Context")
 
 
 @dataclass(frozen=True)
 class Resolved:
     """The process a container id or name resolved to."""
 
-    KIND: ClassVar[str] = "cntr.resolve"
-    SCHEMA: ClassVar[str] = "resolve.v1"
+    KIND = "cntr.resolve"
+    SCHEMA = "resolve.v1"
 
     engine: str
     """engine that matched: docker, podman, process_id, ..."""
@@ -57,8 +60,8 @@ class Caps:
 class Context:
     """Everything enter needs to build a session inside a container."""
 
-    KIND: ClassVar[str] = "cntr.context"
-    SCHEMA: ClassVar[str] = "context.v1"
+    KIND = "cntr.context"
+    SCHEMA = "context.v1"
 
     engine: str
     container_id: str

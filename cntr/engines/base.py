@@ -22,10 +22,15 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from cntr.errors import CntrError
 from cntr.linux.procfs import split_stat
+
+TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # Engine is an interface for the type checker only
 
 #: seconds an engine's API socket may take to answer
 SOCKET_TIMEOUT = 3.0
@@ -158,6 +163,15 @@ def api_message(data: Any, body_default: str = "") -> str:
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def on_path(tool: str) -> bool:
+    """``tool`` is an executable on $PATH (shutil.which without its ~3 ms import)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", tool)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return True
+    return False
 
 
 def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str] | None:

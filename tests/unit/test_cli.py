@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cntr import cli, context
+from cntr import cli, context, entry
 from tests.unit.test_records import sample_context
 
 
@@ -77,3 +77,28 @@ def test_serve_fs_needs_one_target(tmp_path: Path) -> None:
     code, out = run("serve-fs", str(tmp_path))
     assert code == 2
     assert "exactly one of --mountpoint and --fuse-fd" in out
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    (["web"], ("web", None, [])),
+    (["web", "--", "ls", "-l", "--tty"], ("web", None, ["ls", "-l", "--tty"])),
+    (["-t", "docker", "web", "--", "sh"], ("web", ["docker"], ["sh"])),
+    (["--type", "docker,podman", "web"], ("web", ["docker", "podman"], [])),
+    (["--type=lxc", "42", "--"], ("42", ["lxc"], [])),
+])
+def test_plain_attach_lines_skip_click(args: list[str],
+                                       want: tuple[str, list[str] | None, list[str]]) -> None:
+    assert entry.plain_attach(args) == want
+
+
+@pytest.mark.parametrize("args", [
+    [],  # no ID: click's usage error
+    ["-t"],
+    ["--tty", "web"],  # any other option: click parses it
+    ["web", "ls"],  # a command without "--": click decides what its options mean
+    ["web", "--no-tty", "--", "sh"],
+    ["-t", "nosuch", "web"],  # click reports the bad type
+    ["-tdocker", "web"],
+])
+def test_other_attach_lines_go_to_click(args: list[str]) -> None:
+    assert entry.plain_attach(args) is None

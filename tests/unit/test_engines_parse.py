@@ -591,14 +591,17 @@ def test_lxc_parsers() -> None:
     assert lxc.parse_ls(data("lxc-ls-fancy.txt")) == [("cntr-test-lxc", "RUNNING", pid)]
 
 
-def test_lxc_lookup_with_recorded_lxc_info(bindir: Path) -> None:
+def test_lxc_lookup_with_recorded_lxc_info(bindir: Path, tmp_path: Path) -> None:
+    for name in ("cntr-test-lxc", "stopped", "nope", "broken"):
+        (tmp_path / "lxc" / name).mkdir(parents=True)
+        (tmp_path / "lxc" / name / "config").write_text("")
     fake_tool(bindir, "lxc-info", {
         "*--name cntr-test-lxc": (0, "lxc-info-running.txt", ""),
         "*--name stopped": (0, "lxc-info-stopped.txt", ""),
         "*--name nope": (1, "", data("lxc-info-missing.txt")),
         "*--name broken": (1, "", "Failed to load config"),
     })
-    eng = lxc.LxcEngine()
+    eng = lxc.LxcEngine(str(tmp_path / "lxc"))
     (m,) = eng.lookup("cntr-test-lxc")
     assert (m.engine, m.name, m.pid) == ("lxc", "cntr-test-lxc",
                                          lxc.parse_info(data("lxc-info-running.txt"))[1])
@@ -709,3 +712,19 @@ def test_rkt_not_installed(no_tools: None) -> None:
     eng = rkt.RktEngine()
     assert eng.lookup("x") == [] and eng.reason == "not installed"
 
+
+
+def test_lxc_names_without_a_config_are_not_asked_about(bindir: Path, tmp_path: Path) -> None:
+    (tmp_path / "lxc").mkdir()
+    fake_tool(bindir, "lxc-info", {"*": (1, "", "lxc-info must not run")})
+    eng = lxc.LxcEngine(str(tmp_path / "lxc"))
+    assert eng.lookup("web") == [] and eng.reason == "no such container"
+
+
+def test_lxcpath_comes_from_the_system_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "lxc.conf"
+    assert lxc.lxcpath(str(conf)) == lxc.DEFAULT_LXCPATH  # no file
+    conf.write_text("# comment\nlxc.bdev.lvm.vg = x\nlxc.lxcpath = /srv/lxc \n")
+    assert lxc.lxcpath(str(conf)) == "/srv/lxc"
+    conf.write_text("lxc.lxcpath =\n")
+    assert lxc.lxcpath(str(conf)) == lxc.DEFAULT_LXCPATH
