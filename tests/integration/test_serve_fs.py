@@ -137,6 +137,36 @@ def test_mmap_read(pair: Pair) -> None:
         assert len(m) == 15000
 
 
+def test_mmap_write_reaches_the_host(pair: Pair) -> None:
+    """Shared writable mappings (passthrough maps the host file itself)."""
+    import mmap
+
+    (pair.src / "w").write_bytes(b"." * 8192)
+    with open(pair.mnt / "w", "r+b") as fh, mmap.mmap(fh.fileno(), 0) as m:
+        m[4096:4101] = b"hello"
+        m.flush()
+    assert (pair.src / "w").read_bytes()[4094:4103] == b"..hello.."
+
+
+def test_two_opens_of_one_file_see_each_others_writes(pair: Pair) -> None:
+    """Several open descriptors of one file, opened and closed in any order."""
+    path = pair.mnt / "shared"
+    path.write_bytes(b"0123456789")
+    first = os.open(path, os.O_RDWR)
+    second = os.open(path, os.O_RDONLY)
+    try:
+        os.pwrite(first, b"AB", 2)
+        assert os.pread(second, 10, 0) == b"01AB456789"
+        os.close(first)
+        first = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(first, b"!")
+        assert os.pread(second, 20, 0) == b"01AB456789!"
+    finally:
+        os.close(first)
+        os.close(second)
+    assert (pair.src / "shared").read_bytes() == b"01AB456789!"
+
+
 def test_fsync_and_fdatasync(pair: Pair) -> None:
     fd = os.open(pair.mnt / "s", os.O_CREAT | os.O_RDWR, 0o644)
     try:
@@ -365,6 +395,24 @@ def test_write_by_a_user_clears_setuid_bits(pair: Pair) -> None:
     assert stat.S_IMODE((pair.src / "through").stat().st_mode) == 0o777
 
 
+def test_truncation_by_a_user_clears_setuid_bits(pair: Pair) -> None:
+    """truncate(2) and open(O_TRUNC) by another user drop them too, as on the disk."""
+    os.chmod(pair.src, 0o755)
+    names = [f"{how}-{where}" for how in ("truncate", "otrunc") for where in ("n", "t")]
+    for name in names:
+        path = pair.src / name
+        path.write_text("xyz")
+        os.chown(path, 1234, 1234)
+        os.chmod(path, 0o6777)
+    for name in names:
+        base = pair.src if name.endswith("-n") else pair.mnt
+        script = 'truncate -s 1 "$1"' if name.startswith("truncate") else ': > "$1"'
+        subprocess.run(["sh", "-c", script, "sh", str(base / name)], user=4321, group=4321,
+                       extra_groups=[], check=True, timeout=30)
+    modes = {name: stat.S_IMODE((pair.src / name).stat().st_mode) for name in names}
+    assert modes == dict.fromkeys(names, 0o777)
+
+
 def test_ownership_of_new_files_is_the_callers(pair: Pair) -> None:
     os.chmod(pair.src, 0o777)
     script = 'cd "$1" && : > f && mkdir d && ln -s f l && mkfifo p'
@@ -440,6 +488,20 @@ def test_readdir_while_directory_changes(pair: Pair) -> None:
     untouched = {f"n{i:04d}" for i in range(600) if not 300 <= i < 400}
     assert untouched <= set(seen), "a name that stayed was skipped"
     assert sorted(os.listdir(pair.mnt)) == sorted(os.listdir(pair.src))
+
+
+def test_listing_follows_changes_made_on_the_host(pair: Pair) -> None:
+    """Listings are cached by the kernel, but a directory changed on the host is listed
+    afresh once its attributes expire (1 s)."""
+    (pair.src / "a").write_bytes(b"")
+    assert os.listdir(pair.mnt) == ["a"]
+    assert os.listdir(pair.mnt) == ["a"]
+    (pair.src / "b").write_bytes(b"")
+    os.unlink(pair.src / "a")
+    time.sleep(1.2)  # attr timeout
+    assert os.listdir(pair.mnt) == ["b"]
+    (pair.mnt / "c").write_bytes(b"")  # through the mount: seen at once
+    assert sorted(os.listdir(pair.mnt)) == ["b", "c"]
 
 
 # --- robustness --------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""serve-fs start-up: the default loop never imports trio; the trio mode still works.
+"""serve-fs start-up: the default session never imports trio; the other loops still work.
 
 ``cntr.fs`` imports pyfuse3 with placeholders for ``trio`` and ``importlib.metadata``
 (about 150 ms of imports on the attach path); these tests pin that down and check that
-both request loops serve, including the trio loop chosen after pyfuse3 was imported.
+every request loop serves: serve-fs's own wire session (the default), pyfuse3's libfuse
+session without trio (``CNTR_SERVE_FS_LOOP=libfuse``) and with trio, including the trio
+loop chosen after pyfuse3 was imported.
 """
 
 from __future__ import annotations
@@ -62,8 +64,24 @@ def _serve_and_read(tmp_path: Path, env: dict[str, str],
 
 
 @pytest.mark.fuse
-def test_direct_loop_serves(tmp_path: Path) -> None:
-    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": ""})
+def test_wire_session_serves(tmp_path: Path) -> None:
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": ""})
+
+
+@pytest.mark.fuse
+def test_libfuse_direct_loop_serves(tmp_path: Path) -> None:
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": "libfuse"})
+
+
+def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    res = subprocess.run([PYTHON, "-m", "stages.serve_fs", str(tmp_path), str(tmp_path / "mnt")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+                         env={**os.environ, "CNTR_SERVE_FS_LOOP": "bogus"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, libfuse, trio, not 'bogus'"]
+    assert not os.path.ismount(tmp_path / "mnt")
 
 
 @pytest.mark.fuse
