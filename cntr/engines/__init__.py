@@ -18,8 +18,16 @@ Caveats:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
-from cntr.engines.base import Engine, EngineError, Match, NotRunning, shared_process_scan
+from cntr.engines.base import (
+    Engine,
+    EngineError,
+    Match,
+    NotRunning,
+    in_threads,
+    shared_process_scan,
+)
 from cntr.engines.command import CommandEngine
 from cntr.engines.containerd import ContainerdEngine, KubernetesEngine
 from cntr.engines.docker import DockerEngine
@@ -139,12 +147,10 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
             del answers["process_id"]  # "not a pid" is noise in the message
     results: dict[str, list[Match]] = {}
     if names:
-        from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
-
-        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="cntr-lookup") as pool:
-            futures = {t: pool.submit(_ask, make(t), ident) for t in names}
-        for t in names:
-            results[t], answers[t] = futures[t].result()
+        engines = [make(t) for t in names]
+        asked = in_threads([partial(_ask, engine, ident) for engine in engines])
+        for t, (found, answer) in zip(names, asked, strict=True):
+            results[t], answers[t] = found, answer
     # One process reached through two engines is one container: keep the first engine's.
     matches: list[Match] = []
     seen: set[int] = set()
@@ -183,10 +189,7 @@ def _list_all(types: list[str] | None) -> list[Match]:
         except EngineError:
             return []
 
-    from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
-
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        lists = list(pool.map(one, names))
+    lists = in_threads([partial(one, t) for t in names]) if names else []
     out: list[Match] = []
     seen: set[int] = set()
     for found in lists:

@@ -44,6 +44,7 @@ from cntr.engines.base import (
     Match,
     NotRunning,
     first_line,
+    in_threads,
     is_hex,
     option_value,
     processes,
@@ -291,12 +292,7 @@ def _parallel(calls: Sequence[Callable[[], T]]) -> list[T | EngineError]:
         except EngineError as exc:
             return exc
 
-    if len(calls) <= 1:
-        return [guarded(c) for c in calls]
-    from concurrent.futures import ThreadPoolExecutor  # ~5 ms: only when used
-
-    with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-        return list(pool.map(guarded, calls))
+    return in_threads([partial(guarded, c) for c in calls]) if calls else []
 
 
 def _find_in(ctr: Ctr, ns: str, ident: str) -> tuple[list[Task], list[str]]:
