@@ -7,6 +7,9 @@ all targets alike):
 Filesystem workloads, each on five targets:
   ``native``  the backing directory itself (the limit);
   ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
+  ``serve-fs-uring`` the same with requests over FUSE over io_uring
+              (``CNTR_SERVE_FS_LOOP=uring``; the benchmark turns the module parameter
+              ``fuse.enable_uring`` on for its run and puts it back);
   ``serve-fs-libfuse`` the same Operations on pyfuse3's libfuse session
               (``CNTR_SERVE_FS_LOOP=libfuse``): what the wire session gains;
   ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
@@ -305,9 +308,9 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     pass_fds: tuple[int, ...] = ()
     rfd = wfd = -1
     env = None
-    if kind in ("serve-fs", "serve-fs-libfuse"):
-        if kind == "serve-fs-libfuse":
-            env = {**os.environ, "CNTR_SERVE_FS_LOOP": "libfuse"}
+    if kind.startswith("serve-fs"):
+        if kind != "serve-fs":
+            env = {**os.environ, "CNTR_SERVE_FS_LOOP": kind.removeprefix("serve-fs-")}
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
         argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
@@ -387,6 +390,19 @@ class FsContext:
 
 
 SCRATCH_GIB = 12
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+def enable_fuse_uring() -> str | None:
+    """Let the kernel offer FUSE over io_uring; the parameter's old value, None when this
+    kernel has none."""
+    try:
+        old = ENABLE_URING.read_text().strip()
+        ENABLE_URING.write_text("Y")
+    except OSError:
+        return None
+    return old
+
 
 
 def scratch_fs(image: Path, mountpoint: Path) -> str:
@@ -1019,6 +1035,9 @@ def main(argv: list[str]) -> int:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
     kinds = ["serve-fs", "serve-fs-libfuse"]
+    uring_was = enable_fuse_uring()
+    if uring_was is not None:
+        kinds.insert(1, "serve-fs-uring")
     if tools.passthrough_ll is not None:
         kinds += ["c-ll", "c-ll-wb"]
     if tools.bindfs is not None:
@@ -1110,6 +1129,8 @@ def main(argv: list[str]) -> int:
             m.stop()
         if scratch is not None:
             drop_scratch_fs(scratch, work / "backing")
+        if uring_was is not None:
+            ENABLE_URING.write_text(uring_was)
         left = mounted_below(work)
         if left:
             log(f"still mounted, {work} is left in place: {', '.join(left)}")

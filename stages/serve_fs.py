@@ -57,7 +57,7 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
 
 
 def _loop() -> str:
-    """The FUSE session: ``CNTR_SERVE_FS_LOOP`` (wire, libfuse or trio; see
+    """The FUSE session: ``CNTR_SERVE_FS_LOOP`` (wire, uring, libfuse or trio; see
     `cntr.fs.server.serve`), or trio with the older ``CNTR_SERVE_FS_TRIO=1``."""
     if os.environ.get("CNTR_SERVE_FS_TRIO") == "1":
         return "trio"

@@ -233,7 +233,7 @@ async def _serve_trio(ready_fd: int | None, stopped: list[int]) -> None:
         nursery.cancel_scope.cancel()
 
 
-LOOPS = ("wire", "libfuse", "trio")
+LOOPS = ("wire", "uring", "libfuse", "trio")
 
 
 def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None = None,
@@ -241,7 +241,9 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
     """Serve ``ops`` until unmounted or signalled; 0 on a clean end.
 
     ``loop`` picks the FUSE session: ``wire`` (default) is serve-fs's own
-    (`cntr.fs.wire`: FUSE passthrough, cached directory listings); ``libfuse`` is
+    (`cntr.fs.wire`: FUSE passthrough, cached directory listings); ``uring`` is the same
+    with requests over FUSE over io_uring when the kernel offers it (module parameter
+    ``fuse.enable_uring=Y``, which serve-fs never sets; `cntr.fs.uring`); ``libfuse`` is
     pyfuse3's libfuse session driven by `DirectLoop`, ``trio`` the same with pyfuse3's own
     trio loop (about twice the per-request overhead).  The last two negotiate none of
     the kernel features libfuse 3.14 lacks; they stay as references for the benchmark.
@@ -250,9 +252,9 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
         raise ValueError("serve(): give exactly one of mountpoint and fuse_fd")
     if loop not in LOOPS:
         raise ValueError(f"serve(): loop must be one of {', '.join(LOOPS)}")
-    if loop == "wire":
+    if loop in ("wire", "uring"):
         try:
-            return _serve_wire(ops, mountpoint, fuse_fd, ready_fd)
+            return _serve_wire(ops, mountpoint, fuse_fd, ready_fd, uring=loop == "uring")
         finally:
             ops.close()
     target = mountpoint if mountpoint is not None else f"/dev/fd/{fuse_fd}"
@@ -285,13 +287,13 @@ def mount_options(fuse_fd: int) -> str:
 
 
 def _serve_wire(ops: Operations, mountpoint: str | None, fuse_fd: int | None,
-                ready_fd: int | None) -> int:
+                ready_fd: int | None, *, uring: bool) -> int:
     own_fd = fuse_fd is None
     if fuse_fd is None:
         fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mounted = False
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    session = Session(ops, fuse_fd, wakeup_fd=rfd)
+    session = Session(ops, fuse_fd, wakeup_fd=rfd, uring=uring)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("serve-fs: signal %d, stopping", signum)

@@ -23,8 +23,12 @@ backing file (another filesystem stacked too deep): those are read and written t
 serve-fs as before.
 
 Requests are served one at a time by one thread; the loop polls ``/dev/fuse`` for
-``spin_ns`` before sleeping (see `cntr.fs.server`).  The session ends when the filesystem
-is unmounted (ENODEV), at FUSE_DESTROY, or when `stop` is called (signal handlers).
+``spin_ns`` before sleeping (see `cntr.fs.server`).  With ``uring``
+(``CNTR_SERVE_FS_LOOP=uring``) and the kernel's consent, requests come over FUSE over io_uring
+instead, one pinned thread per CPU (`cntr.fs.uring`), answered under `Session.lock`;
+``/dev/fuse`` then only brings forgets and interrupts, read in batches (``settle_s``).
+The session ends when the filesystem is unmounted (ENODEV), at FUSE_DESTROY, or when
+`stop` is called (signal handlers).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import select
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -44,6 +49,7 @@ from typing import Any, cast
 from pyfuse3 import EntryAttributes, FUSEError, RequestContext, SetattrFields
 
 from cntr.fs.operations import Operations
+from cntr.fs.uring import Transport
 
 log = logging.getLogger("cntr.fs")
 
@@ -72,6 +78,7 @@ CACHE_SYMLINKS = 1 << 23
 HANDLE_KILLPRIV_V2 = 1 << 28
 INIT_EXT = 1 << 30
 PASSTHROUGH = 1 << 37
+OVER_IO_URING = 1 << 41
 
 FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NONSEEKABLE = 1 << 0, 1 << 1, 1 << 2
 FOPEN_CACHE_DIR, FOPEN_PASSTHROUGH = 1 << 3, 1 << 7
@@ -233,13 +240,23 @@ class Session:
 
     #: how long to poll /dev/fuse before sleeping (cntr.fs.server.DirectLoop explains)
     spin_ns = 100_000
+    #: once woken, how long to let requests pile up before reading them (io_uring mode:
+    #: only forgets come this way then, and one BATCH_FORGET beats a wake-up per FORGET)
+    settle_s = 0.0
 
     def __init__(self, ops: Operations, fd: int, *, wakeup_fd: int | None = None,
-                 passthrough: bool = True) -> None:
+                 passthrough: bool = True, uring: bool = False) -> None:
         self.ops = ops
         self.fd = fd
         self.wakeup_fd = wakeup_fd
         self.want_passthrough = passthrough
+        #: ask for FUSE over io_uring (granted when the kernel offers it)
+        self.want_uring = uring
+        #: held while a request is answered (the io_uring threads answer too)
+        self.lock = threading.Lock()
+        #: the io_uring transport, once INIT granted it; started after the INIT reply
+        self._uring: Transport | None = None
+        self._uring_start: Callable[[], None] | None = None
         #: set by INIT: the kernel accepted FUSE_PASSTHROUGH
         self.passthrough = False
         self.stopping = False
@@ -276,6 +293,14 @@ class Session:
     # --- the request loop -------------------------------------------------------------
     def run(self) -> None:
         """Serve requests read from ``fd`` until the filesystem goes away or `stop`."""
+        try:
+            self._read_loop()
+        finally:
+            if self._uring is not None:
+                self._uring.stop()
+                self._uring = None
+
+    def _read_loop(self) -> None:
         fd = self.fd
         os.set_blocking(fd, False)
         buf = bytearray(BUFFER_SIZE)
@@ -286,6 +311,7 @@ class Session:
         unpack_unique = _U64.unpack_from
         pack_out = _OUT.pack
         answer = self.answer
+        lock = self.lock
         while not self.stopping:
             try:
                 n = readv(fd, bufs)
@@ -298,7 +324,8 @@ class Session:
                 if exc.errno == errno.ENODEV:
                     return  # unmounted
                 raise
-            result = answer(buf, view[_IN_SIZE:n])
+            with lock:
+                result = answer(buf, view[_IN_SIZE:n])
             if result is None:
                 continue
             err, reply = result
@@ -313,6 +340,9 @@ class Session:
                     return
                 if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
                     raise
+            if self._uring_start is not None:  # the INIT reply granting io_uring is out
+                start, self._uring_start = self._uring_start, None
+                start()
 
     def answer(self, header: bytes | bytearray | memoryview,
                body: memoryview) -> tuple[int, bytes | None] | None:
@@ -361,6 +391,8 @@ class Session:
                 if ready == self.wakeup_fd:
                     with contextlib.suppress(BlockingIOError):
                         os.read(ready, 512)
+            if self.settle_s and not self.stopping:
+                time.sleep(self.settle_s)
 
     # --- session ----------------------------------------------------------------------
     def _init(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
@@ -380,8 +412,14 @@ class Session:
             want |= PASSTHROUGH
         got = want & flags
         self.passthrough = bool(got & PASSTHROUGH)
-        log.debug("serve-fs: FUSE %d.%d, flags %#x, passthrough %s", major, minor, got,
-                  self.passthrough)
+        if self.want_uring and flags & OVER_IO_URING and self._uring is None:
+            uring = Transport(self, self.fd, max_write=MAX_WRITE, max_pages=MAX_PAGES_WANTED)
+            if uring.prepare():
+                got |= OVER_IO_URING
+                self._uring = uring
+                self._uring_start = uring.start
+        log.debug("serve-fs: FUSE %d.%d, flags %#x, passthrough %s, io_uring %s", major,
+                  minor, got, self.passthrough, bool(got & OVER_IO_URING))
         self.ops.init()
         return _INIT_OUT.pack(KERNEL_MAJOR, min(minor, KERNEL_MINOR), max_readahead,
                               got & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1, MAX_PAGES_WANTED, 0,

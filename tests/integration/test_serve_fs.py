@@ -8,6 +8,7 @@ descriptor bound, the fuse_fd mode) start one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -44,12 +45,42 @@ class Pair:
     served: Served
 
 
-@pytest.fixture(scope="module")
-def served_tmp() -> Iterator[tuple[Path, Served]]:
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+@contextlib.contextmanager
+def fuse_uring_enabled() -> Iterator[None]:
+    """The kernel offers FUSE over io_uring while this lasts (the module parameter is put
+    back as it was)."""
+    require(None if ENABLE_URING.exists() else "this kernel has no FUSE over io_uring")
+    old = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text("Y")
+    try:
+        yield
+    finally:
+        ENABLE_URING.write_text(old)
+
+
+def io_urings(pid: int) -> int:
+    """How many io_uring descriptors process ``pid`` has open (Python's mmap keeps a
+    duplicate of the descriptor it maps: several per ring)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:[io_uring]")
+
+
+@pytest.fixture(scope="module", params=["wire", "uring"])
+def served_tmp(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]:
+    """One mount per module and session kind: the default wire session over /dev/fuse, and
+    the same with requests over io_uring."""
+    loop = request.param
     root = Path(tempfile.mkdtemp(prefix="cntr-src-"))
     os.chmod(root, 0o755)
     try:
-        with serve_fs_mount(root) as served:
+        with (fuse_uring_enabled() if loop == "uring" else contextlib.nullcontext(),
+              serve_fs_mount(root, env={"CNTR_SERVE_FS_LOOP": loop}) as served):
+            os.stat(served.mountpoint)  # INIT answered, rings registered
+            if loop == "uring":
+                assert io_urings(served.proc.pid) >= (os.cpu_count() or 1), served.log_text()
             yield root, served
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.integration.fsutil import PYTHON, REPO, serve_fs_mount
 
 _PROBE = r'''
@@ -80,7 +81,7 @@ def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
                          env={**os.environ, "CNTR_SERVE_FS_LOOP": "bogus"})
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, libfuse, trio, not 'bogus'"]
+        "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, uring, libfuse, trio, not 'bogus'"]
     assert not os.path.ismount(tmp_path / "mnt")
 
 
@@ -94,3 +95,19 @@ def test_trio_loop_chosen_after_pyfuse3_was_imported_without_trio(tmp_path: Path
     code = ("import os, sys, stages.serve_fs as s; assert 'trio' not in sys.modules; "
             "os.environ['CNTR_SERVE_FS_TRIO'] = '1'; sys.exit(s._main(sys.argv[1:]))")
     _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": ""}, launcher=("-c", code))
+
+
+@pytest.mark.fuse
+def test_uring_session_without_the_kernels_consent_serves_over_dev_fuse(
+        tmp_path: Path) -> None:
+    """fuse.enable_uring=N (the default): the io_uring session is not offered and serve-fs
+    serves through /dev/fuse; serve-fs never changes the module parameter."""
+    param = Path("/sys/module/fuse/parameters/enable_uring")
+    require(None if param.exists() else "this kernel has no FUSE over io_uring")
+    old = param.read_text().strip()
+    param.write_text("N")
+    try:
+        _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": "uring"})
+        assert param.read_text().strip() == "N"
+    finally:
+        param.write_text(old)
