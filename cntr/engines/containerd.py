@@ -46,6 +46,7 @@ from cntr.engines.base import (
     first_line,
     in_threads,
     is_hex,
+    on_path,
     option_value,
     processes,
     read_cmdline,
@@ -122,16 +123,52 @@ def parse_info_labels(text: str) -> dict[str, str]:
 def _config_string(path: str, *keys: str) -> str | None:
     """A string setting of a containerd config.toml (``keys`` is its table path), None when
     the file is unreadable or the setting unset."""
-    import tomllib  # only a config file needs it (~3 ms to import)
-
     try:
         with open(path, "rb") as f:
-            value: object = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+            raw = f.read()
+    except OSError:
+        return None
+    simple = _plain_toml_string(raw, keys)
+    if simple is not None:
+        return simple or None
+    import tomllib  # ~7 ms to import: only for what the plain reading cannot tell
+
+    try:
+        value: object = tomllib.loads(raw.decode("utf-8", "replace"))
+    except tomllib.TOMLDecodeError:
         return None
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+def _plain_toml_string(raw: bytes, keys: tuple[str, ...]) -> str | None:
+    """``keys`` of a config written the way containerd writes it (``[table]`` headers,
+    ``key = "string"`` lines): the value, "" when surely unset, None when unsure (another
+    syntax: the caller asks tomllib)."""
+    *tables, name = keys
+    want = ".".join(tables)
+    table = ""
+    found = ""
+    for text in raw.decode("utf-8", "replace").splitlines():
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or line.startswith("[["):
+                return None
+            table = line[1:-1].strip()
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            return None
+        if table != want or key.strip() != name:
+            continue
+        value = value.strip()
+        if len(value) < 2 or value[0] != '"' or value[-1] != '"' or "\\" in value:
+            return None
+        found = value[1:-1]
+    return found
 
 
 def config_address(path: str) -> str | None:
@@ -324,9 +361,7 @@ class ContainerdEngine(BaseEngine):
 
     def _ctrs(self) -> list[Ctr] | None:
         """Ctr per socket; None when ctr is not installed; EngineError when no socket."""
-        from shutil import which
-
-        if which("ctr") is None:
+        if not on_path("ctr"):
             return None
         socks = self.sockets()
         if not socks:

@@ -23,6 +23,7 @@ from cntr.engines.base import (
     Match,
     NotRunning,
     api_message,
+    on_path,
     quote,
     reason_of,
     unix_http_json,
@@ -88,9 +89,7 @@ class LxdEngine(BaseEngine):
             return self._none(NO_SUCH_CONTAINER)
         sock = self._socket()
         if sock is None or not os.path.exists(sock):
-            from shutil import which
-
-            if which("lxd") is None and which("lxc") is None:
+            if not on_path("lxd") and not on_path("lxc"):
                 return self._none(NOT_INSTALLED)
             raise EngineError(f"lxd: not running (no {sock or SOCKETS[0]})")
         try:

@@ -24,6 +24,7 @@ from cntr.engines.base import (
     BaseEngine,
     Match,
     children,
+    on_path,
     option_value,
     processes,
     read_cmdline,
@@ -74,8 +75,10 @@ class NspawnEngine(BaseEngine):
         self.proc = proc
 
     def _machined(self, ident: str) -> int:
-        # machined keeps its state under /run/systemd/machines: no directory, no machined.
-        if not os.path.isdir("/run/systemd/machines"):
+        # machined needs systemd as PID 1 (sd_booted(3): /run/systemd/system exists) and
+        # keeps its state under /run/systemd/machines; without both, machinectl can only
+        # fail, ~8 ms later.
+        if not (os.path.isdir("/run/systemd/system") and os.path.isdir("/run/systemd/machines")):
             return 0
         res = run_tool(["machinectl", "show", ident, "-p", "Leader", "--value"], timeout=3)
         return parse_leader(res[1]) if res is not None and res[0] == 0 else 0
@@ -90,9 +93,7 @@ class NspawnEngine(BaseEngine):
         found = [Match(self.name, n, n, pid) for n, pid in scan(self.proc) if n == ident]
         if found:
             return found
-        from shutil import which
-
-        if which("systemd-nspawn") is None:
+        if not on_path("systemd-nspawn"):
             return self._none(NOT_INSTALLED)
         return self._none("no such machine")
 

@@ -728,3 +728,27 @@ def test_lxcpath_comes_from_the_system_configuration(tmp_path: Path) -> None:
     assert lxc.lxcpath(str(conf)) == "/srv/lxc"
     conf.write_text("lxc.lxcpath =\n")
     assert lxc.lxcpath(str(conf)) == lxc.DEFAULT_LXCPATH
+
+
+@pytest.mark.parametrize("text", [
+    # what containerd writes (`containerd config default`, docker's containerd.toml)
+    'version = 2\nroot = "/var/lib/containerd"\nstate = "/run/c"\n\n[grpc]\n'
+    '  address = "/run/c/c.sock"\n  uid = 0\n\n[plugins."io.containerd.grpc.v1.cri"]\n'
+    '  sandbox_image = "pause"\n',
+    # no state: the default applies
+    '[grpc]\n  address = "/run/c/c.sock"\n',
+    # what the plain reading leaves to tomllib
+    'state = "/run/c" # a comment\n[grpc]\naddress = \'/run/literal.sock\'\n',
+    'state = "/run/\\u0063"\n',
+    '[[proxy_plugins]]\nstate = "/not/top"\n',
+])
+def test_containerd_config_reading_agrees_with_tomllib(tmp_path: Path, text: str) -> None:
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    want = tomllib.loads(text)
+    state = want.get("state")
+    address = want.get("grpc", {}).get("address")
+    assert containerd.config_state(str(path)) == (state or None)
+    assert containerd.config_address(str(path)) == (address or None)
