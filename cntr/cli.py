@@ -305,7 +305,8 @@ def ps_(types: str | None, as_json: bool) -> None:
         found = ps(_types(types))
         if as_json:
             import json
-            from dataclasses import asdict
+
+            from cntr.record import asdict
 
             click.echo(json.dumps([asdict(m) for m in found], indent=2))
         else:

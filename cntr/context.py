@@ -11,10 +11,9 @@ In JSON, ``bytes`` values (the captured files) are written as ``"base64:..."`` s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-
 from cntr import schema
 from cntr.errors import BadInput
+from cntr.record import asdict, field, fields, record
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ MAX_RECORD = 16 << 20
 """Largest record a stage accepts (a context with a huge environment is ~1 MiB)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resolved:
     """The process a container id or name resolved to."""
 
@@ -45,7 +44,7 @@ class Resolved:
     """field 22 of /proc/PID/stat, to detect a reused pid."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Caps:
     """A process's capability sets, as bit masks."""
 
@@ -56,7 +55,7 @@ class Caps:
     ambient: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Context:
     """Everything enter needs to build a session inside a container."""
 
@@ -120,7 +119,7 @@ def from_dict(cls: type[R], data: Any) -> R:
         schema.validate(data, schema.load(cls.SCHEMA))
     except schema.SchemaError as exc:
         raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
-    values = {f.name: data[f.name] for f in fields(cls)}
+    values = {name: data[name] for name in fields(cls)}
     if cls is Context:
         values["caps"] = Caps(**values["caps"])
         values["uid_map"] = [tuple(x) for x in values["uid_map"]]

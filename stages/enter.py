@@ -33,7 +33,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from cntr import launch
 from cntr.context import Context
@@ -44,6 +43,7 @@ from cntr.errors import (
 )
 from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
 from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
+from cntr.record import field, record
 from stages.capture import BOUND_FILES
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
@@ -60,7 +60,7 @@ class _SetupTimeout(Exception):
     """The setup child did not finish within SETUP_TIMEOUT."""
 
 
-@dataclass
+@record
 class EnterOptions:
     """How to enter; every field has the default a user gets from ``cntr attach``."""
 
@@ -176,7 +176,7 @@ def _fail(fd: int, what: str, exc: BaseException) -> None:
     _send(fd, b"E", msg)
 
 
-@dataclass
+@record
 class _Plan:
     """What the setup child and the session process work from (all inherited by fork)."""
 

@@ -21,10 +21,10 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from cntr.errors import CntrError
 from cntr.linux.procfs import split_stat
+from cntr.record import record
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ NOT_INSTALLED = "not installed"
 NO_SUCH_CONTAINER = "no such container"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Match:
     """A running container (or process) that answers to the name the user gave."""
 
@@ -281,7 +281,7 @@ def read_cmdline(pid: int, proc: str = "/proc") -> list[str]:
     return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]] if raw else []
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcStat:
     """The fields of /proc/PID/stat that lookups need (proc(5))."""
 

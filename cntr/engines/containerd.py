@@ -33,7 +33,6 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 
 from cntr.engines.base import (
@@ -53,6 +52,7 @@ from cntr.engines.base import (
     reason_of,
     run_tool,
 )
+from cntr.record import record
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ LABEL_CONTAINER = "io.kubernetes.container.name"
 LABEL_KIND = "io.cri-containerd.kind"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Task:
     """One row of `ctr tasks ls`."""
 
@@ -426,7 +426,7 @@ class ContainerdEngine(BaseEngine):
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PodRef:
     """A parsed `k8s:[NAMESPACE/]POD[/CONTAINER]`."""
 

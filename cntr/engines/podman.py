@@ -26,7 +26,6 @@ Caveats:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
@@ -41,6 +40,7 @@ from cntr.engines.base import (
     read_cmdline,
 )
 from cntr.engines.docker import DockerCompatEngine, socket_from_host
+from cntr.record import record
 
 
 def default_socket() -> str:
@@ -51,7 +51,7 @@ def default_socket() -> str:
     return f"{runtime}/podman/podman.sock"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Conmon:
     """What a conmon command line says about its container."""
 

@@ -13,10 +13,11 @@ Caveats:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from cntr.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Label:
     """A process's LSM label."""
 

@@ -31,15 +31,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cntr.linux import syscalls
+from cntr.record import field, record
 
 RESOLVE_CONTAINER = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 MOUNT_DIRS = ("proc", "dev", "sys")
 
 
-@dataclass
+@record
 class SessionRoot:
     """What to assemble; every path is relative (no leading slash)."""
 

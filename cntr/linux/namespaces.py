@@ -13,9 +13,9 @@ Caveats:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from cntr.linux import syscalls
+from cntr.record import record
 
 FLAGS = {
     "mnt": syscalls.CLONE_NEWNS,
@@ -31,7 +31,7 @@ JOIN_ORDER = ("uts", "ipc", "net", "cgroup", "pid", "time", "user")
 """Order of joining after the mount namespace; user last (see module docstring)."""
 
 
-@dataclass
+@record
 class NamespaceFds:
     """Open descriptors of the namespaces to join, by kind."""
 

@@ -13,12 +13,13 @@ Caveats:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from cntr.record import record
 
 NAMESPACE_KINDS = ("mnt", "uts", "ipc", "net", "pid", "cgroup", "user", "time")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Status:
     """The fields of ``/proc/PID/status`` cntr needs."""
 

@@ -135,9 +135,8 @@ def test_lsm_label_is_applied_through_exec_attr(tmp_path: Path) -> None:
 
 def test_verify_names_what_changed(tmp_path: Path) -> None:
     """enter's identity check on a fake proc tree: each field has its own message."""
-    import dataclasses
-
     from cntr.errors import StaleContext
+    from cntr.record import replace
     from stages.enter import verify
     from tests.unit.test_records import sample_context
 
@@ -152,15 +151,15 @@ def test_verify_names_what_changed(tmp_path: Path) -> None:
     (proc / "4242/stat").write_text("4242 (sleep) S " + "0 " * 18 + "123456 0")
     verify(ctx, str(proc))
     with pytest.raises(StaleContext, match="start time differs"):
-        verify(dataclasses.replace(ctx, start_time=1), str(proc))
+        verify(replace(ctx, start_time=1), str(proc))
     with pytest.raises(StaleContext, match="another boot"):
-        verify(dataclasses.replace(ctx, boot_id="x"), str(proc))
+        verify(replace(ctx, boot_id="x"), str(proc))
     (proc / "4242/ns").mkdir()
     (proc / "4242/ns/net").write_text("")
     with pytest.raises(StaleContext, match="another net namespace"):
-        verify(dataclasses.replace(ctx, namespaces={"net": 5}), str(proc))
+        verify(replace(ctx, namespaces={"net": 5}), str(proc))
     with pytest.raises(StaleContext, match="gone"):
-        verify(dataclasses.replace(ctx, namespaces={"uts": 5}), str(proc))
+        verify(replace(ctx, namespaces={"uts": 5}), str(proc))
     (proc / "4242/stat").write_text("4242 (sleep) Z " + "0 " * 18 + "123456 0")
     with pytest.raises(StaleContext, match="gone"):
         verify(ctx, str(proc))

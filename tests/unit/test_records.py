@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from cntr import context, schema
 from cntr.context import Caps, Context, Resolved
 from cntr.errors import BadInput
+from cntr.record import fields, replace
 
 
 def sample_context(**over: Any) -> Context:
@@ -26,7 +26,7 @@ def sample_context(**over: Any) -> Context:
         cwd="/srv", root="/var/lib/docker/overlay2/x/merged",
         files={"etc/hostname": b"web\n", "etc/localtime": b"\x00TZif", "etc/hosts": None},
     )
-    return dataclasses.replace(base, **over)
+    return replace(base, **over)
 
 
 SAMPLE_RESOLVED = Resolved("podman", "a" * 64, "db", 77, 99)
@@ -96,7 +96,7 @@ def test_every_field_is_checked(name: str, value: Any, words: str) -> None:
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Context)])
+@pytest.mark.parametrize("name", list(fields(Context)))
 def test_missing_field_is_named(name: str) -> None:
     data = context.to_dict(sample_context())
     del data[name]
@@ -143,4 +143,4 @@ def test_schemas_use_only_supported_keywords() -> None:
 def test_schema_documents_every_field() -> None:
     for cls, name in ((Context, "context.v1"), (Resolved, "resolve.v1")):
         props = schema.load(name)["properties"]
-        assert set(props) == {f.name for f in dataclasses.fields(cls)} | {"kind", "version"}
+        assert set(props) == set(fields(cls)) | {"kind", "version"}
