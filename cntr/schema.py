@@ -126,12 +126,14 @@ def _validate_object(value: dict[Any, Any], schema: dict[str, Any], root: dict[s
     for key, item in value.items():
         if not isinstance(key, str):
             raise SchemaError(f"{where}: key {key!r:.40} is not a string")
-        sub = f"{path}.{key}" if path else key
         if key in props:
-            validate(item, props[key], root, sub)
+            validate(item, props[key], root, f"{path}.{key}" if path else key)
         elif extra is False:
             raise SchemaError(f"{where}: unknown field {key!r:.60}")
         elif isinstance(extra, dict):
+            # a map's key (an environment variable, a path) may hold anything: quoted
+            # unless plain, so the message stays one readable line
+            sub = f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r:.60}]"
             validate(item, extra, root, sub)
 
 
