@@ -264,6 +264,7 @@ class Session:
         self._backing: dict[int, list[int]] = {}
         #: file handle -> node id, for files opened in passthrough mode
         self._pt_files: dict[int, int] = {}
+        self._poller: select.poll | None = None
         #: the fields of the request being served
         self._request = Request()
         #: the same, as what Operations takes (it reads uid, gid, pid and umask)
@@ -372,20 +373,22 @@ class Session:
 
     def _wait(self) -> None:
         """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable."""
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        if self.wakeup_fd is not None:
-            poller.register(self.wakeup_fd, select.POLLIN)
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            if self.wakeup_fd is not None:
+                poller.register(self.wakeup_fd, select.POLLIN)
         spin = self.spin_ns
         if spin > 0:
             deadline = time.monotonic_ns() + spin
             yield_cpu = os.sched_yield
             poll = poller.poll
             clock = time.monotonic_ns
-            while True:
-                yield_cpu()
-                if poll(0) or clock() >= deadline:
-                    break
+            while clock() < deadline:
+                yield_cpu()  # a requester on this CPU runs first
+                if poll(0):
+                    return
         if not self.stopping:
             for ready, _ in poller.poll():
                 if ready == self.wakeup_fd:
