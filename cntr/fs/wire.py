@@ -16,11 +16,21 @@ methods pyfuse3 would, with the same argument and result types:
 - ``FUSE_CACHE_SYMLINKS``: symlink targets are kept in the page cache.
 - ``max_pages`` 256: 1 MiB requests for what still goes through serve-fs.
 
+- ``HANDLE_KILLPRIV_V2``: serve-fs clears set-user/group-ID bits and file capabilities
+  itself when an unprivileged write, truncation or ``O_TRUNC`` open asks for it, so the
+  kernel no longer asks for ``security.capability`` before every write (it did once per
+  write(2); with SB_NOSEC now once per inode).
+
 Passthrough is not used for files opened with ``direct_io`` (procfs and sysfs files that
 report size 0), for writable opens of set-user/group-ID files (a backing write runs with
 serve-fs's credentials, which would not clear those bits), or when the kernel refuses the
 backing file (another filesystem stacked too deep): those are read and written through
-serve-fs as before.
+serve-fs as before.  The kernel refuses (EIO) an open whose mode differs from the files of
+the inode already open, so an inode keeps the mode of its open files: a writable open of a
+set-user-ID file while the file is open in passthrough mode is passed through too (its
+writes then keep the bits), and an inode open through the page cache is not passed
+through until those files are closed.  A direct_io open that is mmapped switches the inode
+to the page cache in the kernel, unseen here: a passthrough open of it meanwhile fails.
 
 Requests are served one at a time by one thread; the loop polls ``/dev/fuse`` for
 ``spin_ns`` before sleeping (see `cntr.fs.server`).  With ``uring``
@@ -264,6 +274,9 @@ class Session:
         self._backing: dict[int, list[int]] = {}
         #: file handle -> node id, for files opened in passthrough mode
         self._pt_files: dict[int, int] = {}
+        #: node id -> files open through the page cache; file handle -> node id
+        self._cached: dict[int, int] = {}
+        self._cached_files: dict[int, int] = {}
         self._poller: select.poll | None = None
         #: the fields of the request being served
         self._request = Request()
@@ -537,14 +550,28 @@ class Session:
 
     # --- files ------------------------------------------------------------------------
     def _open_reply(self, nodeid: int, fi: Any, flags: int) -> bytes:
-        """fuse_open_out for ``fi``, in passthrough mode where it can be."""
+        """fuse_open_out for ``fi``, in passthrough mode where it can be.
+
+        The kernel fails an open (EIO) whose mode differs from the inode's open files'
+        (passthrough with this backing id, or the page cache), so an inode that has files
+        open keeps their mode; the counts drop at RELEASE, after the kernel's.
+        """
         fh = fi.fh
-        if (self.passthrough and not fi.direct_io
-                and not (flags & os.O_ACCMODE != os.O_RDONLY and self._setid(fh))):
-            backing = self._backing_for(nodeid, fh)
-            if backing:
+        if self.passthrough:
+            entry = self._backing.get(nodeid)
+            if entry is not None:  # whatever else this open would be, it must be this
+                entry[1] += 1
                 self._pt_files[fh] = nodeid
-                return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, backing)
+                return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, entry[0])
+            if (not fi.direct_io and nodeid not in self._cached
+                    and not (flags & os.O_ACCMODE != os.O_RDONLY and self._setid(fh))):
+                backing = self._backing_open(nodeid, fh)
+                if backing:
+                    self._pt_files[fh] = nodeid
+                    return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, backing)
+            if not fi.direct_io:
+                self._cached[nodeid] = self._cached.get(nodeid, 0) + 1
+                self._cached_files[fh] = nodeid
         open_flags = 0
         if fi.direct_io:
             open_flags |= FOPEN_DIRECT_IO
@@ -558,12 +585,8 @@ class Session:
     def _setid(fh: int) -> bool:
         return bool(os.fstat(fh).st_mode & _SUID_SGID)
 
-    def _backing_for(self, nodeid: int, fh: int) -> int:
-        """The inode's backing id (registering ``fh`` if it has none); 0 if refused."""
-        entry = self._backing.get(nodeid)
-        if entry is not None:
-            entry[1] += 1
-            return entry[0]
+    def _backing_open(self, nodeid: int, fh: int) -> int:
+        """A backing id for the inode from its host file ``fh``; 0 if the kernel refuses."""
         arg = bytearray(_BACKING_MAP.pack(fh, 0, 0))
         try:
             backing = int(fcntl.ioctl(self.fd, FUSE_DEV_IOC_BACKING_OPEN, arg, True))
@@ -573,7 +596,14 @@ class Session:
         self._backing[nodeid] = [backing, 1]
         return backing
 
-    def _release_backing(self, fh: int) -> None:
+    def _released(self, fh: int) -> None:
+        """Forget ``fh``'s open mode; the inode's backing id goes with its last file."""
+        nodeid = self._cached_files.pop(fh, None)
+        if nodeid is not None:
+            left = self._cached.pop(nodeid) - 1
+            if left:
+                self._cached[nodeid] = left
+            return
         nodeid = self._pt_files.pop(fh, None)
         if nodeid is None:
             return
@@ -625,7 +655,7 @@ class Session:
 
     def _release(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
         fh = _RELEASE_IN.unpack_from(body)[0]
-        self._release_backing(fh)
+        self._released(fh)
         _run(self.ops.release(fh))
 
     def _fsync(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:

@@ -198,6 +198,49 @@ def test_two_opens_of_one_file_see_each_others_writes(pair: Pair) -> None:
     assert (pair.src / "shared").read_bytes() == b"01AB456789!"
 
 
+def test_opens_of_one_file_in_every_order_and_mode(pair: Pair) -> None:
+    """A setuid file open for writing (not passed through: serve-fs clears its bits) and
+    another open of it, a file truncated to empty (served without the page cache) while
+    open: every open works and sees the same contents."""
+    (pair.src / "s").write_bytes(b"data")
+    os.chmod(pair.src / "s", 0o4755)
+    (pair.src / "t").write_bytes(b"abc")
+    (pair.src / "e").write_bytes(b"")
+    writer = os.open(pair.mnt / "s", os.O_WRONLY)
+    reader = os.open(pair.mnt / "s", os.O_RDONLY)
+    try:
+        os.write(writer, b"DA")
+        assert os.pread(reader, 10, 0) == b"DAta"
+    finally:
+        os.close(writer)
+    writer = os.open(pair.mnt / "s", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(writer, b"!")
+        assert os.pread(reader, 10, 0) == b"DAta!"
+    finally:
+        os.close(writer)
+        os.close(reader)
+    reader = os.open(pair.mnt / "t", os.O_RDONLY)
+    try:
+        os.truncate(pair.src / "t", 0)
+        time.sleep(1.2)  # attr timeout: the next open sees size 0
+        writer = os.open(pair.mnt / "t", os.O_RDWR)
+        try:
+            os.write(writer, b"new")
+        finally:
+            os.close(writer)
+        assert os.pread(reader, 10, 0) == b"new"
+    finally:
+        os.close(reader)
+    reader = os.open(pair.mnt / "e", os.O_RDONLY)
+    try:
+        (pair.mnt / "e").write_bytes(b"hi")
+        assert os.pread(reader, 10, 0) == b"hi"
+    finally:
+        os.close(reader)
+    assert [(pair.src / n).read_bytes() for n in "ste"] == [b"DAta!", b"new", b"hi"]
+
+
 def test_fsync_and_fdatasync(pair: Pair) -> None:
     fd = os.open(pair.mnt / "s", os.O_CREAT | os.O_RDWR, 0o644)
     try:
