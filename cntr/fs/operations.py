@@ -79,7 +79,7 @@ import os
 import select
 import signal
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyfuse3
@@ -288,6 +288,10 @@ class Operations(pyfuse3.Operations):
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: what lookup, getattr, setattr, create, mknod, mkdir, symlink, link and readdir
+        #: reply for an inode and its statx: pyfuse3's EntryAttributes (`_entry`);
+        #: `cntr.fs.wire` installs one that packs its reply bytes directly
+        self.make_entry: Callable[[Inode, StatT], EntryAttributes] = self._entry
         self.debug = debug
         if debug:
             self._install_debug_logging()
@@ -335,7 +339,7 @@ class Operations(pyfuse3.Operations):
         st = self.statbuf.at(pfd, name, _NOFOLLOW)
         node = self.table.learn(parent, pfd, name, st)
         node.nlookup += 1
-        return self._entry(node, st)
+        return self.make_entry(node, st)
 
     def _owner(self, ctx: RequestContext, pfd: int) -> tuple[int, int]:
         """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
@@ -395,7 +399,7 @@ class Operations(pyfuse3.Operations):
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
                 parent.nlookup += 1
-                return self._entry(parent, st)
+                return self.make_entry(parent, st)
             try:
                 st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
             except FileNotFoundError:
@@ -409,7 +413,7 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(errno.ENOENT)
             node = table.learn(parent, pfd, name, st)
             node.nlookup += 1
-            return self._entry(node, st)
+            return self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "lookup") from None
 
@@ -421,7 +425,7 @@ class Operations(pyfuse3.Operations):
             if node is None:
                 raise FUSEError(errno.ESTALE)
             st = self.statbuf.at(self.table.fd(node), b"", _EMPTY)
-            return self._entry(node, st)
+            return self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "getattr") from None
 
@@ -451,7 +455,7 @@ class Operations(pyfuse3.Operations):
                 sc.utimensat(fd, b"", atime, mtime, _EMPTY_NOFOLLOW)
             # update_ctime: any change above already set ctime; it cannot be set directly.
             st = self.statbuf.at(fd, b"", _EMPTY)
-            return self._entry(node, st)
+            return self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "setattr") from None
 
@@ -621,7 +625,7 @@ class Operations(pyfuse3.Operations):
             node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 self._writers[fd] = node
-            return FileInfo(fh=fd, keep_cache=True), self._entry(node, st)
+            return FileInfo(fh=fd, keep_cache=True), self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "create") from None
 
@@ -703,7 +707,7 @@ class Operations(pyfuse3.Operations):
                 entries = d.entries = [b".", b"..", *os.listdir(b"/proc/self/fd/%d" % pfd)]
             statx = self.statbuf.at
             learn = table.learn
-            entry = self._entry
+            entry = self.make_entry
             reply = self.readdir_reply
             self_mounts = self.self_mount_ids
             for i in range(start_id, len(entries)):
