@@ -26,7 +26,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pyfuse3
@@ -180,30 +180,43 @@ class DirectLoop:
         raise RuntimeError("serve-fs: a request handler suspended in the direct loop")
 
 
-def _serve_direct(ready_fd: int | None, stopped: list[int]) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[int], None]) -> Iterator[int]:
+    """While inside, SIGTERM and SIGINT call ``stop(signum)`` and wake the descriptor
+    yielded (a request loop polls it); the previous handlers are put back after."""
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    loop = DirectLoop(rfd)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("serve-fs: signal %d, stopping", signum)
-        stopped.append(signum)
-        pyfuse3.terminate()
+        stop(signum)
 
     old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,
                                                                    signal.SIGINT)}
-    saved_trio = pyfuse3.trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
-    pyfuse3.trio = loop  # type: ignore[attr-defined]
     try:
-        _signal_ready(ready_fd)
-        loop.run(pyfuse3.main(min_tasks=1, max_tasks=1))
+        yield rfd
     finally:
-        pyfuse3.trio = saved_trio  # type: ignore[attr-defined]
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(old_wakeup)
         os.close(rfd)
         os.close(wfd)
+
+
+def _serve_direct(ready_fd: int | None, stopped: list[int]) -> None:
+    def stop(signum: int) -> None:
+        stopped.append(signum)
+        pyfuse3.terminate()
+
+    with _stop_on_signals(stop) as wakeup_fd:
+        loop = DirectLoop(wakeup_fd)
+        saved_trio = pyfuse3.trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
+        pyfuse3.trio = loop  # type: ignore[attr-defined]
+        try:
+            _signal_ready(ready_fd)
+            loop.run(pyfuse3.main(min_tasks=1, max_tasks=1))
+        finally:
+            pyfuse3.trio = saved_trio  # type: ignore[attr-defined]
 
 
 def _signal_ready(ready_fd: int | None) -> None:
@@ -292,34 +305,22 @@ def _serve_wire(ops: Operations, mountpoint: str | None, fuse_fd: int | None,
     if fuse_fd is None:
         fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mounted = False
-    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    session = Session(ops, fuse_fd, wakeup_fd=rfd, uring=uring)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("serve-fs: signal %d, stopping", signum)
-        session.stop()
-
-    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,
-                                                                   signal.SIGINT)}
+    session = Session(ops, fuse_fd, uring=uring)
     try:
-        if mountpoint is not None:
-            try:
-                sc.mount("cntr", mountpoint, "fuse.cntr", sc.MS_NOSUID | sc.MS_NODEV,
-                         mount_options(fuse_fd))
-            except OSError as exc:
-                raise RuntimeError(exc.strerror or str(exc)) from None
-            mounted = True
-            # Serving "/" on a mountpoint under "/": lookups must not enter this mount.
-            ops.self_mount_ids.add(mount_id_of(mountpoint))
-        _signal_ready(ready_fd)
-        session.run()
+        with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd:
+            session.wakeup_fd = wakeup_fd
+            if mountpoint is not None:
+                try:
+                    sc.mount("cntr", mountpoint, "fuse.cntr", sc.MS_NOSUID | sc.MS_NODEV,
+                             mount_options(fuse_fd))
+                except OSError as exc:
+                    raise RuntimeError(exc.strerror or str(exc)) from None
+                mounted = True
+                # Serving "/" on a mountpoint under "/": lookups must not enter this mount.
+                ops.self_mount_ids.add(mount_id_of(mountpoint))
+            _signal_ready(ready_fd)
+            session.run()
     finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(rfd)
-        os.close(wfd)
         if mounted and mountpoint is not None:
             with contextlib.suppress(OSError):  # already unmounted from outside
                 sc.umount2(mountpoint, sc.MNT_DETACH)
