@@ -83,7 +83,11 @@ def fuse_mount(fuse_fd: int) -> int:
         for flag in ("allow_other", "default_permissions"):
             syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_FLAG, flag)
         syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
-        return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC, 0)
+        # nosuid, nodev: with the uid translation a container's root owns the host's root
+        # files in the kernel's eyes, and must not get the host's setuid programs or block
+        # devices with them.
+        return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC,
+                                syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV)
     finally:
         os.close(fs)
 

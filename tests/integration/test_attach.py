@@ -97,6 +97,13 @@ def test_container_root_is_at_base_dir(container: Container) -> None:
     assert sorted(listing) == sorted([*os.listdir(f"/proc/{container.pid}/root"), ".", ".."])
 
 
+def test_host_tree_grants_no_setuid_or_devices(container: Container) -> None:
+    """The host's setuid programs and device nodes give nothing through the session's /."""
+    fields = sh(container, "grep ' / / ' /proc/self/mountinfo").split()
+    assert "fuse.cntr" in fields, fields
+    assert {"nosuid", "nodev"} <= set(fields[5].split(",")), fields
+
+
 def test_namespaces_are_the_containers(container: Container) -> None:
     kinds = ["net", "uts", "ipc", "pid", "cgroup", "mnt"]
     out = sh(container, "for k in " + " ".join(kinds) + "; do readlink /proc/self/ns/$k; done")
