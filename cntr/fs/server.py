@@ -34,6 +34,7 @@ import pyfuse3
 from cntr.fs.operations import Operations
 from cntr.fs.wire import Session
 from cntr.linux import syscalls as sc
+from cntr.linux.mounts import fuse_mount
 
 log = logging.getLogger("cntr.fs")
 
@@ -292,13 +293,6 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
     return 0
 
 
-def mount_options(fuse_fd: int) -> str:
-    """mount(2) data for a FUSE mount on ``fuse_fd``: the options the session's mount gets
-    (`cntr.linux.mounts.fuse_mount`)."""
-    return (f"fd={fuse_fd},rootmode=40000,user_id=0,group_id=0,allow_other,"
-            "default_permissions")
-
-
 def _serve_wire(ops: Operations, mountpoint: str | None, fuse_fd: int | None,
                 ready_fd: int | None, *, uring: bool) -> int:
     own_fd = fuse_fd is None
@@ -311,8 +305,12 @@ def _serve_wire(ops: Operations, mountpoint: str | None, fuse_fd: int | None,
             session.wakeup_fd = wakeup_fd
             if mountpoint is not None:
                 try:
-                    sc.mount("cntr", mountpoint, "fuse.cntr", sc.MS_NOSUID | sc.MS_NODEV,
-                             mount_options(fuse_fd))
+                    mnt = fuse_mount(fuse_fd)  # the options a session's mount gets
+                    try:
+                        sc.move_mount(mnt, "", sc.AT_FDCWD, mountpoint,
+                                      sc.MOVE_MOUNT_F_EMPTY_PATH)
+                    finally:
+                        os.close(mnt)
                 except OSError as exc:
                     raise RuntimeError(exc.strerror or str(exc)) from None
                 mounted = True
