@@ -1,23 +1,24 @@
-"""Mount, serve and unmount: the glue between `Operations` and pyfuse3's trio main loop.
+"""Mount, serve and unmount: the glue between `Operations` and a FUSE session.
 
-``serve()`` either mounts a mountpoint itself (``pyfuse3.init(ops, mountpoint, options)``)
-or serves a /dev/fuse descriptor that another process already mounted, possibly in another
-mount namespace (``pyfuse3.init(ops, "/dev/fd/N", options)``: libfuse treats a /dev/fd/N
-mountpoint as "already mounted, use this descriptor").  The loop ends when the filesystem
-is unmounted (or its mount namespace dies), or on SIGTERM/SIGINT.
+``serve()`` either mounts a mountpoint itself or serves a /dev/fuse descriptor that another
+process already mounted, possibly in another mount namespace.  The session is chosen with
+``loop``: serve-fs's own (`cntr.fs.wire`, the default; ``uring`` adds FUSE over io_uring),
+which mounts with `cntr.linux.mounts.fuse_mount` like a session's mount; or pyfuse3's
+libfuse session (``pyfuse3.init(ops, mountpoint, options)``, or ``"/dev/fd/N"``, which
+libfuse treats as "already mounted, use this descriptor"), driven by `DirectLoop` or by
+trio.  The loop ends when the filesystem is unmounted (or its mount namespace dies), or on
+SIGTERM/SIGINT.
 
 Caveats:
-- pyfuse3 keeps one global session: one `serve()` per process.
+- pyfuse3 keeps one global session: one libfuse `serve()` per process.
 - requests are served one at a time: handlers never await (blocking syscalls on the
-  host), so more workers would only add scheduling per request; `DirectLoop` drops trio
-  from the request path altogether, and trio is then never imported (`cntr.fs` imports
-  pyfuse3 with a placeholder for it; ``use_trio`` imports the real one and hands it to
-  pyfuse3).  A host syscall that blocks (a hung NFS server)
-  blocks the whole filesystem.
+  host); `DirectLoop` drops trio from pyfuse3's request path altogether, and trio is then
+  never imported (`cntr.fs` imports pyfuse3 with a placeholder for it; the ``trio`` loop
+  imports the real one and hands it to pyfuse3).  A host syscall that blocks (a hung NFS
+  server) blocks the whole filesystem.
 - in ``fuse_fd`` mode the mount options were chosen by the mounter; ours only configure
-  libfuse's session.
+  the session.
 """
-
 from __future__ import annotations
 
 import contextlib
