@@ -306,10 +306,7 @@ class Operations(pyfuse3.Operations):
         e.attr_timeout = self.attr_timeout
         e.st_mode = st[MODE]
         e.st_nlink = st[NLINK]
-        uid = st[UID]
-        e.st_uid = uid if uid or self.root_uid is None else self.root_uid
-        gid = st[GID]
-        e.st_gid = gid if gid or self.root_gid is None else self.root_gid
+        e.st_uid, e.st_gid = self.shown_ids(st)
         if st[RDEV_MAJ] or st[RDEV_MIN]:
             e.st_rdev = _makedev(st[RDEV_MAJ], st[RDEV_MIN])
         e.st_size = st[SIZE]
@@ -319,6 +316,13 @@ class Operations(pyfuse3.Operations):
         e.st_mtime_ns = st[MTIME] * _NS + st[MTIME_NS]
         e.st_ctime_ns = st[CTIME] * _NS + st[CTIME_NS]
         return e
+
+    def shown_ids(self, st: StatT) -> tuple[int, int]:
+        """The owner of ``st`` as replies show it: host id 0 as the container root's host
+        id when 0 is not mapped into the container (module docstring)."""
+        uid, gid = st[UID], st[GID]
+        return (uid if uid or self.root_uid is None else self.root_uid,
+                gid if gid or self.root_gid is None else self.root_gid)
 
     def _error(self, exc: BaseException, op: str) -> FUSEError:
         if isinstance(exc, FUSEError):

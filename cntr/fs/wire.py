@@ -68,7 +68,6 @@ from cntr.fs.inodes import (
     BLOCKS,
     CTIME,
     CTIME_NS,
-    GID,
     MODE,
     MTIME,
     MTIME_NS,
@@ -76,7 +75,6 @@ from cntr.fs.inodes import (
     RDEV_MAJ,
     RDEV_MIN,
     SIZE,
-    UID,
     Inode,
     StatT,
 )
@@ -475,14 +473,8 @@ class Session:
         ``st`` (a statx result), as `cntr.fs.operations.Operations._entry` would fill an
         EntryAttributes: the node id as inode number, host id 0 shown as the container
         root's when it is not mapped."""
-        ops = self.ops
-        uid, gid = st[UID], st[GID]
-        if not uid and ops.root_uid is not None:
-            uid = ops.root_uid
-        if not gid and ops.root_gid is not None:
-            gid = ops.root_gid
-        major, minor = st[RDEV_MAJ], st[RDEV_MIN]
-        rdev = ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
+        uid, gid = self.ops.shown_ids(st)
+        rdev = os.makedev(st[RDEV_MAJ], st[RDEV_MIN]) & 0xFFFFFFFF  # as _entry's st_rdev
         ev, av, evn, avn = self._timeouts
         nodeid = node.nodeid
         return Packed(_ENTRY_PACK(
@@ -558,20 +550,22 @@ class Session:
         handle = fh if valid & FATTR_FH else None
         fields = cast(SetattrFields, _Fields(valid))
         e = _run(self.ops.setattr(nodeid, attr, fields, handle, req))
-        if valid & FATTR_KILL_SUIDGID and self._kill_privs(self._path(nodeid), e.st_mode):
+        if valid & FATTR_KILL_SUIDGID and self._kill_privs(
+                self.ops.table.fd(self.ops.table.get(nodeid)), e.st_mode):
             e = _run(self.ops.getattr(nodeid, req))
         return self._attr(e)
 
-    def _path(self, nodeid: int) -> bytes:
-        return b"/proc/self/fd/%d" % self.ops.table.fd(self.ops.table.get(nodeid))
-
     @staticmethod
-    def _kill_privs(path: bytes | int, mode: int) -> bool:
-        """Clear set-user-ID, set-group-ID (with group execute) and file capabilities, as a
-        write, truncate or chown by an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2: the
-        kernel leaves that to serve-fs, whose own syscalls run with CAP_FSETID)."""
+    def _kill_privs(fd: int, mode: int | None = None) -> bool:
+        """Clear set-user-ID, set-group-ID (with group execute) and file capabilities of
+        the file ``fd`` (of mode ``mode``, else fstat'ed), as a write, truncate or chown by
+        an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2: the kernel leaves that to
+        serve-fs, whose own syscalls run with CAP_FSETID); True if anything was cleared."""
+        if mode is None:
+            mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             return False
+        path = b"/proc/self/fd/%d" % fd  # also for O_PATH descriptors
         try:
             os.removexattr(path, b"security.capability")
             changed = True
@@ -713,7 +707,7 @@ class Session:
         fi = _run(self.ops.open(nodeid, flags, req))
         try:
             if open_flags & FUSE_OPEN_KILL_SUIDGID:
-                self._kill_privs(b"/proc/self/fd/%d" % fi.fh, os.fstat(fi.fh).st_mode)
+                self._kill_privs(fi.fh)
             return self._open_reply(nodeid, fi, flags)
         except BaseException:
             _run(self.ops.release(fi.fh))
@@ -738,7 +732,7 @@ class Session:
         data = body[_WRITE_IN_SIZE:_WRITE_IN_SIZE + size]
         written: int = _run(self.ops.write(fh, offset, data))
         if write_flags & FUSE_WRITE_KILL_SUIDGID:
-            self._kill_privs(b"/proc/self/fd/%d" % fh, os.fstat(fh).st_mode)
+            self._kill_privs(fh)
         return _U32_PAIR.pack(written, 0)
 
     def _flush(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
