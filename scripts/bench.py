@@ -89,6 +89,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -592,14 +593,19 @@ def ensure_tree(ctx: FsContext, t: Target) -> Path:
     return tree
 
 
-def wl_create(ctx: FsContext, t: Target) -> float:
-    tree = t.path / "tree"
-    if tree.exists():
-        shutil.rmtree(tree)
+def timed_fill(dest: Path, fill: Callable[[Path], None]) -> float:
+    """Seconds ``fill(dest)`` takes to write ``dest`` anew (an old one is removed and the
+    disk synced first, untimed)."""
+    if dest.exists():
+        shutil.rmtree(dest)
     os.sync()
     t0 = time.perf_counter()
-    make_tree(ctx, tree)
+    fill(dest)
     return time.perf_counter() - t0
+
+
+def wl_create(ctx: FsContext, t: Target) -> float:
+    return timed_fill(t.path / "tree", partial(make_tree, ctx))
 
 
 def wl_stat_tree(ctx: FsContext, t: Target) -> float:
@@ -633,13 +639,7 @@ def extract(ctx: FsContext, dest: Path) -> None:
 
 
 def wl_untar(ctx: FsContext, t: Target) -> float:
-    dest = t.path / "untar"
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.sync()
-    t0 = time.perf_counter()
-    extract(ctx, dest)
-    return time.perf_counter() - t0
+    return timed_fill(t.path / "untar", partial(extract, ctx))
 
 
 def wl_delete(ctx: FsContext, t: Target) -> float:
