@@ -23,6 +23,47 @@ NAMES = (
 )
 
 
+SYS_PTRACE = 19
+GUARDS = (22, 35)
+"""Candidates for the guard capability, in order of preference: cap_sys_boot, cap_wake_alarm.
+Each is held by the session only when the container lacks it, and every use of it is
+refused by the session's seccomp filter (`cntr.linux.seccomp`), so it gives nothing."""
+
+
+def guard_bit(bounding: int) -> int | None:
+    """The capability a session holds beyond a container with bounding set ``bounding``.
+
+    The kernel lets a process with the same ids ptrace another (and read its memory,
+    environ, fds, maps) when the target's permitted set is a subset of its own
+    (``cap_ptrace_access_check``); one bit the container can never hold breaks that.
+    None when no bit helps: the container holds CAP_SYS_PTRACE (it may trace anything in
+    its user namespace) or every candidate.
+    """
+    if bounding >> SYS_PTRACE & 1:
+        return None
+    for bit in GUARDS:
+        if not bounding >> bit & 1:
+            return bit
+    return None
+
+
+def guarded_sets(bounding: int, effective: int, permitted: int, inheritable: int,
+                 ambient: int, *, uid: int) -> tuple[int, int, int, int, int]:
+    """(bounding, effective, permitted, inheritable, ambient) of a session of a container
+    with these sets whose process runs as ``uid``: the container's plus the guard bit.
+
+    For uid 0 the bounding set carries it across execve (permitted becomes inheritable |
+    bounding); other uids keep it through the ambient set, which needs it inheritable.
+    """
+    bit = guard_bit(bounding)
+    if bit is None:
+        return bounding, effective, permitted, inheritable, ambient
+    m = 1 << bit
+    if uid == 0:
+        return bounding | m, effective | m, permitted | m, inheritable, ambient
+    return bounding | m, effective | m, permitted | m, inheritable | m, ambient | m
+
+
 def names(mask: int) -> list[str]:
     """``cap_*`` names of the bits set in ``mask`` (unknown bits as ``cap_N``)."""
     out = []
