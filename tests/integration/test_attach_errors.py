@@ -91,5 +91,7 @@ def test_enter_refuses_a_context_of_a_dead_process(demo: Container) -> None:
 
 def test_usage_error_exit_code() -> None:
     out = subprocess.run([*CNTR, "attach"], capture_output=True, cwd=REPO)
-    assert out.returncode == 2
-    assert b"Missing argument" in out.stderr
+    assert (out.returncode, out.stdout) == (2, b"")
+    assert out.stderr.decode().splitlines() == [
+        "Usage: python -m cntr attach [OPTIONS] ID [COMMAND]...",
+        "Try 'python -m cntr attach --help' for help.", "", "Error: Missing argument 'ID'."]
