@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import stat
 import struct
@@ -59,6 +60,8 @@ from collections import OrderedDict
 from typing import NewType
 
 from cntr.linux import syscalls as sc
+
+log = logging.getLogger("cntr.fs")
 
 InodeT = NewType("InodeT", int)
 
@@ -406,5 +409,9 @@ class InodeTable:
                     mount = candidate
                 except OSError:
                     os.close(mfd)
+        if mount is None:
+            # Not silent: each file of this mount is then found again by parent and name.
+            log.warning("serve-fs: no file handles on mount %d (first seen at %r): its files "
+                        "are found again by name", mnt_id, name.decode(errors="replace"))
         self.mounts[mnt_id] = mount
         return mount
