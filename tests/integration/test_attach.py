@@ -150,7 +150,15 @@ def test_container_environment_is_set(container: Container) -> None:
     out = sh(container, f'echo "${name}"; echo "$PATH"')
     got, path = out.splitlines()
     assert got == value
-    assert "/usr/bin" in path.split(":")
+    # the container's PATH, then the host's entries it lacks, then cntr's own directory
+    environ = Path(f"/proc/{container.pid}/environ").read_bytes().split(b"\0")
+    theirs = next((e[5:].decode() for e in environ if e.startswith(b"PATH=")),
+                  "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    want = theirs.split(":")
+    for p in [*os.environ["PATH"].split(":"), os.path.dirname(CNTR[0])]:
+        if p and p not in want:
+            want.append(p)
+    assert path.split(":") == want
 
 
 @pytest.mark.parametrize(("script", "code"), [("exit 7", 7), ("exit 0", 0),
