@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,9 +33,12 @@ def mount_points(pid: int | str) -> list[str]:
 
 def cntr_processes() -> list[str]:
     """cntr processes still running: a session's serve-fs (named cntr-serve-fs) or the cntr
-    command itself; serve-fs instances other tests start on their own are not ours."""
+    command itself; serve-fs instances other tests start on their own are not ours, nor
+    the cntr processes of another checkout's virtualenv (other developers on this machine:
+    a session's serve-fs is a fork of its cntr, so it has the same command line)."""
     found = []
     me = os.getpid()
+    ours = os.path.dirname(sys.executable) + "/"
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -42,6 +46,8 @@ def cntr_processes() -> list[str]:
             comm = Path(f"/proc/{entry}/comm").read_text().strip()
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
+            continue
+        if not cmd.startswith(ours):
             continue
         if comm == "cntr-serve-fs" or " -m cntr " in cmd or "/bin/cntr " in cmd:
             found.append(f"{entry}: {comm}: {cmd}")

@@ -106,6 +106,8 @@ def test_lxd_session_sees_sensible_owners() -> None:
         host_made.unlink()
 
 
+@pytest.mark.docker
+@pytest.mark.podman
 def test_ps_lists_every_engines_container() -> None:
     started = {e: engine_container(e) for e in ("docker", "podman", "containerd", "lxc",
                                                  "lxd", "nspawn")}

@@ -164,6 +164,8 @@ def test_signal_during_setup_leaves_nothing(demo: Container, delay: float) -> No
     wait_clean(demo, before)
 
 
+@pytest.mark.engine
+@pytest.mark.docker
 def test_read_only_container_root() -> None:
     engine_container("docker")
     name = "cntr-test-readonly"
