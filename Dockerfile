@@ -1,0 +1,26 @@
+# cntr as a container image, for those who build from a registry:
+#     docker build -t cntr:latest .
+# scripts/build-image makes the same image without one (a root filesystem made from
+# Debian 12 packages with mmdebstrap, nothing pulled): keep the two package lists alike.
+# Run it as README.md says ("cntr as a container image").
+FROM debian:bookworm-slim
+# containerd is there for ctr alone (the kubernetes engine reads pod labels through it).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        python3 python3-pyfuse3 python3-trio python3-msgpack python3-click fuse3 \
+        strace gdb-minimal tcpdump iproute2 procps curl ca-certificates vim-tiny less \
+        containerd \
+ && rm -f /usr/bin/containerd /usr/bin/containerd-shim* /usr/sbin/runc \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
+        /usr/share/info/* /usr/share/locale/*
+COPY cntr /usr/lib/cntr/cntr
+COPY stages /usr/lib/cntr/stages
+COPY schemas /usr/lib/cntr/schemas
+RUN mkdir -p /usr/lib/cntr/cntr-0.1.0.dist-info /var/lib/cntr /host \
+ && printf 'Metadata-Version: 2.1\nName: cntr\nVersion: 0.1.0\n' \
+        >/usr/lib/cntr/cntr-0.1.0.dist-info/METADATA \
+ && printf '#!/usr/bin/python3 -sP\nimport sys\nsys.path.insert(0, "/usr/lib/cntr")\nfrom cntr.entry import main\nmain()\n' \
+        >/usr/bin/cntr \
+ && chmod 755 /usr/bin/cntr \
+ && python3 -m compileall -q /usr/lib/cntr
+ENTRYPOINT ["/usr/bin/cntr"]

@@ -1,0 +1,257 @@
+"""cntr run from its container image (scripts/build-image), as the README says to run it.
+
+- ``docker run --pid=host --privileged -v /var/run/docker.sock:... cntr:latest attach NAME``
+  attaching to the docker test container;
+- ``ctr run --privileged --with-ns pid:... cntr attach PID`` attaching to the containerd test
+  container;
+- the shape of a Kubernetes node debug pod (privileged, the host's pid namespace, the
+  node's root at /host, ``CNTR_HOST_ROOT=/host``) attaching to the pod-shaped containerd
+  container by its ``k8s:`` name.
+
+In each, the session's tools are the image's own files: a tool the image has and the host
+lacks (tcpdump) runs, a host-only one (mmdebstrap) is not there, and a marker only the
+image has (cntr's dist-info under /usr/lib/cntr) is seen; the hostname, namespaces and
+files are the target's; ``cntr exec`` runs in the target's root; nothing is left behind.
+
+This machine's root lacks CAP_SYS_RESOURCE, so no docker container can start with
+``--privileged`` here (runc: "unable to apply caps"); the docker runs then use the flags
+``--privileged`` stands for, minus that capability (PRIVILEGED below, as the README says).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Container, engine_container, require
+from tests.integration.test_attach import cntr_processes, mount_points
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine, pytest.mark.docker]
+
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+CTR = ["ctr", "-a", "/run/containerd/containerd.sock", "-n", "default"]
+IMAGE = "cntr:latest"
+CTR_IMAGE = "docker.io/library/cntr:latest"
+MARKER = "/usr/lib/cntr/cntr-0.1.0.dist-info/METADATA"
+TOOLS = ("python3", "strace", "gdb", "tcpdump", "ip", "ps", "curl", "vi", "less", "ctr",
+         "fusermount3", "cntr")
+
+CAP_SYS_RESOURCE = 24
+
+
+def _all_caps() -> bool:
+    """This process holds every capability the kernel has (what --privileged hands out)."""
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return int(line.split()[1], 16) == (1 << (last + 1)) - 1
+    return False
+
+
+PRIVILEGED = ["--privileged"] if _all_caps() else [
+    # What --privileged grants, minus the capabilities this host's root lacks.
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined", "--device", "/dev/fuse",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup"]
+
+# What the session prints about itself: the image's tools, a host-only tool, the marker,
+# its namespaces, the target's hostname and variable, and the target's root through exec.
+PROBE = (
+    "command -v tcpdump; command -v vi; command -v mmdebstrap || echo no-mmdebstrap; "
+    f"test -f {MARKER} && echo marker; "
+    "for n in uts ipc net pid cgroup; do readlink /proc/self/ns/$n; done; "
+    "hostname; echo $CNTR_TEST_VAR; "
+    "cntr exec sh -c 'test -x /bin/busybox && echo busybox-root; command -v tcpdump "
+    "|| echo no-tcpdump'")
+
+
+def expected(c: Container, hostname: str) -> str:
+    ns = [os.readlink(f"/proc/{c.pid}/ns/{n}") for n in ("uts", "ipc", "net", "pid", "cgroup")]
+    return "\n".join([
+        "/usr/bin/tcpdump", "/usr/bin/vi", "no-mmdebstrap", "marker", *ns, hostname,
+        c.env_var[1], "busybox-root", "no-tcpdump", ""])
+
+
+def run(argv: list[str], timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    # **kw passes env and the like through; mypy cannot match it to run()'s overloads
+    result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+        argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)
+    return result
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """cntr:latest in docker and in the test containerd (built once, cached after)."""
+    require(None if os.path.exists("/usr/bin/mmdebstrap") else
+            "mmdebstrap is missing (scripts/setup --engines installs it)")
+    engine_container("docker")
+    engine_container("containerd")
+    out = run([str(REPO / "scripts/build-image"), "--containerd"], timeout=900,
+              env={**os.environ, "CONTAINERD_ADDRESS": "/run/containerd/containerd.sock",
+                   "CONTAINERD_NAMESPACE": "default"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def docker_target(image: str) -> Container:
+    return engine_container("docker")
+
+
+@pytest.fixture(scope="module")
+def containerd_target(image: str) -> Container:
+    return engine_container("containerd")
+
+
+@pytest.fixture(scope="module")
+def pod_target(image: str) -> Container:
+    engine_container("containerd")
+    out = run([str(REPO / "scripts/engines"), "pid", "kubernetes"], timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[-1])
+    return Container("kubernetes", "k8s:default/cntr-test-pod/main", pid, "",
+                     ("CNTR_TEST_VAR", "kubernetes"))
+
+
+def image_processes() -> list[str]:
+    """Processes of cntr run from the image: cntr and its serve-fs in a mount namespace
+    other than the host's (other developers' sessions run in the host's)."""
+    own = os.readlink("/proc/self/ns/mnt")
+    found = []
+    for line in cntr_processes():
+        pid = line.split(":")[0]
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != own:
+                found.append(line)
+        except OSError:
+            continue
+    return found
+
+
+def cntr_containers() -> list[str]:
+    """The cntr containers this module runs (docker and containerd), left or running."""
+    docker = run([DOCKER, "ps", "-aq", "--filter", "name=cntr-image-"]).stdout.split()
+    ctr = [c for c in run([*CTR, "containers", "ls", "-q"]).stdout.split()
+           if c.startswith("cntr-image-")]
+    return docker + ctr
+
+
+def snapshot(c: Container) -> dict[str, object]:
+    return {
+        "host mounts": mount_points("self"),
+        "target mounts": mount_points(c.pid),
+        "target tmp": sorted(os.listdir(f"/proc/{c.pid}/root/tmp")),
+        "processes": image_processes(),
+        "containers": cntr_containers(),
+    }
+
+
+def settled(before: dict[str, object], c: Container) -> dict[str, object]:
+    """The snapshot once the cntr container's processes are gone (a few ms after exit)."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = snapshot(c)
+        if now == before or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    """The name of a cntr container a test runs; removed after, whatever happened."""
+    n = f"cntr-image-{os.getpid()}-{time.monotonic_ns()}"
+    yield n
+    subprocess.run([DOCKER, "rm", "-f", n], capture_output=True, timeout=60, check=False)
+    for args in (["tasks", "kill", "-s", "KILL", n], ["tasks", "rm", "-f", n],
+                 ["containers", "rm", n]):
+        subprocess.run([*CTR, *args], capture_output=True, timeout=60, check=False)
+
+
+def docker_run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([DOCKER, "run", "--rm", "--name", name, "--network", "none", "--pid=host",
+                *PRIVILEGED, "-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, *args])
+
+
+def ctr_run(name: str, *args: str, mounts: tuple[str, ...] = (),
+            env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    # pid 1 of this machine is not ours to open (/proc/1/ns/pid: EACCES): the host's pid
+    # namespace is named through this process instead, which is in it.
+    opts = [f"--mount={m}" for m in mounts] + [f"--env={e}" for e in env]
+    return run([*CTR, "run", "--rm", "--privileged", "--with-ns",
+                f"pid:/proc/{os.getpid()}/ns/pid", *opts, CTR_IMAGE, name, *args])
+
+
+def test_image_has_the_tools_and_is_cached(image: str) -> None:
+    out = run([DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+               f"for t in {' '.join(TOOLS)}; do command -v $t; done; "
+               "find /var/lib/apt/lists /var/cache/apt /usr/share/doc /usr/share/man "
+               "-mindepth 1 2>/dev/null | wc -l"])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [os.path.basename(p) for p in lines[:-1]] == list(TOOLS)
+    assert lines[-1] == "0"  # no apt lists, no documentation
+    before = run([DOCKER, "image", "inspect", "-f", "{{.Id}}", image]).stdout
+    again = run([str(REPO / "scripts/build-image")], timeout=600)
+    assert again.returncode == 0, again.stderr
+    # Its inputs did not change: nothing built or loaded, one line saying so, the same image.
+    assert again.stderr.count("\n") == 1, again.stderr
+    assert again.stderr.startswith(f"build-image: {image}: "), again.stderr
+    assert run([DOCKER, "image", "inspect", "-f", "{{.Id}}", image]).stdout == before
+
+
+def test_docker_run_attaches_with_the_images_tools(docker_target: Container, name: str) -> None:
+    before = snapshot(docker_target)
+    out = docker_run(name, "attach", docker_target.ident, "--", "sh", "-c", PROBE)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == expected(docker_target, docker_target.hostname)
+    assert settled(before, docker_target) == before
+
+
+def test_docker_run_exit_status_and_bad_name(docker_target: Container, name: str) -> None:
+    out = docker_run(name, "attach", docker_target.ident, "--", "sh", "-c", "exit 7")
+    assert (out.returncode, out.stdout, out.stderr) == (7, "", "")
+    out = docker_run(name, "attach", "-t", "docker", "cntr-image-no-such", "--", "true")
+    assert out.returncode == 4
+    assert out.stderr.count("\n") == 1
+    assert out.stderr.startswith("cntr: attach: no container 'cntr-image-no-such'")
+
+
+def test_ctr_run_attaches_by_pid(containerd_target: Container, name: str) -> None:
+    before = snapshot(containerd_target)
+    out = ctr_run(name, "cntr", "attach", str(containerd_target.pid), "--", "sh", "-c", PROBE)
+    assert (out.returncode, out.stderr) == (0, "")
+    hostname = Path(f"/proc/{containerd_target.pid}/root/etc/hostname").read_text().strip()
+    uts = subprocess.run(["nsenter", "-t", str(containerd_target.pid), "-u", "hostname"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert hostname and uts
+    assert out.stdout == expected(containerd_target, uts)
+    assert settled(before, containerd_target) == before
+
+
+def test_node_debug_pod_attaches_by_k8s_name(pod_target: Container, name: str) -> None:
+    # kubectl debug node/N --profile=sysadmin: privileged, the node's pid namespace, the
+    # node's root at /host; CNTR_HOST_ROOT tells cntr where containerd's socket is.
+    before = snapshot(pod_target)
+    host = ("type=bind,src=/,dst=/host,options=rbind:ro",)
+    out = ctr_run(name, "cntr", "attach", pod_target.ident, "--", "sh", "-c", PROBE,
+                  mounts=host, env=("CNTR_HOST_ROOT=/host",))
+    assert (out.returncode, out.stderr) == (0, "")
+    uts = subprocess.run(["nsenter", "-t", str(pod_target.pid), "-u", "hostname"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out.stdout == expected(pod_target, uts)
+    assert settled(before, pod_target) == before
+
+
+def test_node_debug_pod_without_host_root_says_why(pod_target: Container, name: str) -> None:
+    host = ("type=bind,src=/,dst=/host,options=rbind:ro",)
+    out = ctr_run(name, "cntr", "attach", pod_target.ident, "--", "true", mounts=host)
+    assert (out.returncode, out.stdout) == (4, "")
+    assert out.stderr == (
+        "cntr: attach: no container 'k8s:default/cntr-test-pod/main': kubernetes: "
+        "containerd not running (no /run/containerd/containerd.sock)\n")
