@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Container, engine_container, require
-from tests.integration.test_attach import cntr_processes, mount_points
+from tests.integration.test_attach import mount_points
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine, pytest.mark.docker]
 
@@ -119,18 +119,19 @@ def pod_target(image: str) -> Container:
                      ("CNTR_TEST_VAR", "kubernetes"))
 
 
-def image_processes() -> list[str]:
-    """Processes of cntr run from the image: cntr and its serve-fs in a mount namespace
-    other than the host's (other developers' sessions run in the host's)."""
-    own = os.readlink("/proc/self/ns/mnt")
+def image_processes(name: str) -> list[str]:
+    """Processes of the cntr container ``name`` (cntr, its serve-fs and setup child): they
+    carry its CNTR_IMAGE_TEST variable (other developers' sessions run at the same time)."""
+    marker = f"CNTR_IMAGE_TEST={name}".encode()
     found = []
-    for line in cntr_processes():
-        pid = line.split(":")[0]
+    for entry in os.listdir("/proc"):
         try:
-            if os.readlink(f"/proc/{pid}/ns/mnt") != own:
-                found.append(line)
-        except OSError:
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:  # not a process, or gone
             continue
+        if marker in env:
+            found.append(f"{entry}: {comm}")
     return found
 
 
@@ -142,21 +143,21 @@ def cntr_containers() -> list[str]:
     return docker + ctr
 
 
-def snapshot(c: Container) -> dict[str, object]:
+def snapshot(c: Container, name: str) -> dict[str, object]:
     return {
         "host mounts": mount_points("self"),
         "target mounts": mount_points(c.pid),
         "target tmp": sorted(os.listdir(f"/proc/{c.pid}/root/tmp")),
-        "processes": image_processes(),
+        "processes": image_processes(name),
         "containers": cntr_containers(),
     }
 
 
-def settled(before: dict[str, object], c: Container) -> dict[str, object]:
+def settled(before: dict[str, object], c: Container, name: str) -> dict[str, object]:
     """The snapshot once the cntr container's processes are gone (a few ms after exit)."""
     deadline = time.monotonic() + 10
     while True:
-        now = snapshot(c)
+        now = snapshot(c, name)
         if now == before or time.monotonic() > deadline:
             return now
         time.sleep(0.1)
@@ -174,15 +175,21 @@ def name() -> Iterator[str]:
 
 
 def docker_run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run([DOCKER, "run", "--rm", "--name", name, "--network", "none", "--pid=host",
-                *PRIVILEGED, "-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, *args])
+    return run(docker_argv(name, *args))
+
+
+def docker_argv(name: str, *args: str) -> list[str]:
+    return [DOCKER, "run", "--rm", "-i", "--name", name, "--network", "none", "--pid=host",
+            "-e", f"CNTR_IMAGE_TEST={name}", *PRIVILEGED,
+            "-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, *args]
 
 
 def ctr_run(name: str, *args: str, mounts: tuple[str, ...] = (),
             env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     # pid 1 of this machine is not ours to open (/proc/1/ns/pid: EACCES): the host's pid
     # namespace is named through this process instead, which is in it.
-    opts = [f"--mount={m}" for m in mounts] + [f"--env={e}" for e in env]
+    opts = [f"--mount={m}" for m in mounts] + [
+        f"--env={e}" for e in (*env, f"CNTR_IMAGE_TEST={name}")]
     return run([*CTR, "run", "--rm", "--privileged", "--with-ns",
                 f"pid:/proc/{os.getpid()}/ns/pid", *opts, CTR_IMAGE, name, *args])
 
@@ -206,11 +213,26 @@ def test_image_has_the_tools_and_is_cached(image: str) -> None:
 
 
 def test_docker_run_attaches_with_the_images_tools(docker_target: Container, name: str) -> None:
-    before = snapshot(docker_target)
-    out = docker_run(name, "attach", docker_target.ident, "--", "sh", "-c", PROBE)
-    assert (out.returncode, out.stderr) == (0, "")
-    assert out.stdout == expected(docker_target, docker_target.hostname)
-    assert settled(before, docker_target) == before
+    before = snapshot(docker_target, name)
+    with subprocess.Popen(
+            docker_argv(name, "attach", docker_target.ident, "--", "sh", "-c",
+                        PROBE + "; echo ready; read line; echo $line"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        lines: list[str] = []
+        while not lines or lines[-1] != "ready\n":
+            lines.append(proc.stdout.readline())
+            assert lines[-1], proc.stderr.read()
+        # While it runs: the cntr container's cntr, setup child and serve-fs are seen
+        # (so their absence after means something), the target's mount table is untouched.
+        assert ": cntr-serve-fs" in " ".join(image_processes(name))
+        assert mount_points(docker_target.pid) == before["target mounts"]
+        out, err = proc.communicate("bye\n", timeout=60)
+    assert (proc.returncode, err) == (0, "")
+    assert "".join(lines) + out == expected(docker_target, docker_target.hostname).replace(
+        "no-tcpdump\n", "no-tcpdump\nready\nbye\n")
+    assert settled(before, docker_target, name) == before
 
 
 def test_docker_run_exit_status_and_bad_name(docker_target: Container, name: str) -> None:
@@ -223,7 +245,7 @@ def test_docker_run_exit_status_and_bad_name(docker_target: Container, name: str
 
 
 def test_ctr_run_attaches_by_pid(containerd_target: Container, name: str) -> None:
-    before = snapshot(containerd_target)
+    before = snapshot(containerd_target, name)
     out = ctr_run(name, "cntr", "attach", str(containerd_target.pid), "--", "sh", "-c", PROBE)
     assert (out.returncode, out.stderr) == (0, "")
     hostname = Path(f"/proc/{containerd_target.pid}/root/etc/hostname").read_text().strip()
@@ -231,13 +253,13 @@ def test_ctr_run_attaches_by_pid(containerd_target: Container, name: str) -> Non
                          capture_output=True, text=True, check=True).stdout.strip()
     assert hostname and uts
     assert out.stdout == expected(containerd_target, uts)
-    assert settled(before, containerd_target) == before
+    assert settled(before, containerd_target, name) == before
 
 
 def test_node_debug_pod_attaches_by_k8s_name(pod_target: Container, name: str) -> None:
     # kubectl debug node/N --profile=sysadmin: privileged, the node's pid namespace, the
     # node's root at /host; CNTR_HOST_ROOT tells cntr where containerd's socket is.
-    before = snapshot(pod_target)
+    before = snapshot(pod_target, name)
     host = ("type=bind,src=/,dst=/host,options=rbind:ro",)
     out = ctr_run(name, "cntr", "attach", pod_target.ident, "--", "sh", "-c", PROBE,
                   mounts=host, env=("CNTR_HOST_ROOT=/host",))
@@ -245,7 +267,7 @@ def test_node_debug_pod_attaches_by_k8s_name(pod_target: Container, name: str) -
     uts = subprocess.run(["nsenter", "-t", str(pod_target.pid), "-u", "hostname"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out.stdout == expected(pod_target, uts)
-    assert settled(before, pod_target) == before
+    assert settled(before, pod_target, name) == before
 
 
 def test_node_debug_pod_without_host_root_says_why(pod_target: Container, name: str) -> None:
