@@ -22,6 +22,20 @@ Filesystem workloads, each on five targets:
   entry of that (warm) tree, reading every file of it, extracting a tarball of such a tree,
   and deleting both trees.
 
+Concurrency workloads, on the same targets: ``untar-pN``, N concurrent ``tar -x`` of that
+tarball into N directories at once, and ``build-jN``, ``make -jN`` of a C project the
+benchmark generates (200 small files including a few of 20 headers, gcc -O1, one link;
+its objects are removed before each run), for N = 1, 2 and 4 requesters.  The scaling
+table reads off how each target's throughput grows with the requesters (N trees or one
+build per run, paired run by run).
+
+Database workloads, on the same targets: a PostgreSQL server (Debian's, run as the
+postgres user) with its data directory on the target (a copy of one made by initdb
+natively, untimed), listening on a unix socket in a scratch directory and nowhere else:
+``pg-init`` times ``pgbench -i -s 10`` (init + load), ``pg-tps`` is the tps of the
+``pgbench -c 4 -T 30`` that follows (higher is better: its ratios are tps over tps).
+The server is stopped and its directories removed after every run.
+
 Program start through a mount of ``/`` (warm): ``chroot MNT /usr/bin/python3 -c pass`` and
 ``chroot MNT /bin/true`` against ``chroot / ...`` (the same chroot(1) call, so only the
 filesystem differs); each run is the mean of several launches after one untimed launch.
@@ -33,13 +47,21 @@ Session path latency (commands run in the benchmark's original mount namespace):
   resolve: ``cntr resolve cntr-test-docker [-t docker]`` against ``docker inspect``.
 
 Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of
-200,000 empty files through a serve-fs mount (the tree is made once, natively, in
-/var/cache/cntr-bench and reused).
+1,000,000 empty files (``--walk-files N``) through a serve-fs mount (the tree is made
+once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more).
 
 Output: per workload and target the median of N runs, its spread ((max-min)/median), the
 ratios to ``native`` (or the workload's limit) and to the reference (``c-ll``, ``docker
 exec``), and the issue's goal where one applies: an aligned table on stdout, the same as
-JSON with ``--json FILE``.  Progress goes to stderr.  Exit status 0 unless something broke
+JSON with ``--json FILE``.  Then the scaling table and every goal of issue 15 side by
+side, each with the spread of its per-run ratios (runs paired by index: the runs of a
+repetition are interleaved, so a pair shares the machine's state): serve-fs <= 0.8x
+c-ll on every filesystem workload and <= 4x native on the metadata ones (create,
+stat-tree, read-tree, untar, delete); <= 1.0x c-ll with 2 and 4 requesters; throughput
+x1.2 from 1 to 2 requesters and no loss from 2 to 4; pgbench >= 0.95x native tps and its
+init + load <= 1.5x native; ``cntr attach`` by name <= 0.7x ``docker exec``, by pid <=
+0.6x; VmRSS < 100 MiB and bounded descriptors after the walk (JSON: ``goals``,
+``scaling``).  Progress goes to stderr.  Exit status 0 unless something broke
 (a mount that does not come up, a command that fails); timings never fail the run.
 
 Where the files live: the filesystem workloads run on a scratch ext4 filesystem made for
@@ -67,6 +89,11 @@ Caveats:
 - the C reference cannot walk 200,000 files here (it keeps a descriptor per inode and
   RLIMIT_NOFILE is 20,000 without CAP_SYS_RESOURCE), so the memory section has no
   reference.
+- c-ll is mounted with ``allow_other`` (the PostgreSQL server is not the mounting user;
+  serve-fs and bindfs allow other users already when root mounts them).
+- ``--quick`` shrinks every size (500 files, a project of 24 files, pgbench scale 1 for
+  5 s, 20,000 files walked) and makes 2 runs: it shows that everything runs, not what it
+  costs.
 - ``--profile DIR`` runs every serve-fs under cProfile (DIR/serve-fs-*.prof): its
   timings are then inflated and only good for finding where the time goes.
 """
