@@ -1233,7 +1233,8 @@ def summarize(wl: Workload) -> dict[str, Any]:
             ratio = meds[g.target] / meds[g.versus]
             runs = [a / b for a, b in zip(wl.samples[g.target], wl.samples[g.versus],
                                           strict=False) if b > 0]
-            goals.append({"target": g.target, "versus": g.versus, "max_ratio": g.max_ratio,
+            goals.append({"target": g.target, "versus": g.versus,
+                          "max_ratio": None if math.isinf(g.max_ratio) else g.max_ratio,
                           "min_ratio": g.min_ratio, "label": g.label(), "ratio": ratio,
                           "run_ratios": runs, "spread": run_spread(runs),
                           "met": g.met(ratio)})
@@ -1315,21 +1316,22 @@ def goal_rows(summaries: list[dict[str, Any]], scal: list[dict[str, Any]],
     for s in summaries:
         for g in s["goals"]:
             rows.append({"goal": f"{s['name']}: {g['target']} / {g['versus']}",
-                         "figure": g["ratio"], "spread": g["spread"], "bound": g["label"],
+                         "figure": g["ratio"], "unit": "x", "spread": g["spread"],
+                         "bound": g["label"],
                          "met": g["met"]})
     for r in scal:
         if "goal" in r:
             rows.append({"goal": f"{r['workload']}: {r['target']} throughput x"
                                  f"{r['requesters']} / x{r['versus_requesters']} requesters",
-                         "figure": r["gain"], "spread": r["spread"],
+                         "figure": r["gain"], "unit": "x", "spread": r["spread"],
                          "bound": f">={r['goal']['min_ratio']:g}x", "met": r["goal"]["met"]})
     if memory:
-        rows.append({"goal": f"memory: serve-fs VmRSS (MiB) after {memory['files']:,} files",
-                     "figure": memory["rss_kib"] / 1024, "spread": None, "bound": "<100",
-                     "met": memory["rss_kib"] < 100 * 1024})
+        rows.append({"goal": f"memory: serve-fs VmRSS after walking {memory['files']:,} files",
+                     "figure": memory["rss_kib"] / 1024, "unit": "MiB", "spread": None,
+                     "bound": "<100 MiB", "met": memory["rss_kib"] < 100 * 1024})
         rows.append({"goal": "memory: serve-fs descriptors, most during the walk",
-                     "figure": float(memory["fds_max"]), "spread": None, "bound": "<5000",
-                     "met": memory["fds_max"] < 5000})
+                     "figure": float(memory["fds_max"]), "unit": "fds", "spread": None,
+                     "bound": "<5000", "met": memory["fds_max"] < 5000})
     return rows
 
 
@@ -1353,7 +1355,10 @@ def print_goals(goals: list[dict[str, Any]], out: Any = sys.stdout) -> None:
           "ratios", file=out)
     rows = [["goal", "figure", "spread", "bound", ""]]
     for g in goals:
-        rows.append([g["goal"], f"{g['figure']:.2f}",
+        unit = g.get("unit", "x")
+        figure = {"x": f"{g['figure']:.2f}x", "MiB": f"{g['figure']:.1f} MiB"}.get(
+            unit, f"{g['figure']:.0f}")
+        rows.append([g["goal"], figure,
                      "" if g["spread"] is None else f"{g['spread'] * 100:.0f}%", g["bound"],
                      "ok" if g["met"] else "MISS"])
     print_rows(rows, {1, 2}, out)
