@@ -1411,8 +1411,8 @@ def tool_version(argv: list[str]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 3)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes, 3 runs")
+    p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 2)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, 2 runs")
     p.add_argument("--only", metavar="NAME[,NAME]",
                    help="workloads to run: " + ", ".join(
                        [w.name for w in make_workloads(DEFAULT)] + ["memory"]))
