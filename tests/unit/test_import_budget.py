@@ -10,7 +10,7 @@ what holds them to it: they name the modules the attach process must never load,
 bound how many modules it loads at all.  Both are properties of the code, not timings:
 nothing here measures a clock.
 
-Two views of the same path:
+Three views of it:
 - the console entry ``cntr.entry.main`` run on ``attach ID -- true`` up to the point it
   would act (``check_host``, the first thing ``stages.attach.attach`` does), in a fresh
   interpreter, with serve-fs's prestart turned off (it forks; its imports are its own
@@ -18,7 +18,8 @@ Two views of the same path:
 - a real ``cntr attach ID -- true`` into the demo and the docker test container, with
   ``PYTHONPROFILEIMPORTTIME=1``: every module the attach process and the setup child
   import on the way, including the lazy imports of resolve, capture and enter.  serve-fs
-  sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted.
+  sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
+- serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never trio.
 """
 
 from __future__ import annotations
@@ -105,22 +106,30 @@ def test_forbidden_matches_packages_and_their_submodules() -> None:
         "trio._core", "typing"]
 
 
-def run_imports(ident: str) -> list[str]:
-    """The modules a real ``cntr attach IDENT -- true`` imports, in order, by name."""
-    cntr = Path(sys.executable).with_name("cntr")
-    assert cntr.exists(), f"no console script {cntr}: scripts/setup installs it"
-    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
-    out = subprocess.run([str(cntr), "attach", ident, "--", "true"], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+def imported(report: str) -> list[str]:
+    """The module names of a ``-X importtime`` report, in order."""
     names = []
-    for line in out.stderr.splitlines():
+    for line in report.splitlines():
         # import time: self [us] | cumulative | imported package
         if line.startswith("import time:") and line.count("|") == 2:
             name = line.rsplit("|", 1)[1].strip()
             if name != "imported package":
                 names.append(name)
     return names
+
+
+def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[str]:
+    """The modules a real ``cntr attach IDENT -- true`` imports, in order, by name
+    (serve-fs's go to ``serve_fs_log`` when one is given, else nowhere)."""
+    cntr = Path(sys.executable).with_name("cntr")
+    assert cntr.exists(), f"no console script {cntr}: scripts/setup installs it"
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    if serve_fs_log is not None:
+        env["CNTR_SERVE_FS_LOG"] = str(serve_fs_log)
+    out = subprocess.run([str(cntr), "attach", ident, "--", "true"], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return imported(out.stderr)
 
 
 @pytest.mark.fuse
@@ -132,3 +141,19 @@ def test_real_attach_imports_nothing_forbidden(which: str,
     assert "stages.attach" in names
     assert forbidden(set(names)) == []
     assert len(set(names)) <= MAX_RUN_MODULES, sorted(set(names))
+
+
+SERVE_FS_FORBIDDEN = frozenset({"trio", "importlib.metadata", "click", "cntr.cli"})
+"""What serve-fs's own process never imports (cntr.fs's claim: pyfuse3 without trio,
+~140 ms, and without importlib.metadata, ~15 ms)."""
+
+
+@pytest.mark.fuse
+def test_serve_fs_imports_neither_trio_nor_importlib_metadata(
+        demo: Container, tmp_path: Path) -> None:
+    log = tmp_path / "serve-fs.log"
+    run_imports(demo.ident, serve_fs_log=log)
+    names = set(imported(log.read_text()))
+    assert "stages.serve_fs" in names
+    assert sorted(m for m in names if any(m == f or m.startswith(f + ".")
+                                          for f in SERVE_FS_FORBIDDEN)) == []
