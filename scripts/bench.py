@@ -4,7 +4,7 @@ What it measures, in one run, interleaved (every repetition goes round-robin ove
 targets of a workload, starting one target further each time, so that machine noise hits
 all targets alike):
 
-Filesystem workloads, each on five targets:
+Filesystem workloads, each on seven targets:
   ``native``  the backing directory itself (the limit);
   ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
   ``serve-fs-uring`` the same with requests over FUSE over io_uring
@@ -1294,7 +1294,8 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
               file=out)
     print("\nmedian of the runs; spread = (max-min)/median; x limit = median / the limit's "
           "(native, nsenter, docker inspect); x ref = median / the reference's (c-ll = "
-          "passthrough_ll default mode, docker exec)", file=out)
+          "passthrough_ll default mode, docker exec); a tps row is a rate: higher is better",
+          file=out)
     print("\n".join(notes), file=out)
 
 
