@@ -51,9 +51,10 @@ MAX_STDLIB_MODULES = 50
 way to attaching (44 when this was written): a new dependency of the attach path must
 fit here or raise this on purpose."""
 
-MAX_RUN_MODULES = 115
-"""Distinct modules a whole ``cntr attach ID -- true`` imports, the interpreter's own
-start-up included (107 when this was written, by name through docker)."""
+MAX_RUN_STDLIB_MODULES = 85
+"""Distinct modules outside cntr and stages that a whole ``cntr attach ID -- true``
+imports, the interpreter's own start-up included (75 when this was written, by name
+through docker; cntr's own modules are not counted, so splitting one is free)."""
 
 PROBE = """
 import os, sys
@@ -140,7 +141,8 @@ def test_real_attach_imports_nothing_forbidden(which: str,
     names = run_imports(container.ident)
     assert "stages.attach" in names
     assert forbidden(set(names)) == []
-    assert len(set(names)) <= MAX_RUN_MODULES, sorted(set(names))
+    stdlib = sorted({m for m in names if m.split(".")[0] not in ("cntr", "stages")})
+    assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
 
 SERVE_FS_FORBIDDEN = frozenset({"trio", "importlib.metadata", "click", "cntr.cli"})
