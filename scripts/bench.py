@@ -947,9 +947,14 @@ def wl_pgbench(ctx: FsContext, t: Target) -> dict[str, float]:
                                "-T", str(ctx.sizes.pg_seconds), PG_USER],
                               what=f"pgbench -c 4 on {t.name}")
     finally:
-        with contextlib.suppress(BenchError):
+        try:
             run_as_postgres([*pg_ctl, "-w", "-t", "60", "-m", "fast", "stop"],
                             what=f"pg_ctl stop on {t.name}")
+        except BenchError as exc:
+            log(f"{exc}; stopping it in immediate mode")
+            with contextlib.suppress(BenchError):
+                run_as_postgres([*pg_ctl, "-w", "-t", "60", "-m", "immediate", "stop"],
+                                what=f"pg_ctl stop -m immediate on {t.name}")
         shutil.rmtree(sock, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
     tps = [line for line in out.splitlines() if line.startswith("tps = ")]
