@@ -4,12 +4,13 @@
 # Debian 12 packages with mmdebstrap, nothing pulled): keep the two package lists alike.
 # Run it as README.md says ("cntr as a container image").
 FROM debian:bookworm-slim
-# containerd is there for ctr alone (the kubernetes engine reads pod labels through it).
+# containerd is there for ctr alone (the kubernetes engine reads pod labels through it);
+# busybox-static for `cntr exec` in a --tools session.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         python3 python3-pyfuse3 python3-trio python3-msgpack python3-click fuse3 \
         strace gdb-minimal tcpdump iproute2 procps curl ca-certificates vim-tiny less \
-        containerd \
+        containerd busybox-static \
  && rm -f /usr/bin/containerd /usr/bin/containerd-shim* /usr/sbin/runc \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
         /usr/share/info/* /usr/share/locale/*

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import sys
 from collections.abc import Sequence
@@ -105,7 +106,7 @@ def _detached_tmpfs() -> int:
     """A small tmpfs that is mounted nowhere: its mount descriptor."""
     fs = syscalls.fsopen("tmpfs")
     try:
-        for key, value in (("size", "1m"), ("nr_inodes", "256"), ("mode", "755")):
+        for key, value in (("size", "8m"), ("nr_inodes", "256"), ("mode", "755")):
             syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
         syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
         return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC,
@@ -171,18 +172,16 @@ def _graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) -
             fd = table.fd(node)
     top = (table.root.nodeid, HELPER_DIR.encode())
     if exec_helper and top in ops.grafts:  # (a tree with a /.cntr of its own gets none)
-        # /.cntr/cntr is the script, /.cntr/busybox the host's static busybox itself.
-        holder_fd = holders[""]
-        busybox = os.path.basename(exec_helper)
-        script = HELPER_SCRIPT.format(dir=HELPER_DIR, busybox=busybox).encode()
-        with open(f"/proc/self/fd/{tmp}/{HELPER_DIR}/cntr", "xb") as f:
-            f.write(script)
-        os.chmod(f"/proc/self/fd/{tmp}/{HELPER_DIR}/cntr", 0o755)
-        st = ops.statbuf.at(holder_fd, HELPER_DIR.encode(), syscalls.AT_SYMLINK_NOFOLLOW)
-        node = table.learn(table.root, holder_fd, HELPER_DIR.encode(), st)
-        node.nlookup += 1
-        ops.grafts[(node.nodeid, busybox.encode())] = os.open(
-            os.path.dirname(exec_helper), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # /.cntr/cntr is the script, /.cntr/busybox a copy of the host's static busybox
+        # (~2 MB; a copy because the host's may be on a filesystem without file handles,
+        # overlayfs in cntr's image, which serve-fs could not reopen a graft from).
+        helper = f"/proc/self/fd/{tmp}/{HELPER_DIR}"
+        with open(exec_helper, "rb") as src, open(f"{helper}/busybox", "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        with open(f"{helper}/cntr", "xb") as f:
+            f.write(HELPER_SCRIPT.format(dir=HELPER_DIR, busybox="busybox").encode())
+        os.chmod(f"{helper}/cntr", 0o755)
+        os.chmod(f"{helper}/busybox", 0o755)
 
 
 def _loop() -> str:

@@ -30,6 +30,9 @@ import pytest
 
 from tests.conftest import REPO, Container, engine_container, require
 from tests.integration.test_attach import mount_points
+from tests.integration.test_tools import PROBE as TOOLS_PROBE
+from tests.integration.test_tools import expected as tools_expected
+from tests.integration.test_tools import make_toolbox
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine, pytest.mark.docker]
 
@@ -178,9 +181,9 @@ def docker_run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run(docker_argv(name, *args))
 
 
-def docker_argv(name: str, *args: str) -> list[str]:
+def docker_argv(name: str, *args: str, volumes: tuple[str, ...] = ()) -> list[str]:
     return [DOCKER, "run", "--rm", "-i", "--name", name, "--network", "none", "--pid=host",
-            "-e", f"CNTR_IMAGE_TEST={name}", *PRIVILEGED,
+            "-e", f"CNTR_IMAGE_TEST={name}", *PRIVILEGED, *(f"-v{v}" for v in volumes),
             "-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, *args]
 
 
@@ -277,3 +280,17 @@ def test_node_debug_pod_without_host_root_says_why(pod_target: Container, name: 
     assert out.stderr == (
         "cntr: attach: no container 'k8s:default/cntr-test-pod/main': kubernetes: "
         "containerd not running (no /run/containerd/containerd.sock)\n")
+
+
+def test_docker_run_with_tools_from_a_directory(docker_target: Container, name: str,
+                                                tmp_path: Path) -> None:
+    # --tools from the image: a toolbox directory mounted into the cntr container; the
+    # image's static busybox serves `cntr exec` (the toolbox has no cntr).
+    make_toolbox(tmp_path / "toolbox")
+    before = snapshot(docker_target, name)
+    out = run(docker_argv(name, "attach", "--tools", "/toolbox", docker_target.ident, "--",
+                          "sh", "-c", TOOLS_PROBE, volumes=(f"{tmp_path}/toolbox:/toolbox:ro",)))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == tools_expected(docker_target)
+    assert settled(before, docker_target, name) == before
+    assert sorted(os.listdir(tmp_path / "toolbox")) == ["bin"]
