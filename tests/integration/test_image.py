@@ -31,8 +31,8 @@ import pytest
 from tests.conftest import REPO, Container, engine_container, require
 from tests.integration.test_attach import mount_points
 from tests.integration.test_tools import PROBE as TOOLS_PROBE
+from tests.integration.test_tools import cntr_host_mounts, make_toolbox
 from tests.integration.test_tools import expected as tools_expected
-from tests.integration.test_tools import make_toolbox
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine, pytest.mark.docker]
 
@@ -148,7 +148,7 @@ def cntr_containers() -> list[str]:
 
 def snapshot(c: Container, name: str) -> dict[str, object]:
     return {
-        "host mounts": mount_points("self"),
+        "host mounts": cntr_host_mounts(),
         "target mounts": mount_points(c.pid),
         "target tmp": sorted(os.listdir(f"/proc/{c.pid}/root/tmp")),
         "processes": image_processes(name),

@@ -71,6 +71,19 @@ def listing(root: Path | str) -> list[str]:
     return out
 
 
+def cntr_host_mounts(*under: Path | str) -> list[str]:
+    """The host's mounts a session could leave: on the base directory or below it, on or
+    below ``under``, a FUSE root.  Not the whole table: on a shared machine it changes
+    all the time (other developers' containers start and stop, their tests mount)."""
+    out = []
+    for line in mount_points("self"):
+        where, fstype = line.split()[:2]
+        if (where == "/" and fstype.startswith("fuse")) or any(
+                where == str(u) or where.startswith(f"{u}/") for u in ("/var/lib/cntr", *under)):
+            out.append(line)
+    return out
+
+
 def our_processes(marker: str) -> list[str]:
     """cntr processes (cntr, its serve-fs and setup child: forks with one command line)
     whose command line names ``marker``; other developers' sessions run at the same time."""
@@ -88,7 +101,7 @@ def our_processes(marker: str) -> list[str]:
 def snapshot(target: Container, source: Path | str, source_pid: int | None,
              marker: str) -> dict[str, object]:
     state: dict[str, object] = {
-        "host mounts": mount_points("self"),
+        "host mounts": cntr_host_mounts(source),
         "target mounts": mount_points(target.pid),
         "target tmp": sorted(os.listdir(f"/proc/{target.pid}/root/tmp")),
         "source": listing(source),
