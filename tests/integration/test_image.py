@@ -294,3 +294,25 @@ def test_docker_run_with_tools_from_a_directory(docker_target: Container, name: 
     assert out.stdout == tools_expected(docker_target)
     assert settled(before, docker_target, name) == before
     assert sorted(os.listdir(tmp_path / "toolbox")) == ["bin"]
+
+
+def test_podman_run_attaches_by_name(image: str, name: str) -> None:
+    # The image exported to podman (build-image --podman: a docker archive, podman load).
+    target = engine_container("podman")
+    out = run([str(REPO / "scripts/build-image"), "--podman"], timeout=600)
+    assert out.returncode == 0, out.stderr
+    before = snapshot(target, name)
+    podman = ["podman", "--cgroup-manager=cgroupfs", "--runtime", "runc"]
+    try:
+        # podman's --privileged grants what root has; --ulimit: below this host's hard
+        # limits (see scripts/engines).
+        out = run([*podman, "run", "--rm", "--name", name, "--network", "none", "--pid=host",
+                   "--privileged", "--ulimit", "nofile=1024:1024", "--ulimit",
+                   "nproc=1000:1000", "-e", f"CNTR_IMAGE_TEST={name}",
+                   f"localhost/{IMAGE}", "attach", target.ident, "--", "sh", "-c", PROBE])
+    finally:
+        subprocess.run([*podman, "rm", "-f", name], capture_output=True, timeout=60,
+                       check=False)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == expected(target, target.hostname)
+    assert settled(before, target, name) == before
