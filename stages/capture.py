@@ -1,6 +1,9 @@
 """``cntr capture``: dump a container process's context (namespaces, ids, capabilities,
 cgroups, LSM label, environment, cwd and the files enter binds) as a record.
 
+``capture_tools`` reads a ``--tools SOURCE`` (a directory or another container) into the
+record's ``tools``; ``verify_tools`` is enter's check that it is still there.
+
 Caveats:
 - the context is a snapshot; ``enter`` re-checks the identity fields before acting.
 - files are read through the container's root with ``openat2(RESOLVE_IN_ROOT)``, so a

@@ -108,7 +108,8 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
 
 def session_env(ctx: Context, opts: EnterOptions, interactive: bool) -> dict[str, str]:
     """The container's environment; in a session (not ``cntr exec``) PATH is extended with
-    the host's so its tools are found."""
+    the host's so its tools are found, and with where ``cntr`` is (``/.cntr`` in a
+    ``--tools`` session)."""
     env = dict(ctx.env)
     if interactive and "TERM" in os.environ:
         env.setdefault("TERM", os.environ["TERM"])
