@@ -3,7 +3,9 @@
 # scripts/build-image makes the same image without one (a root filesystem made from
 # Debian 12 packages with mmdebstrap, nothing pulled): keep the two package lists alike.
 # Run it as README.md says ("cntr as a container image").
-FROM debian:bookworm-slim
+# BASE: another Debian 12 image with apt (e.g. one made locally: mmdebstrap --variant=minbase).
+ARG BASE=debian:bookworm-slim
+FROM ${BASE}
 # containerd is there for ctr alone (the kubernetes engine reads pod labels through it);
 # busybox-static for `cntr exec` in a --tools session.
 RUN apt-get update \
