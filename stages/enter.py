@@ -1,24 +1,35 @@
 """``cntr enter``: build the nested container from a context and run a command in it.
 
-Three processes, as in the original cntr's "two-process dance" plus a server:
+Four processes, as in the original cntr's "two-process dance" plus a server and a reaper:
 
-- this process (host namespaces) checks the context, hands serve-fs (``cntr.launch``,
-  forked early with the ``/dev/fuse`` descriptor) its parameters once the filesystem is
-  mounted, relays the pty, forwards signals and returns the command's exit status;
+- this process, the *supervisor* (host namespaces), checks the context, hands serve-fs
+  (``cntr.launch``, forked early with the ``/dev/fuse`` descriptor) its parameters once the
+  filesystem is mounted, relays the pty, forwards signals to the reaper and returns the
+  command's exit status;
 - a *setup child*, single-threaded, joins the container's cgroups, builds the session's
   mount namespace (``cntr.linux.mounts``), joins the uts, ipc, net, cgroup, pid, time and
-  user namespaces, forks the session process, waits for it and exits with its status;
-- the *session process* (in the container's pid namespace) limits its capabilities to
-  the container's, takes its ids and LSM label, and executes the command.
+  user namespaces, forks the reaper and waits for it; when told to stop (SIGTERM from the
+  supervisor, or its parent-death signal) it kills every process of the session, found in
+  the host's /proc, the reaper last;
+- the *reaper*, the session's first process in the container's pid namespace: session
+  leader, subreaper, the container's credentials plus the guard capability and the seccomp
+  filter that takes its power away (``session_guard``, ``cntr.linux.seccomp``),
+  non-dumpable; it forks the command, forwards signals to the command's process group,
+  reaps every orphan of the session and exits when it has no child left;
+- the *command*, in a process group of its own (the terminal's foreground one), with
+  default signal dispositions, executed in the container's working directory.
 
-Messages from the setup child and the session process come back on a pipe: ``M`` (the
-FUSE filesystem exists: serve-fs may start reading), ``P<pid>`` (the session's host pid),
-``W<text>`` (a warning) and ``E<text>`` (setup failed: nothing ran).  The pipe is
-close-on-exec, so its end-of-file means the command was executed or setup failed.
+Messages come back on one pipe, a line each: ``M`` (the FUSE filesystem exists: serve-fs
+may start reading), ``P<pid>`` (the reaper's host pid), ``W<text>`` (a warning),
+``E<text>`` (something failed: set-up, with exit status 125, or the command's execve, 126
+or 127), ``R`` (the command was executed, or failed to be: set-up is over), ``X<status>``
+(the command ended: its exit status, 128+N for signal N) and ``L`` (processes it left are
+still running).  End-of-file means the reaper is gone (or set-up failed before it).
 
 Caveats:
 - the session stays alive, and serve-fs with it, while any process started in it runs
-  (``sleep 100 &``): the mount namespace lives until its last process exits.
+  (``sleep 100 &``): the reaper waits for them, and the mount namespace lives until its
+  last process exits.  cntr returns the command's status without waiting for them.
 - ``--effective-user`` changes the owner of files the session creates on the host; the
   session itself keeps the container's ids.
 """
