@@ -328,18 +328,22 @@ def _reaper(plan: _Plan, ended_w: int) -> None:
     if cmd == 0:
         os.close(exec_r)
         _command(plan)
-    os.close(exec_w)
-    with contextlib.suppress(OSError):
-        os.setpgid(cmd, cmd)  # the command does it too: whichever runs first
-    tty = os.dup(0) if slave is not None else None
-    # The command has stdio now; holding them would keep a reader of cntr's output waiting
-    # for leftovers that closed theirs.
-    for fd in (0, 1, 2):
-        os.close(fd)
-    os.read(exec_r, 1)  # end-of-file: the command was executed, or failed to be
-    os.close(exec_r)
-    _send(status_w, b"R")
-    _reap(cmd, status_w, ended_w, tty)
+    try:
+        os.close(exec_w)
+        with contextlib.suppress(OSError):
+            os.setpgid(cmd, cmd)  # the command does it too: whichever runs first
+        tty = os.dup(0) if slave is not None else None
+        # The command has stdio now; holding them would keep a reader of cntr's output
+        # waiting for leftovers that closed theirs.
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.read(exec_r, 1)  # end-of-file: the command was executed, or failed to be
+        os.close(exec_r)
+        _send(status_w, b"R")
+        _reap(cmd, status_w, ended_w, tty)
+    finally:
+        os._exit(125)  # only if the loop failed: a fork must never return to the caller
 
 
 def _reap(cmd: int, status_w: int, ended_w: int, tty: int | None) -> None:
@@ -541,22 +545,22 @@ def _setup_child(plan: _Plan) -> None:
         os.close(ended_r)
         _reaper(plan, ended_w)
     reaper = pid
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    os.close(ended_w)
-    _send(status_w, b"P", str(pid))
-    os.close(status_w)
-    if plan.slave is not None:
-        os.close(plan.slave)
-    for fd in (0, 1, 2):
-        os.close(fd)  # cntr's stdio: a reader waits for its end-of-file
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            os._exit(125)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
+    code = 125
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.close(ended_w)
+        _send(status_w, b"P", str(pid))
+        os.close(status_w)
+        if plan.slave is not None:
+            os.close(plan.slave)
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                os.close(fd)  # cntr's stdio: a reader waits for its end-of-file
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+    finally:
+        os._exit(code)  # a fork must never return to the caller
 
 
 def enter(ctx: Context, opts: EnterOptions | None = None,
