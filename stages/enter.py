@@ -229,6 +229,8 @@ _RESET_SIGNALS = (*_FORWARDED, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU,
                   signal.SIGCHLD)
 """Signals the command must start with at their default dispositions, as from a shell
 (Python ignores SIGPIPE and SIGXFSZ, the setup child the forwarded ones)."""
+REAPER_COMM = b"cntr-reaper"
+"""The reaper's process name (comm), as ps in the container shows it."""
 _REAPER_WAITS = {*_FORWARDED, signal.SIGCHLD}
 """Signals the reaper keeps blocked and takes with sigwaitinfo."""
 
@@ -283,6 +285,7 @@ def _reaper(plan: _Plan, ended_w: int) -> None:
         for sig in _REAPER_WAITS:
             signal.signal(sig, signal.SIG_DFL)
         _close_fds({0, 1, 2, status_w, ended_w} | ({slave} if slave is not None else set()))
+        syscalls.set_name(REAPER_COMM)  # what ps shows in the container
         if slave is not None:
             step = "make the pty the controlling terminal"
             pty.make_controlling(slave)

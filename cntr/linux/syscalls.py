@@ -90,6 +90,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 
@@ -231,6 +232,12 @@ def pidfd_open(pid: int) -> Fd:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def set_name(name: bytes) -> None:
+    """prctl(PR_SET_NAME): the calling thread's comm (16 bytes with the NUL, truncated)."""
+    buf = ctypes.create_string_buffer(name[:15], 16)
+    _check(_prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 class _SockFprog(ctypes.Structure):

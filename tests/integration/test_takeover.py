@@ -56,7 +56,7 @@ class Box:
     """A container the probe runs in."""
 
     engine: str
-    """docker or podman: the CLI that runs ``exec`` and ``cp``."""
+    """docker, podman or lxc (LXD's): the CLI that runs ``exec``."""
     name: str
     pid: int
     """host pid of its pid 1."""
@@ -114,8 +114,11 @@ def box(request: pytest.FixtureRequest, probe: Path) -> Iterator[Box]:
 
 
 def run_probe(box: Box, nspid: int, user: str = "0") -> dict[str, str]:
-    out = subprocess.run([box.engine, "exec", "-u", user, box.name, PROBE, str(nspid)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    if box.engine == "lxc":  # LXD's client
+        cmd = ["lxc", "exec", "--user", user, box.name, "--", PROBE, str(nspid)]
+    else:
+        cmd = [box.engine, "exec", "-u", user, box.name, PROBE, str(nspid)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     return dict(line.split(" ", 1) for line in out.stdout.splitlines())
 
@@ -253,6 +256,23 @@ def test_lxd_session_warns_it_is_unguarded() -> None:
     assert out.stderr.decode() == (
         "cntr: warning: container cntr-test-lxd holds cap_sys_ptrace: its processes can "
         "trace the session's processes and read their memory\n")
+
+
+def test_lxd_reaper_is_out_of_reach(probe: Path) -> None:
+    """The documented limit, exactly: in LXD (CAP_SYS_PTRACE in the container's user
+    namespace) the command is open to the container, but not the reaper, which is
+    non-dumpable with memory from the host's user namespace."""
+    engine_container("lxd")
+    subprocess.run(["lxc", "file", "push", "-q", str(probe), f"cntr-test-lxd{PROBE}"],
+                   capture_output=True, check=True)
+    lxd = Box("lxc", "cntr-test-lxd", 0, ALLOWED)
+    try:
+        with open_session("cntr-test-lxd", "lxd") as s:
+            assert run_probe(lxd, ns_pid(s.reaper)) == REFUSED
+            assert run_probe(lxd, ns_pid(s.command)) == ALLOWED
+    finally:
+        subprocess.run(["lxc", "exec", "cntr-test-lxd", "--", "rm", "-f", PROBE],
+                       check=False)
 
 
 GUARD_USES = """
