@@ -55,17 +55,7 @@ from cntr.errors import (
     os_error,
 )
 from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
-from cntr.linux import (
-    caps,
-    cgroups,
-    lsm,
-    mounts,
-    namespaces,
-    procfs,
-    pty,
-    seccomp,
-    syscalls,
-)
+from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, seccomp, syscalls
 from cntr.record import field, record
 from stages.capture import BOUND_FILES
 
@@ -560,6 +550,7 @@ def _setup_child(plan: _Plan) -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)  # cntr's stdio: a reader waits for its end-of-file
         _, status = os.waitpid(pid, 0)
+        reaper = 0  # reaped: its pid may be reused, stop() must not signal it
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code
     finally:
