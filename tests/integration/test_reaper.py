@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Container, engine_container, run_cntr
+from tests.conftest import CNTR, REPO, Container, engine_container, run_cntr
 from tests.integration.test_attach import mount_points
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -149,3 +149,22 @@ def test_hundred_short_sessions_leave_nothing(zombie_box: Container) -> None:
     settle(zombie_box, before)
     assert zombies(zombie_box) == 0
     assert mount_points(zombie_box.pid) == mounts
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_stopped_session_leaves_no_zombie(zombie_box: Container, sig: int) -> None:
+    """cntr told to stop (the signal is forwarded) or SIGKILLed (the setup child's
+    parent-death signal): every process of the session is killed and reaped, jobs that
+    ignore the signal (sh's background jobs ignore SIGINT) and orphans included."""
+    before = table(zombie_box)
+    script = "(sleep 100 &); sleep 100 & echo ready; wait"
+    with subprocess.Popen([*CNTR, "attach", "-t", "docker", NAME, "--", "/bin/sh", "-c",
+                           script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          cwd=REPO) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(sig)
+        proc.communicate(timeout=30)
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig)
+    settle(zombie_box, before)
+    assert zombies(zombie_box) == 0
