@@ -259,7 +259,7 @@ def _close_fds(keep: set[int]) -> None:
         if lo < fd:  # closerange(0, 0) would close everything (close_range(0, ~0))
             os.closerange(lo, fd)
         lo = fd + 1
-    os.closerange(lo, 65536)
+    os.closerange(lo, os.sysconf("SC_OPEN_MAX"))
 
 
 def _reaper(plan: _Plan, ended_w: int) -> None:
