@@ -118,6 +118,20 @@ _LOOKUP_FLAGS = sc.AT_SYMLINK_NOFOLLOW | sc.AT_STATX_DONT_SYNC
 _EMPTY = sc.AT_EMPTY_PATH
 _EMPTY_NOFOLLOW = sc.AT_EMPTY_PATH | sc.AT_SYMLINK_NOFOLLOW
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+#: what a O_TMPFILE open keeps of the kernel's flags (the rest is the file's creation)
+_TMPFILE_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSYNC
+                 | os.O_NOATIME | os.O_EXCL)
+_ACL_DEFAULT = b"system.posix_acl_default"
+#: linux/capability.h
+_CAP_FSETID = 4
+#: filesystems whose files report size 0 but have contents made up when read
+#: (linux/magic.h): proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, bpf,
+#: configfs, pstore, efivarfs, selinuxfs, smackfs, fusectl, binfmt_misc, nsfs
+PSEUDO_FS_TYPES = frozenset({
+    0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x73636673, 0x27E0EB, 0x63677270,
+    0xCAFE4A11, 0x62656570, 0x6165676C, 0xDE5E81E4, 0xF97CFF8C, 0x43415D53, 0x65735543,
+    0x42494E4D, 0x6E736673,
+})
 _NS = 1_000_000_000
 _makedev = os.makedev
 
@@ -288,6 +302,8 @@ class Operations(pyfuse3.Operations):
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: st_dev -> whether that filesystem is a pseudo filesystem (`PSEUDO_FS_TYPES`)
+        self._pseudo_devs: dict[int, bool] = {}
         #: what lookup, getattr, setattr, create, mknod, mkdir, symlink, link and readdir
         #: reply for an inode and its statx: pyfuse3's EntryAttributes (`_entry`);
         #: `cntr.fs.wire` installs one that packs its reply bytes directly
@@ -345,6 +361,62 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self.make_entry(node, st)
 
+    @staticmethod
+    def create_mode(pfd: int, mode: int, umask: int) -> int:
+        """The mode to create a file of ``mode`` with in the directory ``pfd``: the
+        requester's ``umask`` applied unless the directory has a default ACL, which then
+        replaces the umask (POSIX; the host applies the ACL itself, serve-fs's own umask
+        is 0).  The wire session asks the kernel for the unmasked mode (FUSE_DONT_MASK);
+        in pyfuse3's session the kernel already applied the umask."""
+        if not mode & umask:
+            return mode
+        try:
+            os.getxattr(b"/proc/self/fd/%d" % pfd, _ACL_DEFAULT)
+        except OSError:
+            return mode & ~umask
+        return mode
+
+    @staticmethod
+    def keeps_setgid(pid: int, uid: int, gid: int, file_gids: tuple[int, ...]) -> bool:
+        """Whether a mode change by the requester ``pid`` (fsuid ``uid``, fsgid ``gid``)
+        may keep the set-group-ID bit of a file whose group is one of ``file_gids`` (its
+        host group and the one replies show): the requester is in that group or has
+        CAP_FSETID, as the VFS's in_group_or_capable() asks (/proc/PID/status: groups
+        and effective capabilities; CAP_FSETID is taken as it is seen in the requester's
+        own user namespace).  A requester that is gone keeps nothing."""
+        if uid == 0 or gid in file_gids or pid == 0:
+            return True
+        return Operations.has_fsetid(pid, uid, file_gids)
+
+    @staticmethod
+    def has_fsetid(pid: int, uid: int, file_gids: tuple[int, ...] = ()) -> bool:
+        """Whether the requester ``pid`` (fsuid ``uid``) has CAP_FSETID in its effective
+        set (/proc/PID/status; as seen in its own user namespace), or, with
+        ``file_gids``, is in one of those groups.  A requester that is gone has
+        nothing."""
+        if uid == 0 or pid == 0:
+            return True
+        try:
+            with open(b"/proc/%d/status" % pid, "rb") as f:
+                status = f.read()
+        except OSError:
+            return False
+        for line in status.splitlines():
+            if line.startswith(b"Groups:"):
+                if file_gids and any(int(g) in file_gids for g in line.split()[1:]):
+                    return True
+            elif line.startswith(b"CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_FSETID & 1)
+        return False
+
+    def open_dir_handle(self, fh: int) -> int:
+        """A new O_RDONLY descriptor of the directory open as ``fh`` (an opendir
+        handle; the caller closes it); EBADF if there is none."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        return self.table.open(d.node, os.O_RDONLY | os.O_DIRECTORY)
+
     def _owner(self, ctx: RequestContext, pfd: int) -> tuple[int, int]:
         """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
         if self.effective_user is not None:
@@ -398,7 +470,11 @@ class Operations(pyfuse3.Operations):
             table = self.table
             parent = table.by_id.get(parent_inode)
             if parent is None:
-                raise FUSEError(errno.ESTALE)
+                # open_by_handle_at of an inode the kernel forgot: it asks for "." (and
+                # then "..") of the node id in the handle.
+                parent = table.revive(parent_inode) if name in (b".", b"..") else None
+                if parent is None:
+                    raise FUSEError(errno.ESTALE)
             pfd = table.fd(parent)
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
@@ -446,7 +522,13 @@ class Operations(pyfuse3.Operations):
                 else:
                     os.truncate(b"/proc/self/fd/%d" % fd, attr.st_size)
             if fields.update_mode:
-                os.chmod(b"/proc/self/fd/%d" % fd, stat.S_IMODE(attr.st_mode))
+                mode = stat.S_IMODE(attr.st_mode)
+                if mode & stat.S_ISGID:
+                    st = self.statbuf.at(fd, b"", _EMPTY)
+                    if not self.keeps_setgid(ctx.pid, ctx.uid, ctx.gid,
+                                             (st[GID], self.shown_ids(st)[1])):
+                        mode &= ~stat.S_ISGID
+                os.chmod(b"/proc/self/fd/%d" % fd, mode)
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
@@ -498,7 +580,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=pfd)
+            os.mknod(name, self.create_mode(pfd, mode, ctx.umask), rdev, dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -511,7 +593,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mkdir(name, mode & ~ctx.umask, dir_fd=pfd)
+            os.mkdir(name, self.create_mode(pfd, mode, ctx.umask), dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -593,7 +675,7 @@ class Operations(pyfuse3.Operations):
                 self._writers[fd] = node
             st = os.fstat(fd)
             size = st.st_size
-            if size == 0:
+            if size == 0 and self.pseudo_file(fd, st.st_dev):
                 # procfs and friends report size 0 for files with contents: read them
                 # through serve-fs, not through a page cache that believes the size.
                 node.stamp = None
@@ -606,6 +688,20 @@ class Operations(pyfuse3.Operations):
         except Exception as exc:
             raise self._error(exc, "open") from None
 
+    def pseudo_file(self, fd: int, dev: int) -> bool:
+        """Whether the open file ``fd`` (on device ``dev``) is on a pseudo filesystem
+        (`PSEUDO_FS_TYPES`: procfs, sysfs, ...), whose files report size 0 whatever they
+        hold.  An empty file on a disk filesystem is just empty: it keeps the page cache
+        (shared mmap and O_DIRECT work on it as on the disk).  One fstatfs per device."""
+        pseudo = self._pseudo_devs.get(dev)
+        if pseudo is None:
+            try:
+                pseudo = sc.fstatfs_type(fd) in PSEUDO_FS_TYPES
+            except OSError:
+                pseudo = True  # the old rule: an empty file is read through serve-fs
+            self._pseudo_devs[dev] = pseudo
+        return pseudo
+
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         try:
@@ -617,7 +713,7 @@ class Operations(pyfuse3.Operations):
             # if a file appeared on the host since, opening it here would skip the
             # kernel's permission check on it and chown it to the caller.
             fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         mode & ~ctx.umask, dir_fd=pfd)
+                         self.create_mode(pfd, mode, ctx.umask), dir_fd=pfd)
             try:
                 self._chown_new(ctx, pfd, name, mode, fd)
                 st = self.statbuf.at(fd, b"", _EMPTY)
@@ -632,6 +728,34 @@ class Operations(pyfuse3.Operations):
             return FileInfo(fh=fd, keep_cache=True), self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "create") from None
+
+    async def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """open(O_TMPFILE) in the directory ``parent_inode``: an unnamed file, owned by
+        the requester, that linkat(AT_EMPTY_PATH) may give a name later.  Its inode
+        keeps an O_PATH descriptor pinned (it has no name to be reopened by) until the
+        kernel forgets it."""
+        try:
+            if self.gate is not None:
+                self.gate.check(ctx.pid)
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            fd = os.open(b"/proc/self/fd/%d" % pfd,
+                         (flags & _TMPFILE_KEEP) | os.O_TMPFILE | os.O_CLOEXEC,
+                         self.create_mode(pfd, mode, ctx.umask))
+            try:
+                self._chown_new(ctx, pfd, b"", mode, fd)
+                st = self.statbuf.at(fd, b"", _EMPTY)
+                node = self.table.learn_unnamed(parent, fd, st)
+            except BaseException:
+                os.close(fd)
+                raise
+            node.nlookup += 1
+            node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
+            self._writers[fd] = node
+            return FileInfo(fh=fd, keep_cache=True), self.make_entry(node, st)
+        except Exception as exc:
+            raise self._error(exc, "tmpfile") from None
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
