@@ -8,6 +8,11 @@ Run standalone for tests and debugging::
 Caveats:
 - sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
 - pyfuse3 has one global session: one serve_fs() per process.
+- ``CNTR_SERVE_FS_LOOP=libfuse`` and ``trio`` (pyfuse3's libfuse session) run only here,
+  standalone, as the benchmark's reference: ``serve_fs()`` refuses them otherwise.  That
+  session cannot negotiate what the wire session does to behave like the disk
+  (FUSE_HANDLE_KILLPRIV_V2, FUSE_DONT_MASK, FUSE_SETXATTR_EXT) nor carry its extra
+  requests (fallocate, statx, O_TMPFILE, ioctls, ...), so no cntr session runs on it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
              ready_fd: int | None = None, uid_map: IdMap | None = None,
              gid_map: IdMap | None = None,
              effective_user: tuple[int, int] | None = None,
-             allowed_mnt_ns: int | None = None, debug: bool = False) -> int:
+             allowed_mnt_ns: int | None = None, debug: bool = False,
+             reference_loops: bool = False) -> int:
     """Serve `root` until the filesystem is unmounted; returns an exit status (0 on clean unmount).
 
     Exactly one of ``mountpoint`` (serve-fs mounts and unmounts it) and ``fuse_fd`` (a
@@ -36,10 +42,17 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     .st_ino``): serve only processes of that namespace, refusing every other with EACCES
     ("Permission denied"); `cntr.fs.operations` says what is checked and what the kernel's
     caches still show.  None serves every process that reaches the mount.
+
+    ``reference_loops``: accept pyfuse3's libfuse session (``CNTR_SERVE_FS_LOOP=libfuse``
+    or ``trio``), for the benchmark (module docstring); refused otherwise.
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
     loop = _loop()
+    if loop in ("libfuse", "trio") and not reference_loops:
+        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+                        "(python -m stages.serve_fs), not as correct as a session must be: "
+                        "use wire or uring")
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -87,7 +100,7 @@ def _main(argv: list[str]) -> int:
                         format="%(name)s: %(message)s")
     try:
         return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
-                        allowed_mnt_ns=allowed_mnt_ns, debug=debug)
+                        allowed_mnt_ns=allowed_mnt_ns, debug=debug, reference_loops=True)
     except CntrError as exc:
         print(f"cntr: {exc}", file=sys.stderr)
         return exc.exit_code

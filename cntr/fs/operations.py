@@ -478,6 +478,10 @@ class Operations(pyfuse3.Operations):
             pfd = table.fd(parent)
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
+                if st[NLINK] == 0 and name == b".":
+                    # open_by_handle_at of a removed file (the descriptor serve-fs
+                    # caches keeps it): stale, as the disk says.
+                    raise FUSEError(errno.ESTALE)
                 parent.nlookup += 1
                 return self.make_entry(parent, st)
             try:

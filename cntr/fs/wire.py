@@ -678,8 +678,9 @@ class Session:
         return pack_entry(_run(self.ops.link(target, nodeid, _name(body, 8), req)))
 
     # --- files ------------------------------------------------------------------------
-    def _open_reply(self, nodeid: int, fi: Any, flags: int) -> bytes:
-        """fuse_open_out for ``fi``, in passthrough mode where it can be.
+    def _open_reply(self, nodeid: int, fi: Any, flags: int, *, new: bool = False) -> bytes:
+        """fuse_open_out for ``fi``, in passthrough mode where it can be (``new``: a file
+        just created, whose attributes the kernel has not cached yet).
 
         The kernel fails an open (EIO) whose mode differs from the inode's open files'
         (passthrough with this backing id, or the page cache), so an inode that has files
@@ -693,7 +694,7 @@ class Session:
                 entry[1] += 1
                 self._pt_files[fh] = nodeid
                 if writable:
-                    self._pt_writer(nodeid, fh)
+                    self._pt_writer(nodeid, fh, new)
                 return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, entry[0])
             if (not fi.direct_io and nodeid not in self._cached
                     and self._pass_through(fh, writable)):
@@ -701,7 +702,7 @@ class Session:
                 if backing:
                     self._pt_files[fh] = nodeid
                     if writable:
-                        self._pt_writer(nodeid, fh)
+                        self._pt_writer(nodeid, fh, new)
                     return _OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, backing)
             if not fi.direct_io:
                 self._cached[nodeid] = self._cached.get(nodeid, 0) + 1
@@ -715,13 +716,14 @@ class Session:
             open_flags |= FOPEN_NONSEEKABLE
         return _OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _pt_writer(self, nodeid: int, fh: int) -> None:
+    def _pt_writer(self, nodeid: int, fh: int, new: bool) -> None:
         """Count a writable passthrough open of ``nodeid``; at the first, drop the
-        attributes the kernel cached (replies carry timeout 0 from now on)."""
+        attributes the kernel cached (replies carry timeout 0 from now on; a ``new``
+        file's come with this reply)."""
         count = self._pt_writers.get(nodeid, 0)
         self._pt_writers[nodeid] = count + 1
         self._pt_writer_files.add(fh)
-        if not count:
+        if not count and not new:
             self.inval_attrs(nodeid)
 
     def inval_attrs(self, nodeid: int) -> None:
@@ -800,10 +802,19 @@ class Session:
         flags, mode, self._request.umask, _ = _CREATE_IN.unpack_from(body)
         fi, entry = _run(self.ops.create(nodeid, _name(body, 16), mode, flags, req))
         try:
-            return pack_entry(entry) + self._open_reply(entry.st_ino, fi, flags)
+            return self._created(entry, fi, flags)
         except BaseException:
             _run(self.ops.release(fi.fh))
             raise
+
+    def _created(self, entry: EntryAttributes | Packed, fi: Any, flags: int) -> bytes:
+        """fuse_entry_out + fuse_open_out of a file just created; its attributes not to
+        be cached if it is open for writing in passthrough mode (`_pt_writers`)."""
+        opened = self._open_reply(entry.st_ino, fi, flags, new=True)
+        packed = pack_entry(entry)
+        if entry.st_ino in self._pt_writers:  # attr_valid and attr_valid_nsec: 0
+            packed = packed[:24] + bytes(8) + packed[32:36] + bytes(4) + packed[40:]
+        return packed + opened
 
     def _read(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
         fh, offset, size, _ = _READ_IN.unpack_from(body)
@@ -992,7 +1003,7 @@ class Session:
         flags, mode, self._request.umask, _ = _CREATE_IN.unpack_from(body)
         fi, entry = _run(self.ops.tmpfile(nodeid, mode, flags, req))
         try:
-            return pack_entry(entry) + self._open_reply(entry.st_ino, fi, flags)
+            return self._created(entry, fi, flags)
         except BaseException:
             _run(self.ops.release(fi.fh))
             raise
