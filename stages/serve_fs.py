@@ -6,7 +6,8 @@ Run standalone for tests and debugging::
     python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
 Caveats:
-- sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
+- sets the process umask to 0, then to each requester's for the files it creates
+  (`cntr.fs.operations.Operations.create_mode`: the host applies it, or a default ACL).
 - pyfuse3 has one global session: one serve_fs() per process.
 - ``CNTR_SERVE_FS_LOOP=libfuse`` and ``trio`` (pyfuse3's libfuse session) run only here,
   standalone, as the benchmark's reference: ``serve_fs()`` refuses them otherwise.  That

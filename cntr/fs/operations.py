@@ -121,7 +121,6 @@ _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
 #: what a O_TMPFILE open keeps of the kernel's flags (the rest is the file's creation)
 _TMPFILE_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSYNC
                  | os.O_NOATIME | os.O_EXCL)
-_ACL_DEFAULT = b"system.posix_acl_default"
 #: linux/capability.h
 _CAP_FSETID = 4
 #: filesystems whose files report size 0 but have contents made up when read
@@ -302,6 +301,8 @@ class Operations(pyfuse3.Operations):
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: the process umask `create_mode` set last (None: not known)
+        self._umask: int | None = None
         #: st_dev -> whether that filesystem is a pseudo filesystem (`PSEUDO_FS_TYPES`)
         self._pseudo_devs: dict[int, bool] = {}
         #: what lookup, getattr, setattr, create, mknod, mkdir, symlink, link and readdir
@@ -361,19 +362,17 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self.make_entry(node, st)
 
-    @staticmethod
-    def create_mode(pfd: int, mode: int, umask: int) -> int:
-        """The mode to create a file of ``mode`` with in the directory ``pfd``: the
-        requester's ``umask`` applied unless the directory has a default ACL, which then
-        replaces the umask (POSIX; the host applies the ACL itself, serve-fs's own umask
-        is 0).  The wire session asks the kernel for the unmasked mode (FUSE_DONT_MASK);
-        in pyfuse3's session the kernel already applied the umask."""
-        if not mode & umask:
-            return mode
-        try:
-            os.getxattr(b"/proc/self/fd/%d" % pfd, _ACL_DEFAULT)
-        except OSError:
-            return mode & ~umask
+    def create_mode(self, mode: int, umask: int) -> int:
+        """The mode to create a file of ``mode`` with for a requester whose umask is
+        ``umask``: ``mode`` itself, with serve-fs's process umask set to ``umask``, so
+        that the host applies it exactly where POSIX says (not in a directory with a
+        default ACL, whose ACL then replaces the umask).  The wire session asks the
+        kernel for the unmasked mode (FUSE_DONT_MASK); in pyfuse3's session the kernel
+        already applied the umask.  The umask is a syscall only when it changes
+        (requests are served one at a time; nothing else serve-fs creates takes it)."""
+        if umask != self._umask:
+            os.umask(umask)
+            self._umask = umask
         return mode
 
     @staticmethod
@@ -432,16 +431,23 @@ class Operations(pyfuse3.Operations):
         uid, gid = self._owner(ctx, pfd)
         if uid == 0 and gid in (0, -1):
             return
+        # chown clears setuid/setgid on non-directories: put back the mode the file was
+        # created with (the umask or a default ACL applied).
+        restore = (mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode)
+                   and not stat.S_ISLNK(mode))
+        created = 0
+        if restore:
+            created = stat.S_IMODE(os.fstat(fd).st_mode if fd >= 0 else
+                                   os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode)
         if fd >= 0:
             os.fchown(fd, uid, gid)
         else:
             sc.fchownat(pfd, name, uid, gid, _NOFOLLOW)
-        # chown clears setuid/setgid on non-directories: put back what was asked for.
-        if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
+        if restore:
             if fd >= 0:
-                os.fchmod(fd, stat.S_IMODE(mode))
-            elif not stat.S_ISLNK(mode):
-                os.chmod(name, stat.S_IMODE(mode), dir_fd=pfd, follow_symlinks=False)
+                os.fchmod(fd, created)
+            else:
+                os.chmod(name, created, dir_fd=pfd, follow_symlinks=False)
 
     # --- lifecycle ---------------------------------------------------------------------
     def init(self) -> None:
@@ -584,7 +590,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mknod(name, self.create_mode(pfd, mode, ctx.umask), rdev, dir_fd=pfd)
+            os.mknod(name, self.create_mode(mode, ctx.umask), rdev, dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -597,7 +603,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mkdir(name, self.create_mode(pfd, mode, ctx.umask), dir_fd=pfd)
+            os.mkdir(name, self.create_mode(mode, ctx.umask), dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -717,7 +723,7 @@ class Operations(pyfuse3.Operations):
             # if a file appeared on the host since, opening it here would skip the
             # kernel's permission check on it and chown it to the caller.
             fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         self.create_mode(pfd, mode, ctx.umask), dir_fd=pfd)
+                         self.create_mode(mode, ctx.umask), dir_fd=pfd)
             try:
                 self._chown_new(ctx, pfd, name, mode, fd)
                 st = self.statbuf.at(fd, b"", _EMPTY)
@@ -746,7 +752,7 @@ class Operations(pyfuse3.Operations):
             pfd = self.table.fd(parent)
             fd = os.open(b"/proc/self/fd/%d" % pfd,
                          (flags & _TMPFILE_KEEP) | os.O_TMPFILE | os.O_CLOEXEC,
-                         self.create_mode(pfd, mode, ctx.umask))
+                         self.create_mode(mode, ctx.umask))
             try:
                 self._chown_new(ctx, pfd, b"", mode, fd)
                 st = self.statbuf.at(fd, b"", _EMPTY)
