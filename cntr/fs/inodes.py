@@ -31,6 +31,11 @@ kernel drop (mark bad) its inode of the old file.  The lookup count is per node 
 over generations: the kernel's FORGET carries no generation, and it sends one for the old
 inode too.
 
+Inodes the kernel forgot keep their handle in a bounded map (`InodeTable.forgotten`, the
+latest 4,096): open_by_handle_at(2) through the mount names node ids the kernel may no
+longer hold, and it asks for them again (`InodeTable.revive`).  A file without a name
+(O_TMPFILE) keeps a pinned O_PATH descriptor outside the cache (`InodeTable.learn_unnamed`).
+
 Caveats:
 - cached descriptors pin host files: an unlinked file's space is freed only when its
   descriptor leaves the cache, and ``umount`` (without ``-l``) of a host filesystem that

@@ -59,14 +59,23 @@ Caveats:
 - the kernel checks permissions (``default_permissions``) on mode bits; POSIX ACLs pass
   through as xattrs but are only enforced with ``acl=True`` (FUSE_POSIX_ACL), which costs a
   getxattr per inode.
-- writes by serve-fs run as root; the kernel still clears set-user/group-ID bits on a
-  user's write (file_remove_privs sends a setattr first: FUSE_HANDLE_KILLPRIV is not set).
+- writes by serve-fs run as root: set-user/group-ID bits are cleared for an unprivileged
+  user's write, truncation or O_TRUNC open by the wire session (HANDLE_KILLPRIV_V2), and
+  by chmod of a requester outside the file's group (`keeps_setgid`, from
+  /proc/PID/status; pyfuse3's libfuse session gets none of the kernel's flags for it and
+  is only a benchmark reference, see `stages.serve_fs`).
 - missing names are cached by the kernel as negative entries for ``entry_timeout``: a file
   created on the host right after a failed lookup shows up only then; create(2) always uses
   O_EXCL, so in that window an open(O_CREAT) fails with EEXIST rather than opening (and
   chowning) a file the kernel did not check.
-- files reporting size 0 (procfs, sysfs) are opened with direct_io so their contents are
-  read; other files use the page cache (FOPEN_KEEP_CACHE while size and mtime are unchanged).
+- files reporting size 0 on pseudo filesystems (procfs, sysfs, ...: `PSEUDO_FS_TYPES`, by
+  the statfs type of their filesystem, once per device) are opened with direct_io so their
+  contents are read; other files, empty ones included, use the page cache
+  (FOPEN_KEEP_CACHE while size and mtime are unchanged), so shared mmap and O_DIRECT work
+  on them as on the disk.
+- a lookup of "." or ".." of a node id the kernel forgot (open_by_handle_at through the
+  mount: FUSE_EXPORT_SUPPORT) finds it again by the file handle `InodeTable.revive` kept;
+  a removed file is ESTALE, as on the disk.
 - the mount keeps libfuse's nosuid,nodev: device nodes are listed but do not open, and a unix
   socket bound on the host cannot be connected to through the mount (another inode).
 """

@@ -15,11 +15,30 @@ methods pyfuse3 would, with the same argument and result types:
   walk of a tree sends OPENDIR/RELEASEDIR but no READDIRPLUS.
 - ``FUSE_CACHE_SYMLINKS``: symlink targets are kept in the page cache.
 - ``max_pages`` 256: 1 MiB requests for what still goes through serve-fs.
+- requests pyfuse3's Operations has no method for, answered here on the host file:
+  FALLOCATE (the modes the kernel passes: preallocate, keep size, punch hole, zero range),
+  LSEEK (SEEK_DATA/SEEK_HOLE), COPY_FILE_RANGE (and its 64-bit form), STATX (the birth
+  time), TMPFILE (`Operations.tmpfile`) and IOCTL for the ioctls in `IOCTLS` (attribute
+  flags, on directories too with HAS_IOCTL_DIR: the kernel checks the caller's rights
+  before it sends them; others ENOTTY).
+- ``DONT_MASK``: the kernel sends modes without the umask; `Operations.create_mode` lets
+  the host apply it, or the directory's default ACL instead (POSIX).
+- ``SETXATTR_EXT``: the kernel says when setting an access ACL must clear set-group-ID
+  (FUSE_SETXATTR_ACL_KILL_SGID: a requester outside the file's group without CAP_FSETID).
+- FUSE_NOTIFY_INVAL_INODE where the kernel's cached attributes go stale behind its back:
+  the mode after an O_TRUNC open cleared set-ID bits, and at the first writable
+  passthrough open of an inode, whose attributes are then not cached at all while it is
+  open for writing (writes through a shared mapping of the backing file change mtime
+  unseen by the kernel).
+- times before 1970: fuse_attr's seconds are packed signed (the kernel reads time64_t).
 
 - ``HANDLE_KILLPRIV_V2``: serve-fs clears set-user/group-ID bits and file capabilities
   itself when an unprivileged write, truncation or ``O_TRUNC`` open asks for it, so the
   kernel no longer asks for ``security.capability`` before every write (it did once per
   write(2); with SB_NOSEC now once per inode).
+
+FUSE_DIRECT_IO_ALLOW_MMAP is not asked for: direct_io is only for files of pseudo
+filesystems (`Operations.pseudo_file`), whose own mmap fails as it does on the host.
 
 Passthrough is not used for read-only opens of files under 64 KiB (their pages stay in
 the FUSE inode's cache between opens, cheaper for trees of small files read again), for
