@@ -49,11 +49,7 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
-    loop = _loop()
-    if loop in ("libfuse", "trio") and not reference_loops:
-        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
-                        "(python -m stages.serve_fs), not as correct as a session must be: "
-                        "use wire or uring")
+    loop = _loop() if reference_loops else session_loop()
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -68,6 +64,18 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      loop=loop)
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
+
+
+def session_loop() -> str:
+    """The FUSE session a cntr session or ``cntr serve-fs`` runs (`_loop`): wire or uring;
+    CntrError (one line) for pyfuse3's libfuse session, a benchmark reference only."""
+    loop = _loop()
+    if loop in ("libfuse", "trio"):
+        # The CLI prints it as "cntr: serve-fs: ...".
+        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+                        "(python -m stages.serve_fs), not as correct as a session must be: "
+                        "use wire or uring")
+    return loop
 
 
 def _loop() -> str:
