@@ -840,12 +840,12 @@ class Session:
         data: bytes = _run(self.ops.read(fh, offset, size))
         return data
 
-    def _write(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
+    def _write(self, nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
         fh, offset, size, write_flags, _, _, _ = _WRITE_IN.unpack_from(body)
         data = body[_WRITE_IN_SIZE:_WRITE_IN_SIZE + size]
         written: int = _run(self.ops.write(fh, offset, data))
-        if write_flags & FUSE_WRITE_KILL_SUIDGID:
-            self._kill_privs(fh)
+        if write_flags & FUSE_WRITE_KILL_SUIDGID and self._kill_privs(fh):
+            self.inval_attrs(nodeid)  # the mode the kernel cached is the old one
         return _U32_PAIR.pack(written, 0)
 
     def _flush(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
@@ -940,19 +940,19 @@ class Session:
         _run(self.ops.removexattr(nodeid, _name(body), req))
 
     # --- more file operations ---------------------------------------------------------
-    def _kill_privs_unprivileged(self, fd: int) -> None:
+    def _kill_privs_unprivileged(self, nodeid: int, fd: int) -> None:
         """As a write by the requester would: clear set-user/group-ID of ``fd`` unless
         the requester has CAP_FSETID (for fallocate and copy_file_range, where the kernel
         leaves it to a FUSE_HANDLE_KILLPRIV_V2 server without saying)."""
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode) and mode & _SUID_SGID and not Operations.has_fsetid(
-                self._request.pid, self._request.uid):
-            self._kill_privs(fd, mode)
+                self._request.pid, self._request.uid) and self._kill_privs(fd, mode):
+            self.inval_attrs(nodeid)
 
-    def _fallocate(self, _nodeid: int, _req: RequestContext, body: memoryview) -> None:
+    def _fallocate(self, nodeid: int, _req: RequestContext, body: memoryview) -> None:
         fh, offset, length, mode = _FALLOCATE_IN.unpack_from(body)
         sc.fallocate(fh, mode, offset, length)
-        self._kill_privs_unprivileged(fh)
+        self._kill_privs_unprivileged(nodeid, fh)
 
     def _lseek(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:
         fh, offset, whence = _LSEEK_IN.unpack_from(body)
@@ -969,7 +969,7 @@ class Session:
     def _copy(self, body: memoryview, *, wide: bool) -> bytes:
         """copy_file_range(2) between two open files; the reply's size is a u32 in
         FUSE_COPY_FILE_RANGE, a u64 in FUSE_COPY_FILE_RANGE_64."""
-        fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = (
+        fh_in, off_in, nodeid_out, fh_out, off_out, length, flags = (
             _COPY_FILE_RANGE_IN.unpack_from(body))
         if flags:
             raise FUSEError(errno.EINVAL)
@@ -977,7 +977,7 @@ class Session:
             length = min(length, 0xFFFFF000)  # the reply's size is a u32
         done = os.copy_file_range(fh_in, fh_out, length, off_in, off_out)
         if done:
-            self._kill_privs_unprivileged(fh_out)
+            self._kill_privs_unprivileged(nodeid_out, fh_out)
         return _U64.pack(done) if wide else _U32_PAIR.pack(done, 0)
 
     def _ioctl(self, _nodeid: int, _req: RequestContext, body: memoryview) -> bytes:

@@ -249,6 +249,36 @@ def test_truncation_by_the_unprivileged_owner_clears_set_id_bits(pair: Pair, how
     assert mode_of(pair.served_host / "f") == 0o755
 
 
+@pytest.mark.parametrize("how", ["write", "pwrite-large", "copy_file_range"])
+def test_writes_by_another_user_clear_set_id_bits_at_once(pair: Pair, how: str) -> None:
+    """The mode stat shows right after the write is the cleared one (the kernel's cached
+    mode is dropped when serve-fs clears the bits)."""
+    for d in (pair.plain, pair.served_host):
+        (d / "f").write_bytes(b"x" * (200 << 10 if how == "pwrite-large" else 10))
+        (d / "src").write_bytes(b"source")
+        os.chmod(d / "f", 0o6777)
+    time.sleep(1.1)
+
+    def op(d: Path) -> tuple[int, int]:
+        before = mode_of(d / "f")
+        fd = os.open(d / "f", os.O_WRONLY | (os.O_APPEND if how == "write" else 0))
+        try:
+            if how == "copy_file_range":
+                src = os.open(d / "src", os.O_RDONLY)
+                try:
+                    os.copy_file_range(src, fd, 6, 0, 2)
+                finally:
+                    os.close(src)
+            elif how == "write":
+                os.write(fd, b"y")
+            else:
+                os.pwrite(fd, b"z" * 8192, 100 << 10)
+        finally:
+            os.close(fd)
+        return before, mode_of(d / "f")
+    assert both(pair, op, uid=4321, gid=4321) == ("ok", (0o6777, 0o777))
+
+
 def test_times_before_1970(pair: Pair) -> None:
     def op(d: Path) -> tuple[int, int]:
         (d / "f").write_bytes(b"x")
