@@ -134,11 +134,12 @@ _TMPFILE_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSY
 _CAP_FSETID = 4
 #: filesystems whose files report size 0 but have contents made up when read
 #: (linux/magic.h): proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, bpf,
-#: configfs, pstore, efivarfs, selinuxfs, smackfs, fusectl, binfmt_misc, nsfs
+#: configfs, pstore, efivarfs, selinuxfs, smackfs, fusectl, binfmt_misc, nsfs; and other
+#: FUSE filesystems, which may make up contents the same way (lxcfs's /proc files)
 PSEUDO_FS_TYPES = frozenset({
     0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x73636673, 0x27E0EB, 0x63677270,
     0xCAFE4A11, 0x62656570, 0x6165676C, 0xDE5E81E4, 0xF97CFF8C, 0x43415D53, 0x65735543,
-    0x42494E4D, 0x6E736673,
+    0x42494E4D, 0x6E736673, 0x65735546,
 })
 _NS = 1_000_000_000
 _makedev = os.makedev

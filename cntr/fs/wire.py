@@ -208,13 +208,14 @@ _STATX_SYNC_TYPE = 0x6000  # AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC
 _STATX_REPLY_MASK = 0x0FFF  # STATX_BASIC_STATS | STATX_BTIME: what fuse_statx carries
 
 #: the file ioctls serve-fs runs on the host file (FUSE_IOCTL, restricted): attribute
-#: flags (chattr/lsattr, through the kernel's fileattr calls, which check the caller's
-#: rights first: owner, CAP_LINUX_IMMUTABLE), the inode generation and the filesystem
-#: label.  Others answer ENOTTY: serve-fs runs them with its own privileges, which the
-#: requester may not have.
+#: flags (chattr/lsattr; the two setters are taken by the VFS from user space, so they
+#: come only from the kernel's fileattr calls, which check the caller's rights first:
+#: owner, CAP_LINUX_IMMUTABLE), the inode generation and the filesystem label.  Others
+#: answer ENOTTY: serve-fs runs them with its own privileges, which the requester may
+#: not have (FS_IOC32_SETFLAGS, for one, reaches a FUSE file unchecked on 64-bit).
 IOCTLS = frozenset({
     0x80086601, 0x40086602,  # FS_IOC_GETFLAGS, FS_IOC_SETFLAGS
-    0x80046601, 0x40046602,  # FS_IOC32_GETFLAGS, FS_IOC32_SETFLAGS
+    0x80046601,  # FS_IOC32_GETFLAGS
     0x801C581F, 0x401C5820,  # FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR
     0x80087601, 0x80047601,  # FS_IOC_GETVERSION, FS_IOC32_GETVERSION
     0x81009431,  # FS_IOC_GETFSLABEL

@@ -604,6 +604,26 @@ def test_other_ioctls(pair: Pair) -> None:
     assert both(pair, op) == ("ok", ["ENOTTY", struct.pack("=i", 5)])
 
 
+def test_an_ioctl_the_vfs_does_not_check_is_not_run_with_serve_fs_privileges(
+        pair: Pair) -> None:
+    """FS_IOC32_SETFLAGS from a user reaches the FUSE file unchecked (the VFS only
+    checks FS_IOC_SETFLAGS): serve-fs must not run it as root (immutable by anyone)."""
+    for d in (pair.plain, pair.served_host):
+        (d / "f").write_bytes(b"")
+        os.chown(d / "f", USER, GROUP)
+    time.sleep(1.1)
+
+    def op(d: Path) -> int:
+        fd = os.open(d / "f", os.O_RDONLY)
+        try:
+            buf = bytearray(struct.pack("=I", FS_IMMUTABLE_FL))
+            return int(fcntl.ioctl(fd, 0x40046602, buf, True))
+        finally:
+            os.close(fd)
+    assert both(pair, op, uid=USER, gid=GROUP) == ("err", "ENOTTY")
+    assert _flags(pair.served_host / "f") & FS_IMMUTABLE_FL == 0
+
+
 def test_rwf_nowait_is_refused_through_fuse(pair: Pair) -> None:
     """The kernel's FUSE files do not take RWF_NOWAIT (no FMODE_NOWAIT): EOPNOTSUPP
     before serve-fs is asked (README)."""
