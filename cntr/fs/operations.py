@@ -29,9 +29,10 @@ kernel itself (forget, writeback) and pass.  `MountNsGate` caches the verdict pe
 with a pidfd that tells when the id's process is gone (pid reuse; pid_max is often 32768).
 Checked: every handler that gets a request context (lookup, getattr, setattr, readlink,
 statfs, access, mknod, mkdir, symlink, unlink, rmdir, rename, link, open, create, poll,
-opendir, getxattr, setxattr, listxattr, removexattr).  The others (read, write, flush,
-release, fsync, readdir, releasedir, fsyncdir, forget) act on a file handle that only an
-admitted open/opendir/create returns, or on the kernel's own bookkeeping.  Limits:
+opendir, getxattr, setxattr, listxattr, removexattr, tmpfile; the wire session's statx).
+The others (read, write, flush, release, fsync, readdir, releasedir, fsyncdir, forget;
+the wire session's fallocate, lseek, copy_file_range, ioctl) act on a file handle that
+only an admitted open/opendir/create/tmpfile returns, or on the kernel's own bookkeeping.  Limits:
 - the kernel answers from its dentry and attribute caches for ``entry_timeout`` and
   ``attr_timeout`` without asking: a refused process may still stat (see the metadata of)
   names a session process looked up in the last second, and readlink(2) on
@@ -947,7 +948,7 @@ class Operations(pyfuse3.Operations):
                  "mkdir", "symlink", "unlink", "rmdir", "rename", "link", "open", "create",
                  "read", "write", "flush", "release", "fsync", "poll", "opendir", "readdir",
                  "releasedir", "fsyncdir", "getxattr", "setxattr", "listxattr",
-                 "removexattr", "forget")
+                 "removexattr", "forget", "tmpfile")
         for name in names:
             method = getattr(self, name)
 
