@@ -179,8 +179,8 @@ def test_two_opens_of_one_file_see_each_others_writes(pair: Pair) -> None:
 
 def test_opens_of_one_file_in_every_order_and_mode(pair: Pair) -> None:
     """A setuid file open for writing (not passed through: serve-fs clears its bits) and
-    another open of it, a file truncated to empty (served without the page cache) while
-    open: every open works and sees the same contents."""
+    another open of it, a file truncated to empty on the host while open, an empty file
+    read while written: every open works and sees the same contents."""
     (pair.src / "s").write_bytes(b"data")
     os.chmod(pair.src / "s", 0o4755)
     (pair.src / "t").write_bytes(b"abc")
