@@ -206,12 +206,15 @@ def test_pseudo_files_are_still_read_through_serve_fs() -> None:
         assert (served.mountpoint / "meminfo").read_text().startswith("MemTotal:")
 
 
-def test_mtime_after_a_write_through_a_shared_mmap(pair: Pair) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o4755], ids=["passthrough", "page-cache"])
+def test_mtime_after_a_write_through_a_shared_mmap(pair: Pair, mode: int) -> None:
     """stat right after a write through a mapping shows the new mtime and ctime (the
     kernel does not see those writes to a passed-through file: serve-fs does not let it
-    cache the attributes of files open for writing)."""
+    cache the attributes of files open for writing; a set-user-ID file open for writing
+    is not passed through)."""
     def op(d: Path) -> tuple[bool, bool]:
         (d / "f").write_bytes(b"." * 8192)
+        os.chmod(d / "f", mode)
         os.utime(d / "f", ns=(10**18, 10**18))
         before = os.stat(d / "f")
         fd = os.open(d / "f", os.O_RDWR)
@@ -228,6 +231,23 @@ def test_mtime_after_a_write_through_a_shared_mmap(pair: Pair) -> None:
     assert both(pair, op) == ("ok", (True, True))
     seen, host = os.stat(pair.served / "f"), os.stat(pair.served_host / "f")
     assert (seen.st_mtime_ns, seen.st_ctime_ns) == (host.st_mtime_ns, host.st_ctime_ns)
+
+
+def test_mtime_after_a_write_through_a_shared_mmap_of_a_new_file(pair: Pair) -> None:
+    def op(d: Path) -> bool:
+        fd = os.open(d / "new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, 4096)
+            os.utime(fd, ns=(10**18, 10**18))
+            before = os.stat(d / "new").st_mtime_ns
+            with mmap.mmap(fd, 4096) as m:
+                time.sleep(0.01)
+                m[0:3] = b"new"
+                m.flush()
+                return os.stat(d / "new").st_mtime_ns != before
+        finally:
+            os.close(fd)
+    assert both(pair, op) == ("ok", True)
 
 
 @pytest.mark.parametrize("how", ["truncate", "ftruncate", "o_trunc"])
