@@ -32,6 +32,15 @@ FAST_EXIT = True
 """Exit with os._exit after a command; tests calling ``main`` in-process turn it off."""
 
 
+def _print_version(ctx: click.Context) -> None:
+    if ctx.resilient_parsing:
+        return  # shell completion parses the line without acting on it
+    from cntr import version
+
+    click.echo(version.text(), nl=False)
+    ctx.exit()
+
+
 def _types(value: str | None) -> list[str] | None:
     if not value:
         return None
@@ -94,7 +103,9 @@ def _effective_user_option(f: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(package_name="cntr")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _p, v: _print_version(ctx) if v else None,
+              help="Show the versions of cntr, Python, pyfuse3, libfuse and the kernel.")
 def main(debug: bool) -> None:
     """Attach to a running container with every tool of the host at hand."""
 
