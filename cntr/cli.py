@@ -347,3 +347,27 @@ def exec_(types: str | None, args: tuple[str, ...]) -> None:
         return stage.exec_in_session(args)
 
     _run("exec", run)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The checks as one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Check what cntr needs on this host; exit 1 when attach cannot work."""
+
+    def run() -> int:
+        from stages import doctor as stage
+
+        checks = stage.doctor()
+        works = stage.attach_works(checks)
+        if as_json:
+            import json
+
+            from cntr.record import asdict
+
+            click.echo(json.dumps({"attach_works": works,
+                                   "checks": [asdict(c) for c in checks]}, indent=2))
+        else:
+            click.echo(stage.report(checks), nl=False)
+        return 0 if works else 1
+
+    _run("doctor", run)
