@@ -297,8 +297,10 @@ def attach(ident: str, types: str | None, effective_user: str | None, tty: bool 
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
+        from cntr import audit
         from stages.attach import attach as do_attach
 
+        audit.STAGE = "attach"
         return do_attach(ident, _types(types), _enter_options(command, effective_user, tty))
 
     _run("attach", run)
