@@ -8,6 +8,7 @@ Errors print one line, ``cntr: STAGE: message``, and exit with the code document
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
@@ -182,6 +183,23 @@ def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
     _run("serve-fs", run)
 
 
+def _record_option(f: F) -> F:
+    return click.option(
+        "--record", metavar="FILE", type=click.Path(dir_okay=False),
+        help="Record the session's terminal output (its stdout on a pipe), with timing, "
+        "as an asciicast v2 file (asciinema play FILE).",
+    )(f)
+
+
+def _recording(path: str | None, opts: Any) -> contextlib.AbstractContextManager[None]:
+    if path is None:
+        return contextlib.nullcontext()
+    from cntr import asciicast
+    from stages.enter import default_command, wants_tty
+
+    return asciicast.recording(path, wants_tty(opts), list(opts.command) or default_command())
+
+
 def _enter_options(command: tuple[str, ...], effective_user: str | None,
                    tty: bool | None) -> Any:
     from stages.enter import EnterOptions
@@ -199,9 +217,10 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @click.option("--dry-run", is_flag=True, help="Print the ordered plan; do none of it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="Format of the --dry-run plan.")
+@_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
-          dry_run: bool, fmt: str, command: tuple[str, ...]) -> None:
+          dry_run: bool, fmt: str, record: str | None, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -224,7 +243,8 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
             verify(ctx)
             _print_plan(describe(ctx, opts), fmt)
             return 0
-        return do_enter(ctx, opts)
+        with _recording(record, opts):
+            return do_enter(ctx, opts)
 
     _run("enter", run)
 
@@ -291,9 +311,10 @@ def _reopen_stdin() -> None:
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
               "stdin and stdout are terminals).")
+@_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def attach(ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           command: tuple[str, ...]) -> None:
+def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
+           record: str | None, command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -301,7 +322,9 @@ def attach(ident: str, types: str | None, effective_user: str | None, tty: bool 
         from stages.attach import attach as do_attach
 
         audit.STAGE = "attach"
-        return do_attach(ident, _types(types), _enter_options(command, effective_user, tty))
+        opts = _enter_options(command, effective_user, tty)
+        with _recording(record, opts):
+            return do_attach(ident, _types(types), opts)
 
     _run("attach", run)
 
