@@ -87,9 +87,40 @@ def _read_stdin_record(stage: str) -> bytes:
     return context.read_stream(sys.stdin.buffer)
 
 
+def _complete_types(_ctx: click.Context, _param: click.Parameter,
+                    incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    return [CompletionItem(t) for t in complete.types(incomplete)]
+
+
+def _complete_ids(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Running containers of every engine (or of -t TYPES), names and ids."""
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    try:
+        types = _types(ctx.params.get("types"))
+    except click.BadParameter:
+        types = None
+    return [CompletionItem(value, help=text)
+            for value, text in complete.candidates(incomplete, types)]
+
+
+def _complete_exec_args(ctx: click.Context, param: click.Parameter,
+                        incomplete: str) -> list[Any]:
+    # from the host the first word is the container: cntr exec ID -- CMD
+    if ctx.params.get("args") or os.environ.get("CNTR_CONTAINER_PATH"):
+        return []
+    return _complete_ids(ctx, param, incomplete)
+
+
 def _types_option(f: F) -> F:
     return click.option(
-        "-t", "--type", "types", metavar="TYPES",
+        "-t", "--type", "types", metavar="TYPES", shell_complete=_complete_types,
         help="Engines to ask, comma-separated: process_id, docker, podman, lxc, lxd, "
         "nspawn, containerd, kubernetes, rkt, command.",
     )(f)
@@ -112,7 +143,7 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.argument("ident", metavar="ID")
+@click.argument("ident", metavar="ID", shell_complete=_complete_ids)
 @_types_option
 @click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
               "pipe, json on a terminal).")
@@ -306,7 +337,7 @@ def _reopen_stdin() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("ident", metavar="ID")
+@click.argument("ident", metavar="ID", shell_complete=_complete_ids)
 @_types_option
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
@@ -353,7 +384,7 @@ def ps_(types: str | None, as_json: bool) -> None:
 
 @main.command("exec", context_settings={"ignore_unknown_options": True})
 @_types_option
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=_complete_exec_args)
 def exec_(types: str | None, args: tuple[str, ...]) -> None:
     """Run a container command in the container's root and environment.
 
