@@ -427,3 +427,25 @@ def doctor(as_json: bool) -> None:
         return 0 if works else 1
 
     _run("doctor", run)
+
+
+def describe_cli() -> list[dict[str, Any]]:
+    """The command tree as plain data, exactly what each ``--help`` shows (for the man
+    page, ``cntr.manpage``, which must not import click): the root first, then every
+    subcommand in --help's order, each with its usage, help and option help records."""
+    root = click.Context(main, info_name="cntr", **main.context_settings)
+
+    def one(cmd: click.Command, ctx: click.Context) -> dict[str, Any]:
+        records = [p.get_help_record(ctx) for p in cmd.get_params(ctx)
+                   if isinstance(p, click.Option)]  # --help lists options only
+        return {"name": ctx.command_path, "usage": " ".join(cmd.collect_usage_pieces(ctx)),
+                "help": cmd.help or "", "short": cmd.get_short_help_str(limit=300),
+                "options": [list(r) for r in records if r is not None]}
+
+    out = [one(main, root)]
+    for name in main.list_commands(root):
+        cmd = main.get_command(root, name)
+        assert cmd is not None  # listed by the group itself
+        out.append(one(cmd, click.Context(cmd, info_name=name, parent=root,
+                                          **cmd.context_settings)))
+    return out
