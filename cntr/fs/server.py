@@ -273,6 +273,13 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
         finally:
             ops.close()
     target = mountpoint if mountpoint is not None else f"/dev/fd/{fuse_fd}"
+    if loop == "trio":
+        import trio
+
+        pyfuse3.trio = trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
+    else:
+        # pyfuse3 < 3.3 (Debian 12's 3.2.1) makes its read lock in init(): trio.Lock()
+        pyfuse3.trio = DirectLoop  # type: ignore[attr-defined]  # pyfuse3's loop hook
     pyfuse3.init(ops, target, fuse_options())
     try:
         if mountpoint is not None:
