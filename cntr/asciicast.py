@@ -81,8 +81,8 @@ class Writer:
         self._file.close()
 
     def abandon(self) -> None:
-        """Close this process's descriptor, writing nothing (another process records)."""
-        os.close(self._file.fileno())
+        """Close this process's copy, writing nothing more (a forked copier records)."""
+        self._file.close()  # the header is flushed: nothing is pending
 
 
 def _copy(read_fd: int, writer: Writer, out_fd: int = 1) -> None:
