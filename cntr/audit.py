@@ -18,7 +18,8 @@ and any error (nothing listens, the daemon's queue is full) is ignored.
 
 Caveats:
 - ``cntr_pid`` is the pid of the cntr process that supervises the session (the syslog
-  PID); the command itself runs in the container's pid namespace.
+  PID); the host pid of the command's process (``session_pid``) exists only once the
+  session is built, so only the end record has it (null when setup failed).
 - A session killed with SIGKILL sends no end record.
 """
 
@@ -50,6 +51,9 @@ NO_LOGINUID = 4294967295  # (uid_t)-1: the process was not started from a login
 STAGE = "enter"
 """The command that started the session ("attach" or "enter"; the CLI sets it);
 sessions in the container's own root are "exec"."""
+
+SESSION_PID: int | None = None
+"""Host pid of the session's command process, once enter knows it (its end record)."""
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
            "Dec")
@@ -150,6 +154,8 @@ def logged(default_command: Callable[[], list[str]]) -> Callable[[F], F]:
         def wrapper(ctx: Any, opts: Any = None, *args: Any, **kw: Any) -> int:
             from cntr.errors import CntrError
 
+            global SESSION_PID
+            SESSION_PID = None
             pid = os.getpid()
             session = os.urandom(8).hex()
             kind = "exec" if opts is not None and opts.container_root else STAGE
@@ -175,7 +181,7 @@ def logged(default_command: Callable[[], list[str]]) -> Callable[[F], F]:
                     keys = ("session", "kind", "cntr_pid", "uid", "sudo_user", "loginuid",
                             "engine", "container_id", "container_name", "container_pid")
                     send({"event": "session-end", **{k: record[k] for k in keys},
-                          "exit_status": status, "error": error,
+                          "session_pid": SESSION_PID, "exit_status": status, "error": error,
                           "duration_s": round(time.monotonic() - began, 3)})
 
         return wrapper  # type: ignore[return-value]  # same signature as fn

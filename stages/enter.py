@@ -407,6 +407,7 @@ def _read_messages(status_r: int, child: int, server: SessionServer | None,
                     server.start(params)
                 elif tag == b"P":
                     session_pid = int(text)
+                    audit.SESSION_PID = session_pid
                 elif tag == b"W":
                     print(f"cntr: warning: {text}", file=sys.stderr)
                 elif tag == b"E":

@@ -115,6 +115,8 @@ def test_attach_sends_a_start_and_an_end_record(
         import pwd
 
         assert start["login_user"] == pwd.getpwuid(login).pw_name
+    session_pid = end["session_pid"]
+    assert isinstance(session_pid, int) and session_pid not in (pid1, docker_container.pid)
     duration = end.pop("duration_s")
     assert isinstance(duration, float)
     assert 0 < duration < time.time() - began
@@ -122,7 +124,8 @@ def test_attach_sends_a_start_and_an_end_record(
         "event": "session-end", "session": start["session"], "kind": "attach",
         "cntr_pid": pid1, "uid": 0, "sudo_user": "alice", "loginuid": login,
         "engine": "docker", "container_id": cid, "container_name": docker_container.ident,
-        "container_pid": docker_container.pid, "exit_status": 3, "error": None,
+        "container_pid": docker_container.pid, "session_pid": session_pid,
+        "exit_status": 3, "error": None,
     }
 
 
@@ -152,3 +155,22 @@ def test_nobody_listening_is_silent(docker_container: Container,
     sock.close()  # the socket file stays: connecting to it is refused
     out = run_with_log(path, "attach", docker_container.ident, "--", "echo", "ok")
     assert (out.returncode, out.stdout, out.stderr) == (0, b"ok\n", b"")
+
+
+@pytest.mark.fuse
+def test_a_refused_session_records_cntrs_error(log_socket: tuple[Path, socket.socket],
+                                                tmp_path: Path) -> None:
+    path, sock = log_socket
+    sleeper = subprocess.Popen(["sleep", "60"])
+    ctx = tmp_path / "ctx"
+    with ctx.open("wb") as f:
+        subprocess.run([*CNTR, "capture", str(sleeper.pid)], stdout=f, check=True, cwd=REPO)
+    sleeper.kill()
+    sleeper.wait()
+    out = run_with_log(path, "enter", "--context", str(ctx), "--", "true")
+    assert out.returncode == 5
+    message = out.stderr.decode().removeprefix("cntr: enter: ").rstrip("\n")
+    (_, start), (_, end) = received(sock)
+    assert (start["kind"], start["engine"], start["container_pid"], start["command"]) == (
+        "enter", "process_id", sleeper.pid, ["true"])
+    assert (end["exit_status"], end["error"], end["session_pid"]) == (5, message, None)
