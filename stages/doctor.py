@@ -25,6 +25,8 @@ from cntr.record import record
 OK, WARN, FAIL, ABSENT = "OK", "WARN", "FAIL", "-"
 URING_PARAMETER = "/sys/module/fuse/parameters/enable_uring"
 MAX_USER_NS = "/proc/sys/user/max_user_namespaces"
+UNPRIVILEGED_USER_NS = "/proc/sys/kernel/unprivileged_userns_clone"
+"""Debian's switch for user namespaces made by non-root users (rootless podman)."""
 
 
 @record
@@ -164,6 +166,15 @@ def check_user_namespaces(path: str = MAX_USER_NS) -> Check:
         return Check(name, WARN, f"disabled ({path} is 0): user-namespaced containers "
                      "(LXD, rootless podman) cannot start here",
                      "sysctl -w user.max_user_namespaces=15000")
+    try:
+        with open(UNPRIVILEGED_USER_NS) as f:
+            unprivileged = f.read().strip()
+    except OSError:
+        unprivileged = ""  # not a Debian kernel: no such switch
+    if unprivileged == "0":
+        return Check(name, WARN, f"available to root only ({UNPRIVILEGED_USER_NS} is 0): "
+                     "rootless containers (podman) cannot start here",
+                     "sysctl -w kernel.unprivileged_userns_clone=1")
     return Check(name, OK, f"available (user.max_user_namespaces={limit})")
 
 
