@@ -4,8 +4,8 @@ Every engine is asked at once, each in a thread of its own, and completion takes
 answered within ``DEADLINE`` seconds: an engine that is slow or hangs (a podman CLI on a
 loaded host takes seconds) is left out instead of holding the shell.  Podman's containers
 come from its conmon processes (one pass over /proc, ~2 ms) rather than from ``podman
-ps``; the API sockets (docker, LXD), state directories (containerd) and /proc scans answer
-in milliseconds.
+ps``, containerd's tasks from its shims' state directories rather than through ``ctr``
+(~40 ms a call); the API sockets (docker, LXD) and /proc scans answer in milliseconds.
 
 Caveats:
 - an engine CLI still running at the deadline (lxc-ls, machinectl, ctr) is not waited for:
@@ -14,6 +14,7 @@ Caveats:
 
 from __future__ import annotations
 
+import os
 import threading
 
 DEADLINE = 0.4
@@ -24,6 +25,34 @@ def _podman() -> list[tuple[str, str, str]]:
     from cntr.engines.podman import scan_conmon
 
     return [("podman", c.cid, c.name) for c in scan_conmon()]
+
+
+def _containerd() -> list[tuple[str, str, str]]:
+    """Running tasks from the shims' state directories (no ctr: ~40 ms a call)."""
+    from cntr.engines import containerd
+
+    dirs = containerd.find_state_dirs()
+    if dirs is None:
+        return _engine("containerd")
+    out = []
+    for tasks in dirs:
+        for ns in _listdir(tasks):
+            for cid in _listdir(os.path.join(tasks, ns)):
+                try:
+                    with open(os.path.join(tasks, ns, cid, "init.pid")) as f:
+                        pid = int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                if pid > 0 and os.path.exists(f"/proc/{pid}"):
+                    out.append(("containerd", cid, cid))
+    return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
 
 
 def _engine(type_name: str) -> list[tuple[str, str, str]]:
@@ -46,7 +75,8 @@ def containers(types: list[str] | None = None,
 
     def ask(t: str) -> None:
         try:
-            results[t] = _podman() if t == "podman" else _engine(t)
+            fast = {"podman": _podman, "containerd": _containerd}.get(t)
+            results[t] = fast() if fast else _engine(t)
         except Exception:  # noqa: BLE001 (an engine that fails offers nothing)
             results[t] = []
 
