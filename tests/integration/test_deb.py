@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,23 @@ def test_wheel_installs_beside_it(docker_container: Container, tmp_path: Path) -
     ctx = json.loads(captured.stdout)
     assert (ctx["kind"], ctx["name"], ctx["pid"]) == (
         "cntr.context", docker_container.ident, docker_container.pid)
+
+
+SUITE = ["tests/integration/test_attach.py", "tests/integration/test_audit.py",
+         "tests/integration/test_record.py"]
+"""The part of the suite README.md names as run against the installed package."""
+
+
+@pytest.mark.fuse
+@pytest.mark.docker
+def test_suite_part_against_the_package(deb: Path, docker_container: Container) -> None:
+    # a demo container of its own: the inner run stops its demo when it ends
+    env = dict(os.environ, CNTR_UNDER_TEST="/usr/bin/cntr",
+               CNTR_DEMO_DIR=os.environ.get("CNTR_DEMO_DIR", "/var/lib/cntr-demo") + "-deb")
+    # The host-wide snapshot test (every process, mount and /tmp entry of the host) is left
+    # to the checkout's run: whatever runs beside this test changes the host under it.
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-k", "not test_nothing_left_behind", *SUITE],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout.splitlines()[-1] and "skipped" not in out.stdout
