@@ -191,8 +191,10 @@ def _engine(type_name: str) -> Check:
         found = engine.lookup(_PROBE_NAME)
         running = engine.list()
     except engines.EngineError as exc:
-        return Check(name, WARN, f"fails: {str(exc).removeprefix(f'{type_name}: ')}",
-                     f"start the {type_name} service or check its socket")
+        daemon = "containerd" if type_name == "kubernetes" else type_name
+        fix = (f"check that {daemon} runs and answers on its socket" if os.geteuid() == 0
+               else "run cntr doctor as root: engines answer root")
+        return Check(name, WARN, f"fails: {str(exc).removeprefix(f'{type_name}: ')}", fix)
     except Exception as exc:  # noqa: BLE001 (a bug in one engine must not hide the others')
         return Check(name, WARN, f"internal error: {exc!r}")
     if engine.reason == base.NOT_INSTALLED and not found:
