@@ -110,6 +110,25 @@ def _complete_ids(ctx: click.Context, _param: click.Parameter, incomplete: str) 
             for value, text in complete.candidates(incomplete, types)]
 
 
+def _complete_tools(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """``--tools SOURCE``: directories for a path, else containers, ``ENGINE:NAME`` too."""
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    if incomplete.startswith(("/", ".")):
+        return [CompletionItem(incomplete, type="dir")]
+    engine, colon, name = incomplete.rpartition(":")
+    if colon:
+        try:
+            types = _types(engine)
+        except click.BadParameter:
+            return []
+        return [CompletionItem(f"{engine}:{value}", help=text)
+                for value, text in complete.candidates(name, types)]
+    return [CompletionItem(value, help=text) for value, text in complete.candidates(incomplete)]
+
+
 def _complete_exec_args(ctx: click.Context, param: click.Parameter,
                         incomplete: str) -> list[Any]:
     # from the host the first word is the container: cntr exec ID -- CMD

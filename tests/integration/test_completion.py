@@ -123,3 +123,23 @@ def test_completion_takes_what_answers_in_time() -> None:
     began = time.monotonic()
     complete.containers(deadline=0.05)
     assert time.monotonic() - began < 5  # never the engines' 3-5 s timeouts in a row
+
+
+@pytest.mark.docker
+def test_tools_sources_complete(docker_container: Container) -> None:
+    """What --tools SOURCE completes to (wired to the option where it exists)."""
+    import click
+
+    from cntr import cli
+
+    ctx = click.Context(cli.main)
+    param = click.Option(["--tools"])
+    name = docker_container.ident
+
+    def values(incomplete: str) -> list[tuple[str, str]]:
+        return [(i.value, i.type) for i in cli._complete_tools(ctx, param, incomplete)]
+
+    assert values(name[:-2]) == [(name, "plain")]
+    assert values(f"docker:{name[:-2]}") == [(f"docker:{name}", "plain")]
+    assert values("/us") == [("/us", "dir")]
+    assert values("nosuchtype:x") == []
