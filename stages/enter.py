@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from cntr import launch
+from cntr import audit, launch
 from cntr.context import Context
 from cntr.errors import (
     SessionSetupError,
@@ -321,6 +321,7 @@ def _setup_child(plan: _Plan) -> None:
     os._exit(128 - code if code < 0 else code)
 
 
+@audit.logged(default_command)
 def enter(ctx: Context, opts: EnterOptions | None = None,
           server: SessionServer | None = None) -> int:
     """Run ``opts.command`` in a session inside the container; return its exit status.
@@ -406,6 +407,7 @@ def _read_messages(status_r: int, child: int, server: SessionServer | None,
                     server.start(params)
                 elif tag == b"P":
                     session_pid = int(text)
+                    audit.SESSION_PID = session_pid
                 elif tag == b"W":
                     print(f"cntr: warning: {text}", file=sys.stderr)
                 elif tag == b"E":
