@@ -47,7 +47,7 @@ import termios
 import time
 from collections.abc import Iterator, Sequence
 
-from cntr import launch
+from cntr import audit, launch
 from cntr.context import Context
 from cntr.errors import (
     SessionSetupError,
@@ -557,6 +557,7 @@ def _setup_child(plan: _Plan) -> None:
         os._exit(code)  # a fork must never return to the caller
 
 
+@audit.logged(default_command)
 def enter(ctx: Context, opts: EnterOptions | None = None,
           server: SessionServer | None = None) -> int:
     """Run ``opts.command`` in a session inside the container; return its exit status.
@@ -690,6 +691,7 @@ def _supervise(child: int, *, server: SessionServer | None, params: dict[str, An
                     server.start(params)
                 elif tag == b"P":
                     reaper = int(text)
+                    audit.SESSION_PID = reaper
                 elif tag == b"W":
                     print(f"cntr: warning: {text}", file=sys.stderr)
                 elif tag == b"E":
