@@ -18,7 +18,7 @@ and any error (nothing listens, the daemon's queue is full) is ignored.
 
 Caveats:
 - ``cntr_pid`` is the pid of the cntr process that supervises the session (the syslog
-  PID); the host pid of the command's process (``session_pid``) exists only once the
+  PID); the host pid of the session's reaper (``session_pid``) exists only once the
   session is built, so only the end record has it (null when setup failed).
 - A session killed with SIGKILL sends no end record.
 """

@@ -89,6 +89,10 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 
 _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
@@ -228,6 +232,27 @@ def pidfd_open(pid: int) -> Fd:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def set_name(name: bytes) -> None:
+    """prctl(PR_SET_NAME): the calling thread's comm (16 bytes with the NUL, truncated)."""
+    buf = ctypes.create_string_buffer(name[:15], 16)
+    _check(_prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (linux/filter.h)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes) -> None:
+    """Install a seccomp filter on the calling thread: ``program`` is an array of struct
+    sock_filter (8 bytes each).  Needs no_new_privs or CAP_SYS_ADMIN (seccomp(2))."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _check(_prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0),
+           "prctl(PR_SET_SECCOMP)")
 
 
 def renameat2(
