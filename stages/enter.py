@@ -273,6 +273,7 @@ def _setup_child(plan: _Plan) -> None:
     if os.getppid() != plan.supervisor:
         os._exit(125)  # it died before the line above
     step = "join the container's cgroups"
+    spec = None
     try:
         cgroups.join(ctx.cgroups, os.getpid())
         step = "open the container's mount namespace"
@@ -286,7 +287,7 @@ def _setup_child(plan: _Plan) -> None:
             assert fuse_fd is not None  # enter() passes one unless container_root
             step = "build the session's mount namespace"
             spec = mounts.SessionRoot(fuse_fd=fuse_fd, base_dir=opts.base_dir.strip("/"),
-                                      files=BOUND_FILES)
+                                      files=BOUND_FILES, pid_ns=ctx.namespaces.get("pid"))
 
             def mounted() -> None:
                 os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
@@ -297,7 +298,15 @@ def _setup_child(plan: _Plan) -> None:
                 _send(status_w, b"W", f"not bound in the session: {item}")
         os.close(root_fd)
         step = "join the container's namespaces"
-        namespaces.join(nsfds, namespaces.JOIN_ORDER)
+        late = namespaces.JOIN_ORDER.index("time")
+        namespaces.join(nsfds, namespaces.JOIN_ORDER[:late])
+        if spec is not None:
+            # In the container's pid and net namespaces, still with the host's privileges.
+            step = "mount the session's own /proc and /sys"
+            for item in mounts.mount_kernel_fs(spec):
+                _send(status_w, b"W", f"not provided in the session: {item}")
+            step = "join the container's namespaces"
+        namespaces.join(nsfds, namespaces.JOIN_ORDER[late:])
         nsfds.close()
         step = "fork the session process"
         pid = os.fork()
