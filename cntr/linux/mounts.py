@@ -236,10 +236,10 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
         syscalls.move_mount(mnt, "", syscalls.AT_FDCWD, "/", syscalls.MOVE_MOUNT_F_EMPTY_PATH)
         for fd, target in clones:
             try:
-                syscalls.move_mount(
-                    fd, "", mnt, target,
-                    syscalls.MOVE_MOUNT_F_EMPTY_PATH | 0x10,  # MOVE_MOUNT_T_SYMLINKS
-                )
+                # Onto the host's name itself, never where a host symlink points: its target
+                # would be looked up from the container's root (ours until pivot_root), and
+                # /etc/localtime is a symlink on most hosts.
+                syscalls.move_mount(fd, "", mnt, target, syscalls.MOVE_MOUNT_F_EMPTY_PATH)
             except FileNotFoundError:
                 if target == spec.base_dir:
                     raise
