@@ -16,7 +16,9 @@ mount namespace:
    so a symlink in the container cannot name a host path.
 4. The FUSE filesystem is created with fsopen/fsconfig/fsmount on the ``/dev/fuse``
    descriptor serve-fs will read; nothing shows in any mount table but the session's.
-5. It is attached over ``/`` of the private namespace, the copies are moved onto it, and
+5. It is attached over ``/`` of the private namespace, the copies are moved onto it (onto
+   the host's names themselves: a host ``/etc/localtime`` that is a symlink is covered, its
+   target is not looked up), and
    ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)`` make it the root with the old
    root gone, as runc does (pivot_root(2), "NOTES").
 

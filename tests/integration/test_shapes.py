@@ -41,6 +41,8 @@ IMAGE = "cntr-busybox:test"
 STATE = Path("/var/lib/cntr-shapes")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTLESS_USER = "cntr-shapes"
+RUN_USER_MADE: list[bool] = []
+"""Whether the fixture made /run/user (removed with the user)."""
 
 DISTROLESS_C = r"""
 #include <stdio.h>
@@ -247,6 +249,9 @@ def _remove_user() -> None:
                 continue
     subprocess.run(["userdel", "-r", "-f", ROOTLESS_USER], capture_output=True, check=False)
     shutil.rmtree(f"/run/user/{uid}", ignore_errors=True)
+    if RUN_USER_MADE:
+        os.rmdir("/run/user")
+        RUN_USER_MADE.clear()
     for path in ("/etc/subuid", "/etc/subgid"):
         lines = Path(path).read_text().splitlines(keepends=True)
         Path(path).write_text("".join(ln for ln in lines
@@ -265,6 +270,9 @@ def _rootless_shape() -> Shape:
         if _id_range(path, ROOTLESS_USER) is None:
             with open(path, "a") as f:
                 f.write(f"{ROOTLESS_USER}:20000000:65536\n")
+    if not os.path.isdir("/run/user"):  # no logind here: made for the user, removed after
+        os.mkdir("/run/user", 0o755)
+        RUN_USER_MADE.append(True)
     os.makedirs(f"/run/user/{user.pw_uid}", mode=0o700, exist_ok=True)
     os.chown(f"/run/user/{user.pw_uid}", user.pw_uid, user.pw_gid)
     tar = Path(user.pw_dir) / "rootfs.tar"
