@@ -518,6 +518,7 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
                   "paths": cgroups.cgroup_dirs(ctx.cgroups, mounts_info)})
     if "mnt" in ctx.namespaces and ctx.namespaces["mnt"] != own.get("mnt"):
         steps.append({"step": "setns", "namespace": "mnt", "inode": ctx.namespaces["mnt"]})
+    fresh: list[str] = []
     if opts.container_root:
         steps.append({"step": "chroot", "path": ctx.root})
     else:
@@ -528,12 +529,18 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
             {"step": "bind", "source": f"{ctx.root} (container /)", "target": base,
              "recursive": True},
         ]
+        fresh = mounts.fresh_dirs(ctx.pid, ctx.namespaces.get("pid"))
         steps += [{"step": "bind", "source": f"container /{d}", "target": f"/{d}",
-                   "recursive": True} for d in mounts.MOUNT_DIRS]
+                   "recursive": True} for d in mounts.MOUNT_DIRS if d not in fresh]
+        if "dev" in fresh:
+            steps.append({"step": "mount", "source": mounts.FRESH["dev"], "target": "/dev"})
         steps += [{"step": "bind", "source": f"container /{f}", "target": f"/{f}"}
                   for f in BOUND_FILES if ctx.files.get(f) is not None]
         steps.append({"step": "pivot_root", "path": "/"})
     for kind in namespaces.JOIN_ORDER:
+        if kind == "time":  # after the pid and net namespaces: see _setup_child
+            steps += [{"step": "mount", "source": mounts.FRESH[d], "target": f"/{d}"}
+                      for d in ("proc", "sys") if d in fresh]
         if kind in ctx.namespaces and ctx.namespaces[kind] != own.get(kind):
             steps.append({"step": "setns", "namespace": kind, "inode": ctx.namespaces[kind]})
     steps.append({"step": "fork"})

@@ -188,6 +188,46 @@ def _procfs_of(fd: int, pid_ns: int | None) -> bool:
         return False
 
 
+def _own_mount(fd: int, rel: str, root_dev: int, pid_ns: int | None) -> bool:
+    """Whether ``fd``, the container's ``rel`` (one of ``MOUNT_DIRS``), is a mount of its
+    own that the session may show (a /proc of its own pid namespace)."""
+    if os.fstat(fd).st_dev == root_dev:
+        return False
+    return rel != "proc" or _procfs_of(fd, pid_ns)
+
+
+FRESH = {
+    "proc": "proc (of the container's pid namespace; sys, sysrq-trigger, irq, bus, fs "
+            "read-only)",
+    "dev": "tmpfs (null, zero, full, random, urandom, tty, devpts at pts, shm)",
+    "sys": "sysfs (read-only, of the container's net namespace)",
+}
+"""What a session gets for each of ``MOUNT_DIRS`` the container has none of (dry-run)."""
+
+
+def fresh_dirs(pid: int, pid_ns: int | None) -> list[str]:
+    """The ``MOUNT_DIRS`` a session of process ``pid`` gets fresh ones of, seen from the
+    host through ``/proc/PID/root`` (a ``/sys`` of another net namespace is only found
+    once its namespace is joined)."""
+    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        root_dev = os.fstat(root).st_dev
+        fresh = []
+        for rel in MOUNT_DIRS:
+            fd = open_in_container(root, rel, os.O_PATH | os.O_DIRECTORY)
+            if fd is None:
+                fresh.append(rel)
+                continue
+            try:
+                if not _own_mount(fd, rel, root_dev, pid_ns):
+                    fresh.append(rel)
+            finally:
+                os.close(fd)
+        return fresh
+    finally:
+        os.close(root)
+
+
 def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
           on_mounted: Callable[[], None]) -> None:
     """Run steps 1-5 of the module docstring in the calling (single-threaded) process.
@@ -211,8 +251,7 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
                 spec.provided.append(rel)
                 continue
             try:
-                if os.fstat(fd).st_dev == root_dev or (
-                        rel == "proc" and not _procfs_of(fd, spec.pid_ns)):
+                if not _own_mount(fd, rel, root_dev, spec.pid_ns):
                     spec.provided.append(rel)
                     continue
                 clones.append((_clone(fd, recursive=True), rel))

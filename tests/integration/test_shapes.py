@@ -654,3 +654,24 @@ def test_fresh_dev_needs_nothing_in_the_container() -> None:
     root = _rootfs()
     assert [sorted(os.listdir(root / d)) for d in ("dev", "proc", "sys")] == [[], [], []]
 
+
+
+@pytest.mark.parametrize("name", FRESH)
+def test_dry_run_shows_the_fresh_mounts(name: str, request: pytest.FixtureRequest) -> None:
+    """``enter --dry-run`` plans the fresh mounts where enter makes them: /dev with the
+    copies, /proc and /sys once the pid and net namespaces are joined."""
+    s = _unshared_shape(name)
+    request.addfinalizer(lambda: _stop(s))
+    ctx = run_cntr("capture", s.c.ident).stdout
+    out = run_cntr("enter", "--dry-run", "--format", "json", "--", "true", input=ctx)
+    assert out.returncode == 0, out.stderr.decode()
+    steps = [(st["step"], st.get("target") or st.get("namespace")) for st in
+             json.loads(out.stdout)]
+    kernel = [st for st in steps if st[1] in ("/proc", "/dev", "/sys")]
+    if name == "chroot":
+        assert kernel == [("mount", "/dev"), ("mount", "/proc"), ("mount", "/sys")]
+    else:  # the host's /dev and /sys are mounts of its own (a /sys of another net
+        # namespace is only seen once it is joined)
+        assert kernel == [("bind", "/dev"), ("bind", "/sys"), ("mount", "/proc")]
+    assert (steps.index(("setns", "net")) < steps.index(("setns", "pid"))
+            < steps.index(("mount", "/proc")) < steps.index(("fork", None)))
