@@ -2,13 +2,15 @@
 hostname and localtime byte for byte against the container's own, read on the host through
 ``/proc/PID/root`` as the container resolves them; ``/proc``, ``/dev`` and ``/sys`` by the
 device and inode of their roots. On the demo, docker and podman, and on a docker container
-whose every one of these files is a bind mount of its own (localtime included)."""
+whose every one of these files is a bind mount of its own (localtime included); and a
+container whose files are symlinks aimed at host paths shows none of the host's."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from cntr.linux.mounts import open_in_container
 from stages.capture import BOUND_FILES
-from tests.conftest import Container, engine_container, run_cntr
+from tests.conftest import REPO, Container, engine_container, run_cntr
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -117,3 +119,48 @@ def test_files_are_the_containers(target: Container) -> None:
         assert seen[rel] == [st.st_dev, st.st_ino], rel
         # ... and not the host's
         assert seen[rel] != [os.stat(f"/{rel}").st_dev, os.stat(f"/{rel}").st_ino], rel
+
+
+HOSTILE = {
+    # name in the container: (symlink target, what the session must show there)
+    "etc/passwd": ("/etc/shadow", "container"),  # the container's own shadow, not the host's
+    "etc/hosts": ("../../../../../etc/hosts.real", "container"),  # ..s stop at its root
+    "etc/hostname": ("/etc/debian_version", "host"),  # absent in the container: not bound
+    "etc/group": ("/proc/self/root/etc/group", "host"),  # a magic link: refused
+    "etc/resolv.conf": ("/proc/1/root/etc/shadow", "host"),
+}
+
+
+def test_hostile_symlinks_show_only_the_containers_files() -> None:
+    """A container whose bound files are symlinks aimed at host paths: each resolves in the
+    container's root or is not bound, byte for byte; no host file shows through."""
+    state = Path("/var/lib/cntr-demo-shapes-hostile")
+    env = {**os.environ, "CNTR_DEMO_DIR": str(state)}
+    root = state / "rootfs"
+    subprocess.run([REPO / "scripts/demo", "stop"], env=env, timeout=60, check=False)
+    shutil.rmtree(state, ignore_errors=True)
+    subprocess.run(["sh", str(REPO / "scripts/busybox-rootfs"), str(root)], check=True)
+    (root / "etc/shadow").write_bytes(b"root:container-only-hash:1::::::\n")
+    (root / "etc/hosts.real").write_bytes(b"192.0.2.7 hostile.test\n")
+    for rel, (target, _) in HOSTILE.items():
+        (root / rel).unlink()
+        (root / rel).symlink_to(target)
+    try:
+        out = subprocess.run([REPO / "scripts/demo", "start"], env=env, capture_output=True,
+                             text=True, timeout=60, check=True)
+        pid = int(out.stdout.split()[-1])
+        seen = run_cntr("attach", str(pid), "--", "python3", "-c", PROBE)
+        assert seen.returncode == 0, seen.stderr.decode()
+        files = json.loads(seen.stdout)
+        host_shadow = Path("/etc/shadow").read_bytes()
+        for rel, (_, source) in HOSTILE.items():
+            got = base64.b64decode(files[rel])
+            want = container_file(pid, rel) if source == "container" else Path(
+                "/" + rel).read_bytes()
+            assert got == want, rel
+            assert host_shadow not in got, rel
+        assert base64.b64decode(files["etc/passwd"]) == b"root:container-only-hash:1::::::\n"
+        assert base64.b64decode(files["etc/hosts"]) == b"192.0.2.7 hostile.test\n"
+    finally:
+        subprocess.run([REPO / "scripts/demo", "stop"], env=env, timeout=60, check=False)
+        shutil.rmtree(state, ignore_errors=True)
