@@ -1,10 +1,11 @@
 """The container shapes met in the field, each attached to for real (issue 11).
 
 Docker containers run as a non-root user, without capabilities, privileged, read-only,
-with ``--init``, in the host's pid or net namespace, and distroless (one static binary:
-no /etc, no shell, no /tmp); a chroot-style container and a sandboxed process attached by
-pid, neither with a /proc, /dev or /sys of its own; and rootless podman of another user
-(a user with subordinate ids running ``podman run`` itself), resolved by name.
+with ``--init``, in the host's pid or net namespace, with no_new_privs, and distroless (one
+static binary: no /etc, no shell, no /tmp); a chroot-style container and a sandboxed
+process attached by pid, neither with a /proc, /dev or /sys of its own; and rootless podman
+of another user (a user with subordinate ids running ``podman run`` itself), resolved by
+name.
 
 For each: attach (hostname, a host tool), ``cntr exec`` from the host and inside a
 session, the session's identity against the container process's (ids, groups,
@@ -71,6 +72,7 @@ DOCKER_SHAPES: dict[str, list[str]] = {
     "init": ["--init"],
     "pid-host": ["--pid=host"],
     "network-host": ["--network=host"],
+    "no-new-privileges": ["--security-opt", "no-new-privileges"],
     "distroless": [],
 }
 SHAPES = [*DOCKER_SHAPES, "chroot", "sandbox", "rootless-podman"]
@@ -162,6 +164,10 @@ def _docker_shape(name: str) -> Shape:
          "-e", f"CNTR_SHAPE={name}", *ULIMITS, *opts, image, *cmd)
     pid = int(_run(DOCKER, "inspect", "-f", "{{.State.Pid}}", cname))
     cleanup = [[DOCKER, "rm", "-f", cname]]
+    if name == "distroless":  # what docker adds (/dev, /proc, /sys, /etc/hosts...) aside
+        root = Path(f"/proc/{pid}/root")
+        assert [p.exists() for p in (root / "bin", root / "tmp", root / "etc/passwd")] == [
+            False, False, False]
     if name == "distroless":
         cleanup.append([DOCKER, "rmi", "-f", image])
     return Shape(name, Container("docker", cname, pid, cname, ("CNTR_SHAPE", name)),
