@@ -612,8 +612,8 @@ def test_fresh_dev_proc_sys(name: str, request: pytest.FixtureRequest) -> None:
     script = ("echo x > /dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; "
               f'python3 -c "{PTY_PROBE}"; ls /sys/class/net | sort | tr "\\n" " "; echo; '
               "python3 -c 'import os; print(os.stat(\"/dev/null\").st_rdev == os.makedev(1, 3))';"
-              "awk '{print $5, $(NF-2)}' /proc/self/mountinfo | "
-              "grep -E '^/(dev|dev/pts|dev/shm|proc|sys) '; echo ===; "
+              "awk '{print $5, $(NF-2), $6}' /proc/self/mountinfo | "
+              "grep -E '^/(dev|dev/pts|dev/shm|proc|proc/sys|sys) '; echo ===; "
               "ps -e -o pid=,comm=; echo ===; read line")
     with subprocess.Popen([*CNTR, "attach", s.c.ident, "--", "/bin/sh", "-c", script],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -640,9 +640,11 @@ def test_fresh_dev_proc_sys(name: str, request: pytest.FixtureRequest) -> None:
                                       " ".join(_interfaces(s.c.pid)) + " "]
     assert lines[5] == "True"
     # Later mounts at one point hide earlier ones: the last of each is what shows.
-    shown = dict(line.split() for line in lines[6:])
-    want = {"/proc": "proc", "/sys": "sysfs", "/dev/pts": "devpts", "/dev/shm": "tmpfs",
-            "/dev": "tmpfs" if name == "chroot" else "devtmpfs"}
+    shown = {point: (kind, "ro" in opts.split(",")) for point, kind, opts in
+             (line.split() for line in lines[6:])}
+    want = {"/proc": ("proc", False), "/proc/sys": ("proc", True), "/sys": ("sysfs", True),
+            "/dev/pts": ("devpts", False), "/dev/shm": ("tmpfs", False),
+            "/dev": ("tmpfs" if name == "chroot" else "devtmpfs", False)}
     assert shown == want
     # ps lists exactly the container's processes: those the host saw, and ps itself.
     extra = sorted(set(ps) - set(seen))
