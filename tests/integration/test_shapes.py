@@ -215,7 +215,8 @@ def _unshared_shape(name: str) -> Shape:
     if name == "chroot":
         root = str(_rootfs())
         target = f"chroot {root} /bin/env -i PATH={PATH} CNTR_SHAPE={name} /bin/sleep 100000"
-        mnt = ["--mount", "--propagation", "private"]
+        # and a time namespace of its own, so the session's joining it shows
+        mnt = ["--mount", "--propagation", "private", "--time", "--boottime", "86400"]
     else:
         root, mnt = "/", []
         target = " ".join([*env, "/bin/sleep", "100000"])
@@ -427,6 +428,8 @@ def test_identity_is_the_containers(shape: Shape) -> None:
                            "echo ===; readlink /proc/self/ns/time"))
     mine, theirs, time_ns = out.split("===\n")
     assert time_ns == os.readlink(f"/proc/{shape.c.pid}/ns/time") + "\n"
+    if shape.name == "chroot":  # the one shape in a time namespace of its own
+        assert time_ns != os.readlink("/proc/self/ns/time") + "\n"
     container = _status(theirs)
     if shape.host_uid == 0:  # rootless: the host sees the user's ids, the session its own
         assert container == _status(Path(f"/proc/{shape.c.pid}/status").read_text())
