@@ -53,6 +53,7 @@ Caveats:
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Callable
 
@@ -91,6 +92,9 @@ class SessionRoot:
     """what could not be bound (reported as warnings)."""
     provided: list[str] = field(default_factory=list)
     """the ``MOUNT_DIRS`` the session gets fresh instances of (the container has none)."""
+    sysfs_dev: int | None = None
+    """device of the container's own ``/sys`` when it looks like a sysfs (it has
+    ``class/net``): ``mount_kernel_fs`` checks it shows the container's net namespace."""
 
 
 def _clone(fd: int, recursive: bool) -> int:
@@ -188,6 +192,13 @@ def _procfs_of(fd: int, pid_ns: int | None) -> bool:
         return False
 
 
+def _is_dir(rel: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(rel, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _own_mount(fd: int, rel: str, root_dev: int, pid_ns: int | None) -> bool:
     """Whether ``fd``, the container's ``rel`` (one of ``MOUNT_DIRS``), is a mount of its
     own that the session may show (a /proc of its own pid namespace)."""
@@ -254,6 +265,8 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
                 if not _own_mount(fd, rel, root_dev, spec.pid_ns):
                     spec.provided.append(rel)
                     continue
+                if rel == "sys" and _is_dir("class/net", fd):
+                    spec.sysfs_dev = os.fstat(fd).st_dev
                 clones.append((_clone(fd, recursive=True), rel))
             finally:
                 os.close(fd)
@@ -333,7 +346,7 @@ def _in_child(fn: Callable[[], None]) -> str | None:
         os.close(r)
         code = 0
         try:
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
             fn()
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -366,6 +379,8 @@ def mount_kernel_fs(spec: SessionRoot) -> list[str]:
         why = _in_child(_mount_proc)
         if why is not None:
             failed.append(f"/proc (a fresh procfs: {why})")
+    if "sys" not in spec.provided and spec.sysfs_dev is None:
+        return failed
     try:
         fd = _fs_mount("sysfs", MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
                        | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
@@ -376,9 +391,7 @@ def mount_kernel_fs(spec: SessionRoot) -> list[str]:
     try:
         # All sysfs mounts of one net namespace share a superblock: a container's own /sys
         # of another one (a sandbox that kept the host's) shows other interfaces.
-        if "sys" not in spec.provided and (
-                os.stat("/sys").st_dev == os.fstat(fd).st_dev
-                or not os.path.isdir("/sys/class/net")):
+        if "sys" not in spec.provided and spec.sysfs_dev == os.fstat(fd).st_dev:
             return failed
         syscalls.move_mount(fd, "", syscalls.AT_FDCWD, "/sys",
                             syscalls.MOVE_MOUNT_F_EMPTY_PATH)
