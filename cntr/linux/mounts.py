@@ -18,13 +18,12 @@ mount namespace:
    descriptor serve-fs will read; nothing shows in any mount table but the session's.
 5. It is attached over ``/`` of the private namespace, the copies are moved onto it (onto
    the host's names themselves: a host ``/etc/localtime`` that is a symlink is covered, its
-   target is not looked up), and
-   ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)`` make it the root with the old
-   root gone, as runc does (pivot_root(2), "NOTES").
+   target is not looked up), and ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)``
+   make it the root with the old root gone, as runc does (pivot_root(2), "NOTES").
 
 A container whose ``/proc``, ``/dev`` or ``/sys`` is not a mount of its own (a chroot-style
 container, a sandboxed process attached by pid), or whose ``/proc`` shows another pid
-namespace than its own (a ``/sys`` another net namespace), gets fresh ones, as a container
+namespace than its own (a ``/sys`` of another net namespace), gets fresh ones, as a container
 runtime would give it, in the session's namespace only (nothing is mounted or written in
 the container):
 
@@ -33,8 +32,9 @@ the container):
   ``ptmx -> pts/ptmx``, a tmpfs ``shm`` (1777) and the ``fd``, ``stdin``, ``stdout``,
   ``stderr`` links to ``/proc/self/fd``: the served host's ``/dev`` is ``nodev``, so its
   nodes would not open.  It is made and filled while detached, before serve-fs serves
-  anything (no FUSE round trip, and a failure is known before the session starts), and
-  moved onto the FUSE mount with the copies;
+  anything (filling it needs no FUSE round trip, and a failure is known before serve-fs
+  starts), and moved onto the FUSE mount with the copies: its mount point, the host's
+  ``/dev`` in the served tree, exists only once the FUSE mount is attached;
 - ``/proc`` and ``/sys`` (``mount_kernel_fs``, after the pid and net namespaces are
   joined, before the user namespace): a procfs shows the pid namespace of the process that
   creates it and a sysfs the mounter's net namespace, so they cannot be made in step 3.
