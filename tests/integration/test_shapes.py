@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ IMAGE = "cntr-busybox:test"
 STATE = Path("/var/lib/cntr-shapes")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTLESS_USER = "cntr-shapes"
+CNTR_BIN = os.path.join(os.path.dirname(sys.executable), "cntr")
 RUN_USER_MADE: list[bool] = []
 """Whether the fixture made /run/user (removed with the user)."""
 
@@ -63,8 +64,8 @@ DOCKER_SHAPES: dict[str, list[str]] = {
     "user": ["--user", "1000:1000"],
     "cap-drop-all": ["--cap-drop", "ALL"],
     # `--privileged` itself cannot start here: runc fails "unable to apply caps" because
-    # the machine's root lacks CAP_SYS_RESOURCE (docs/engines.md), and docker ignores
-    # --cap-drop with it. What it gives otherwise, minus that one capability:
+    # root on this kind of machine lacks CAP_SYS_RESOURCE, and docker ignores --cap-drop
+    # with --privileged. What it gives otherwise, minus that one capability:
     "privileged": ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt",
                    "seccomp=unconfined", "--security-opt", "systempaths=unconfined",
                    "--device-cgroup-rule", "a *:* rwm"],
@@ -99,27 +100,27 @@ class Shape:
     """the fixture's child that started them (waited for at teardown)."""
 
 
-def _run(*argv: str, user: str | None = None, **kw: object) -> str:
+def _run(*argv: str, user: str | None = None) -> str:
+    """Run ``argv`` (as ``user``, with its home and runtime directory); its stdout."""
+    cwd = None
     if user is not None:
-        home = pwd.getpwnam(user).pw_dir
-        uid = pwd.getpwnam(user).pw_uid
-        argv = ("runuser", "-u", user, "--", "env", f"HOME={home}",
-                f"XDG_RUNTIME_DIR=/run/user/{uid}", *argv)
-        kw.setdefault("cwd", home)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300,  # type: ignore[call-overload]
-                         check=False, **kw)
+        entry = pwd.getpwnam(user)
+        cwd = entry.pw_dir
+        argv = ("runuser", "-u", user, "--", "env", f"HOME={entry.pw_dir}",
+                f"XDG_RUNTIME_DIR=/run/user/{entry.pw_uid}", *argv)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                         cwd=cwd)
     if out.returncode != 0:
         raise AssertionError(f"{' '.join(argv)}: {out.stderr.strip()[-800:]}")
-    text: str = out.stdout
-    return text
+    return out.stdout
 
 
-def _wait_for(what: str, fn: object, timeout: float = 30) -> int:
+def _wait_for(what: str, fn: Callable[[], int], timeout: float = 30) -> int:
+    """Poll ``fn`` until it returns a pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = fn()  # type: ignore[operator]  # a callable returning a pid or 0
-        if value:
-            return int(value)
+        if value := fn():
+            return value
         time.sleep(0.05)
     raise AssertionError(f"{what} did not start")
 
@@ -133,7 +134,7 @@ def _busybox_cmd() -> list[str]:
 
 
 def _distroless_image() -> str:
-    image = "cntr-shapes-distroless:test"
+    image = "cntr-shapes-distroless:test"  # removed with its container (_docker_shape)
     if subprocess.run([DOCKER, "image", "inspect", image], capture_output=True,
                       check=False).returncode == 0:
         return image
@@ -148,9 +149,14 @@ def _distroless_image() -> str:
     return image
 
 
-def _docker_shape(name: str) -> Shape:
+def _docker_shape(name: str, cleanup: list[list[str]]) -> Shape:
+    """Start the docker container of shape ``name``; ``cleanup`` gets what removes it
+    (filled before anything is started, so a failure leaves nothing)."""
     engine_container("docker")  # dockerd runs and the busybox image exists
     cname = f"cntr-shapes-{name}"
+    cleanup.append([DOCKER, "rm", "-f", cname])
+    if name == "distroless":
+        cleanup.append([DOCKER, "rmi", "-f", "cntr-shapes-distroless:test"])
     subprocess.run([DOCKER, "rm", "-f", cname], capture_output=True, check=False)
     opts = DOCKER_SHAPES[name]
     net = [] if "--network=host" in opts else ["--network", "none"]
@@ -163,13 +169,10 @@ def _docker_shape(name: str) -> Shape:
     _run(DOCKER, "run", "-d", "--name", cname, *net, "--hostname", cname,
          "-e", f"CNTR_SHAPE={name}", *ULIMITS, *opts, image, *cmd)
     pid = int(_run(DOCKER, "inspect", "-f", "{{.State.Pid}}", cname))
-    cleanup = [[DOCKER, "rm", "-f", cname]]
     if name == "distroless":  # what docker adds (/dev, /proc, /sys, /etc/hosts...) aside
         root = Path(f"/proc/{pid}/root")
         assert [p.exists() for p in (root / "bin", root / "tmp", root / "etc/passwd")] == [
             False, False, False]
-    if name == "distroless":
-        cleanup.append([DOCKER, "rmi", "-f", image])
     return Shape(name, Container("docker", cname, pid, cname, ("CNTR_SHAPE", name)),
                  exec_cmd, exec_out, cleanup=cleanup)
 
@@ -224,7 +227,12 @@ def _unshared_shape(name: str) -> Shape:
         ["setsid", "unshare", "--fork", "--pid", "--uts", "--ipc", "--net", *mnt,
          "/bin/sh", "-c", f"hostname {hostname} && exec {target}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid = _wait_for(name, lambda: _child_with_root(launcher.pid, root, "sleep"))
+    try:
+        pid = _wait_for(name, lambda: _child_with_root(launcher.pid, root, "sleep"))
+    except BaseException:
+        launcher.kill()  # (unshare --fork: its child, pid 1 of the namespace, dies too)
+        launcher.wait(timeout=60)
+        raise
     if name == "chroot":
         exec_out = _busybox_out(name)
     else:
@@ -268,9 +276,17 @@ def _remove_user() -> None:
 def _rootless_shape() -> Shape:
     """A user with subordinate ids runs ``podman run`` itself (runc, cgroupfs, no network,
     its own store in its home)."""
-    name = "rootless-podman"
     engine_container("docker")  # the busybox root's tarball exists (scripts/engines)
     _remove_user()
+    try:
+        return _start_rootless()
+    except BaseException:
+        _remove_user()  # its processes, the container among them, and its store
+        raise
+
+
+def _start_rootless() -> Shape:
+    name = "rootless-podman"
     _run("useradd", "-m", "-s", "/bin/sh", ROOTLESS_USER)
     user = pwd.getpwnam(ROOTLESS_USER)
     for path in ("/etc/subuid", "/etc/subgid"):  # useradd adds a range when configured to
@@ -317,7 +333,13 @@ def _stop(shape: Shape) -> None:
 def shape(request: pytest.FixtureRequest) -> Iterator[Shape]:
     name: str = request.param
     if name in DOCKER_SHAPES:
-        s = _docker_shape(name)
+        cleanup: list[list[str]] = []
+        try:
+            s = _docker_shape(name, cleanup)
+        except BaseException:
+            _stop(Shape(name, Container("docker", "", 0, "", ("", "")), [], b"",
+                        cleanup=cleanup))
+            raise
     elif name in FRESH:
         s = _unshared_shape(name)
     else:
@@ -373,14 +395,15 @@ def _others_may_run(path: str) -> bool:
 
 def test_exec_inside_a_session(shape: Shape) -> None:
     argv = " ".join(f"'{a}'" for a in shape.exec_cmd)
-    out = attach(shape, f"cntr exec {argv}")
+    # This checkout's cntr, by its path: another one may be installed on the host's PATH.
+    out = attach(shape, f"{CNTR_BIN} exec {argv}")
     uid = int(str(_status(Path(f"/proc/{shape.c.pid}/status").read_text())["Uid"]).split()[0])
     python = os.path.realpath(sys.executable)
     if _inner_id(shape.c.pid, "uid", uid) != 0 and not _others_may_run(python):
         # cntr's interpreter lies where other users cannot reach it (a pyenv under /root
         # on a developer's machine; CI's is /usr/bin/python3): the shell says so.
         assert (out.returncode, out.stdout, out.stderr) == (
-            126, b"", b"/bin/sh: 1: cntr: Permission denied\n")
+            126, b"", f"/bin/sh: 1: {CNTR_BIN}: Permission denied\n".encode())
     elif _holds(shape.c.pid, 18):  # CAP_SYS_CHROOT
         assert (out.returncode, out.stderr, out.stdout) == (0, b"", shape.exec_out)
     else:  # the container could not chroot either: the documented refusal
