@@ -241,6 +241,16 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     _check(_fallocate(fd, mode, offset, length), "fallocate")
 
 
+_fstatfs = _fn("fstatfs", ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+def fstatfs_type(fd: int) -> int:
+    """The f_type (filesystem magic, linux/magic.h) of the filesystem ``fd`` is on."""
+    buf = (ctypes.c_long * 16)()  # struct statfs: 120 bytes on 64-bit, f_type first
+    _check(_fstatfs(fd, ctypes.byref(buf)), "fstatfs")
+    return int(buf[0]) & 0xFFFFFFFF
+
+
 # --- capabilities (linux/capability.h, version 3: two 32-bit words per set) --------------
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
