@@ -501,6 +501,7 @@ def _setup_child(plan: _Plan) -> None:
     if os.getppid() != plan.supervisor:
         os._exit(125)  # it died before the line above
     step = "join the container's cgroups"
+    spec = None
     try:
         cgroups.join(ctx.cgroups, os.getpid())
         step = "open the container's mount namespace"
@@ -514,7 +515,7 @@ def _setup_child(plan: _Plan) -> None:
             assert fuse_fd is not None  # enter() passes one unless container_root
             step = "build the session's mount namespace"
             spec = mounts.SessionRoot(fuse_fd=fuse_fd, base_dir=opts.base_dir.strip("/"),
-                                      files=BOUND_FILES)
+                                      files=BOUND_FILES, pid_ns=ctx.namespaces.get("pid"))
 
             def mounted() -> None:
                 os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
@@ -525,7 +526,15 @@ def _setup_child(plan: _Plan) -> None:
                 _send(status_w, b"W", f"not bound in the session: {item}")
         os.close(root_fd)
         step = "join the container's namespaces"
-        namespaces.join(nsfds, namespaces.JOIN_ORDER)
+        late = namespaces.JOIN_ORDER.index("time")
+        namespaces.join(nsfds, namespaces.JOIN_ORDER[:late])
+        if spec is not None:
+            # In the container's pid and net namespaces, still with the host's privileges.
+            step = "mount the session's own /proc and /sys"
+            for item in mounts.mount_kernel_fs(spec):
+                _send(status_w, b"W", f"not provided in the session: {item}")
+            step = "join the container's namespaces"
+        namespaces.join(nsfds, namespaces.JOIN_ORDER[late:])
         nsfds.close()
         step = "fork the reaper"
         # SIGTERM waits until `reaper` is set, so stop() always knows what to kill.
@@ -786,6 +795,7 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
                   "paths": cgroups.cgroup_dirs(ctx.cgroups, mounts_info)})
     if "mnt" in ctx.namespaces and ctx.namespaces["mnt"] != own.get("mnt"):
         steps.append({"step": "setns", "namespace": "mnt", "inode": ctx.namespaces["mnt"]})
+    fresh: list[str] = []
     if opts.container_root:
         steps.append({"step": "chroot", "path": ctx.root})
     else:
@@ -796,12 +806,18 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
             {"step": "bind", "source": f"{ctx.root} (container /)", "target": base,
              "recursive": True},
         ]
+        fresh = mounts.fresh_dirs(ctx.pid, ctx.namespaces.get("pid"))
         steps += [{"step": "bind", "source": f"container /{d}", "target": f"/{d}",
-                   "recursive": True} for d in mounts.MOUNT_DIRS]
+                   "recursive": True} for d in mounts.MOUNT_DIRS if d not in fresh]
+        if "dev" in fresh:
+            steps.append({"step": "mount", "source": mounts.FRESH["dev"], "target": "/dev"})
         steps += [{"step": "bind", "source": f"container /{f}", "target": f"/{f}"}
                   for f in BOUND_FILES if ctx.files.get(f) is not None]
         steps.append({"step": "pivot_root", "path": "/"})
     for kind in namespaces.JOIN_ORDER:
+        if kind == "time":  # after the pid and net namespaces: see _setup_child
+            steps += [{"step": "mount", "source": mounts.FRESH[d], "target": f"/{d}"}
+                      for d in ("proc", "sys") if d in fresh]
         if kind in ctx.namespaces and ctx.namespaces[kind] != own.get(kind):
             steps.append({"step": "setns", "namespace": kind, "inode": ctx.namespaces[kind]})
     steps.append({"step": "fork", "process": "reaper", "setsid": True, "subreaper": True,

@@ -306,8 +306,16 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
 @functools.cache
 def cap_last_cap() -> int:
     """The highest capability number this kernel knows (read once per process)."""
-    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-        return int(f.read())
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except FileNotFoundError:
+        # No procfs (`cntr exec` in a chroot-style container's root): PR_CAPBSET_READ
+        # answers EINVAL past the last capability.
+        last = 0
+        while _prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0:
+            last += 1
+        return last
 
 
 # --- serve-fs bindings ---
