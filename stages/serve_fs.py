@@ -6,13 +6,19 @@ Run standalone for tests and debugging::
     python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
 Caveats:
-- sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
+- sets the process umask to 0, then to each requester's for the files it creates
+  (`cntr.fs.operations.Operations.create_mode`: the host applies it, or a default ACL).
 - pyfuse3 has one global session: one serve_fs() per process.
 - ``synthetic`` paths the served tree lacks (a ``--tools`` tree without ``/var/lib/cntr``,
   ``/proc`` or ``/etc/passwd``, where the session mounts the container's) are shown as
   empty directories and files of a tmpfs that serve-fs made detached (fsmount(2), in no
   mount table): nothing is written into the served tree, and what the session writes
   below them is gone with serve-fs.
+- ``CNTR_SERVE_FS_LOOP=libfuse`` and ``trio`` (pyfuse3's libfuse session) run only here,
+  standalone, as the benchmark's reference: ``serve_fs()`` refuses them otherwise.  That
+  session cannot negotiate what the wire session does to behave like the disk
+  (FUSE_HANDLE_KILLPRIV_V2, FUSE_DONT_MASK, FUSE_SETXATTR_EXT) nor carry its extra
+  requests (fallocate, statx, O_TMPFILE, ioctls, ...), so no cntr session runs on it.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
              gid_map: IdMap | None = None,
              effective_user: tuple[int, int] | None = None,
              allowed_mnt_ns: int | None = None, debug: bool = False,
-             synthetic: Sequence[str] = (), exec_helper: str | None = None) -> int:
+             reference_loops: bool = False, synthetic: Sequence[str] = (),
+             exec_helper: str | None = None) -> int:
     """Serve `root` until the filesystem is unmounted; returns an exit status (0 on clean unmount).
 
     Exactly one of ``mountpoint`` (serve-fs mounts and unmounts it) and ``fuse_fd`` (a
@@ -73,13 +80,16 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     ("Permission denied"); `cntr.fs.operations` says what is checked and what the kernel's
     caches still show.  None serves every process that reaches the mount.
 
+    ``reference_loops``: accept pyfuse3's libfuse session (``CNTR_SERVE_FS_LOOP=libfuse``
+    or ``trio``), for the benchmark (module docstring); refused otherwise.
+
     ``synthetic``: paths (relative; a trailing ``/`` for a directory) shown as empty
     directories or files where ``root`` lacks them; ``exec_helper``: a static busybox
     shown with a ``cntr`` script for it in ``/.cntr`` (see the module docstring).
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
-    loop = _loop()
+    loop = _loop() if reference_loops else session_loop()
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -100,6 +110,18 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      loop=loop)
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
+
+
+def session_loop() -> str:
+    """The FUSE session a cntr session or ``cntr serve-fs`` runs (`_loop`): wire or uring;
+    CntrError (one line) for pyfuse3's libfuse session, a benchmark reference only."""
+    loop = _loop()
+    if loop in ("libfuse", "trio"):
+        # The CLI prints it as "cntr: serve-fs: ...".
+        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+                        "(python -m stages.serve_fs), not as correct as a session must be: "
+                        "use wire or uring")
+    return loop
 
 
 def _detached_tmpfs() -> int:
@@ -215,7 +237,7 @@ def _main(argv: list[str]) -> int:
                         format="%(name)s: %(message)s")
     try:
         return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
-                        allowed_mnt_ns=allowed_mnt_ns, debug=debug)
+                        allowed_mnt_ns=allowed_mnt_ns, debug=debug, reference_loops=True)
     except CntrError as exc:
         print(f"cntr: {exc}", file=sys.stderr)
         return exc.exit_code
