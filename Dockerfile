@@ -16,14 +16,12 @@ RUN apt-get update \
  && rm -f /usr/bin/containerd /usr/bin/containerd-shim* /usr/sbin/runc \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
         /usr/share/info/* /usr/share/locale/*
+# The layout of cntr's .deb (scripts/build-deb), which scripts/build-image installs.
 COPY cntr /usr/lib/cntr/cntr
 COPY stages /usr/lib/cntr/stages
 COPY schemas /usr/lib/cntr/schemas
-RUN mkdir -p /usr/lib/cntr/cntr-0.1.0.dist-info /var/lib/cntr /host \
- && printf 'Metadata-Version: 2.1\nName: cntr\nVersion: 0.1.0\n' \
-        >/usr/lib/cntr/cntr-0.1.0.dist-info/METADATA \
- && printf '#!/usr/bin/python3 -sP\nimport sys\nsys.path.insert(0, "/usr/lib/cntr")\nfrom cntr.entry import main\nmain()\n' \
-        >/usr/bin/cntr \
+COPY packaging/debian/cntr /usr/bin/cntr
+RUN mkdir -p /var/lib/cntr /host \
  && chmod 755 /usr/bin/cntr \
  && python3 -m compileall -q /usr/lib/cntr
 ENTRYPOINT ["/usr/bin/cntr"]

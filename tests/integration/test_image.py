@@ -10,8 +10,9 @@
 
 In each, the session's tools are the image's own files: a tool the image has and the host
 lacks (tcpdump) runs, a host-only one (mmdebstrap) is not there, and a marker only the
-image has (cntr's dist-info under /usr/lib/cntr) is seen; the hostname, namespaces and
-files are the target's; ``cntr exec`` runs in the target's root; nothing is left behind.
+image has (gdb-minimal in its dpkg database: the host has gdb, which conflicts) is seen;
+the hostname, namespaces and files are the target's; ``cntr exec`` runs in the target's
+root; nothing is left behind.
 
 This machine's root lacks CAP_SYS_RESOURCE, so no docker container can start with
 ``--privileged`` here (runc: "unable to apply caps"); the docker runs then use the flags
@@ -40,7 +41,7 @@ DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 CTR = ["ctr", "-a", "/run/containerd/containerd.sock", "-n", "default"]
 IMAGE = "cntr:latest"
 CTR_IMAGE = "docker.io/library/cntr:latest"
-MARKER = "/usr/lib/cntr/cntr-0.1.0.dist-info/METADATA"
+MARKER = "/var/lib/dpkg/info/gdb-minimal.list"  # the host has gdb, which conflicts with it
 TOOLS = ("python3", "strace", "gdb", "tcpdump", "ip", "ps", "curl", "vi", "less", "ctr",
          "fusermount3", "cntr")
 
