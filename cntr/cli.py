@@ -145,6 +145,23 @@ def _types_option(f: F) -> F:
     )(f)
 
 
+def _tools_option(f: F) -> F:
+    return click.option(
+        "--tools", metavar="SOURCE",
+        help="Serve SOURCE as / instead of the host's /: a directory (starting with / or "
+        "'.'), or a container ([ENGINE:]NAME, resolved as ID is; -t applies to ID only).",
+    )(f)
+
+
+def _with_tools(ctx: Any, tools: str | None) -> Any:
+    if tools is None:
+        return ctx
+    from cntr.record import replace
+    from stages.capture import capture_tools
+
+    return replace(ctx, tools=capture_tools(tools))
+
+
 def _effective_user_option(f: F) -> F:
     return click.option(
         "--effective-user", metavar="USER",
@@ -181,7 +198,8 @@ def resolve(ident: str, types: str | None, fmt: str | None) -> None:
 @click.argument("pid", type=int, required=False)
 @click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
               "pipe, json on a terminal).")
-def capture(pid: int | None, fmt: str | None) -> None:
+@_tools_option
+def capture(pid: int | None, fmt: str | None, tools: str | None) -> None:
     """Dump the context of PID (or of the record on stdin) as a record."""
 
     def run() -> None:
@@ -200,7 +218,7 @@ def capture(pid: int | None, fmt: str | None) -> None:
             target = resolved.pid
         if target <= 0:
             raise BadInput(f"invalid pid {target}")
-        _write_record(do_capture(target, resolved), fmt)
+        _write_record(_with_tools(do_capture(target, resolved), tools), fmt)
 
     _run("capture", run)
 
@@ -267,10 +285,12 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @click.option("--dry-run", is_flag=True, help="Print the ordered plan; do none of it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="Format of the --dry-run plan.")
+@_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
-          dry_run: bool, fmt: str, record: str | None, command: tuple[str, ...]) -> None:
+          dry_run: bool, fmt: str, tools: str | None, record: str | None,
+          command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -286,6 +306,7 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
                                  "stdin")
             if not dry_run:
                 _reopen_stdin()
+        ctx = _with_tools(ctx, tools)
         opts = _enter_options(command, effective_user, tty)
         if dry_run:
             from stages.enter import describe, verify
@@ -361,10 +382,11 @@ def _reopen_stdin() -> None:
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
               "stdin and stdout are terminals).")
+@_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           record: str | None, command: tuple[str, ...]) -> None:
+           tools: str | None, record: str | None, command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -374,7 +396,7 @@ def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bo
         audit.STAGE = "attach"
         opts = _enter_options(command, effective_user, tty)
         with _recording(record, opts):
-            return do_attach(ident, _types(types), opts)
+            return do_attach(ident, _types(types), opts, tools)
 
     _run("attach", run)
 

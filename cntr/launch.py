@@ -124,6 +124,37 @@ class SessionServer:
         self.pid = -1
 
 
+STATIC_BUSYBOX = ("/usr/bin/busybox", "/bin/busybox", "/usr/lib/cntr/busybox")
+"""Where a static busybox may be: ``cntr exec`` in a ``--tools`` session runs on it."""
+
+
+def static_busybox() -> str | None:
+    """A statically linked busybox of the host, or None.
+
+    A ``--tools`` tree may have neither cntr, nor Python, nor the host's C library, so
+    cntr's own ``cntr`` cannot run in it; a static executable runs whatever the tree
+    holds (no ELF interpreter, no shared library is looked up in it).  Static: an ELF
+    file without a PT_INTERP program header (elf(5))."""
+    import struct
+
+    for path in STATIC_BUSYBOX:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+                if head[:5] != b"\x7fELF\x02" or len(head) < 64:  # 64-bit ELF only
+                    continue
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+        except OSError:
+            continue
+        types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
+        if 3 not in types:  # PT_INTERP
+            return os.path.realpath(path)
+    return None
+
+
 def _pidfd(pid: int) -> int:
     try:
         return os.pidfd_open(pid)
@@ -164,7 +195,8 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
             line = start.readline()
         if not line.startswith(b"G"):
             os._exit(0)
-        code = serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:]))
+        params = json.loads(line[1:])
+        code = serve_fs(params.pop("root", "/"), fuse_fd=fuse_fd, ready_fd=ready_fd, **params)
     except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
         import traceback
 
