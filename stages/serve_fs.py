@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from cntr.errors import CntrError, os_error
 from cntr.fs.inodes import MODE
 from cntr.fs.operations import IdMap, Operations
-from cntr.fs.server import LOOPS, serve
+from cntr.fs.server import serve
+from cntr.launch import serve_fs_loop
 from cntr.linux import syscalls
 
 HELPER_DIR = ".cntr"
@@ -89,7 +90,7 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
-    loop = _loop() if reference_loops else session_loop()
+    loop = serve_fs_loop(reference_loops=reference_loops)
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -110,18 +111,6 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      loop=loop)
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
-
-
-def session_loop() -> str:
-    """The FUSE session a cntr session or ``cntr serve-fs`` runs (`_loop`): wire or uring;
-    CntrError (one line) for pyfuse3's libfuse session, a benchmark reference only."""
-    loop = _loop()
-    if loop in ("libfuse", "trio"):
-        # The CLI prints it as "cntr: serve-fs: ...".
-        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
-                        "(python -m stages.serve_fs), not as correct as a session must be: "
-                        "use wire or uring")
-    return loop
 
 
 def _detached_tmpfs() -> int:
@@ -206,18 +195,6 @@ def _graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) -
         os.chmod(f"{helper}/busybox", 0o755)
 
 
-def _loop() -> str:
-    """The FUSE session: ``CNTR_SERVE_FS_LOOP`` (wire, uring, libfuse or trio; see
-    `cntr.fs.server.serve`), or trio with the older ``CNTR_SERVE_FS_TRIO=1``."""
-    if os.environ.get("CNTR_SERVE_FS_TRIO") == "1":
-        return "trio"
-    loop = os.environ.get("CNTR_SERVE_FS_LOOP") or "wire"
-    if loop not in LOOPS:
-        raise CntrError(f"serve-fs: CNTR_SERVE_FS_LOOP must be one of {', '.join(LOOPS)}, "
-                        f"not {loop!r}")
-    return loop
-
-
 def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
@@ -239,7 +216,7 @@ def _main(argv: list[str]) -> int:
         return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
                         allowed_mnt_ns=allowed_mnt_ns, debug=debug, reference_loops=True)
     except CntrError as exc:
-        print(f"cntr: {exc}", file=sys.stderr)
+        print(f"cntr: serve-fs: {exc.message.removeprefix('serve-fs: ')}", file=sys.stderr)
         return exc.exit_code
 
 
