@@ -10,7 +10,10 @@ Layers, bottom up:
 - ``cntr.context`` and ``cntr.schema``: the records passed between stages, checked
   against ``schemas/``; ``cntr.errors``: what can go wrong and its exit code;
 - ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;
-- ``cntr.cli``: the command line, the only user of click.
+- ``cntr.cli``: the command line, the only user of click; for operators around it:
+  ``cntr.audit`` (session records to the system log), ``cntr.asciicast`` (--record),
+  ``cntr.complete`` (shell completion's container names), ``cntr.manpage`` (cntr(1)),
+  ``cntr.version`` (--version).
 """
 
 __version__ = "0.1.0"
