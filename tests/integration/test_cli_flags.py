@@ -409,6 +409,8 @@ def _changed(value: object) -> object:
 def _variants(data: dict[str, object]) -> Iterator[tuple[str, dict[str, object]]]:
     """(what, a copy of ``data`` with exactly that changed), for every field of Context."""
     for name in fields(Context):
+        if name == "tools":  # absent in a version 1 context: the base gets tools, version 2
+            continue
         value = data[name]
         if isinstance(value, dict):
             keys = sorted(value) or ["new"]
@@ -443,10 +445,15 @@ def test_diff_reports_each_field_in_one_line(demo: Container, tmp_path: Path) ->
     captured = run_cntr("capture", demo.ident, "--format", "json")
     assert captured.returncode == 0, captured.stderr.decode()
     data = json.loads(captured.stdout)
+    data.update(version=2, tools={"source": "/opt/tools", "root": "/opt/tools", "engine": "",
+                                  "container_id": "", "name": "", "pid": 0, "start_time": 0})
     base = tmp_path / "base.json"
-    base.write_bytes(captured.stdout)
+    base.write_text(json.dumps(data))
     seen = []
-    for what, changed in _variants(data):
+    tools = json.loads(json.dumps(data))
+    tools["tools"]["source"] = "/opt/other"
+    variants = [*_variants(data), ("tools", tools)]
+    for what, changed in variants:
         other = tmp_path / (what.replace("/", "_") + ".json")
         other.write_text(json.dumps(changed))
         out = run_cntr("diff", str(base), str(other))

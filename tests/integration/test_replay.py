@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from cntr import context
 from cntr.engines.base import children
-from cntr.linux import caps, cgroups
+from cntr.linux import caps, cgroups, seccomp
+from stages import enter
 from tests.conftest import CNTR, REPO, Container, run_cntr
 from tests.integration.test_attach import snapshot
 
@@ -81,7 +83,10 @@ def _expected_plan(ctx: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]
     own = {k: os.stat(f"/proc/self/ns/{k}").st_ino for k in ctx["namespaces"]}
     mounts = cgroups.cgroup_mounts(Path("/proc/self/mountinfo").read_text())
     full = (1 << (int(Path("/proc/sys/kernel/cap_last_cap").read_text()) + 1)) - 1
-    c = ctx["caps"]
+    # The session's sets: the container's, with the guard capability (issue 19) added
+    record = context.decode(context.Context, json.dumps(ctx).encode())
+    guard, warning = enter.session_guard(record)
+    bounding, effective, permitted, inheritable, ambient = enter._session_sets(record, guard)
     env = dict(ctx["env"])
     cpath = env["PATH"]
     parts = cpath.split(":")
@@ -114,12 +119,17 @@ def _expected_plan(ctx: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]
           for f in files if ctx["files"].get(f) is not None),
         {"step": "pivot_root", "path": "/"},
         *({"step": "setns", "namespace": k, "inode": ctx["namespaces"][k]} for k in joined),
-        {"step": "fork"},
-        {"step": "capabilities", "drop_bounding": caps.names(full & ~c["bounding"]),
-         "effective": caps.names(c["effective"]), "permitted": caps.names(c["permitted"]),
-         "inheritable": caps.names(c["inheritable"]), "ambient": caps.names(c["ambient"]),
-         "no_new_privs": ctx["no_new_privs"]},
+        {"step": "fork", "process": "reaper", "setsid": True, "subreaper": True,
+         "dumpable": False},
+        {"step": "capabilities", "drop_bounding": caps.names(full & ~bounding),
+         "effective": caps.names(effective), "permitted": caps.names(permitted),
+         "inheritable": caps.names(inheritable), "ambient": caps.names(ambient),
+         "no_new_privs": ctx["no_new_privs"],
+         "guard": caps.names(1 << guard)[0] if guard is not None else None,
+         "seccomp_refuses": list(seccomp.REFUSED[guard]) if guard is not None else [],
+         "unguarded": warning},
         {"step": "ids", "uid": ctx["uid"], "gid": ctx["gid"], "groups": ctx["groups"]},
+        {"step": "fork", "process": "command", "process_group": "own", "foreground": False},
         {"step": "chdir", "path": "/var/lib/cntr/" + ctx["cwd"].lstrip("/")},
         {"step": "exec", "argv": argv, "env": env, "pty": False},
     ]
