@@ -465,3 +465,13 @@ def test_diff_reports_each_field_in_one_line(demo: Container, tmp_path: Path) ->
             what, lines)
         seen.append(field)
     assert sorted(set(seen)) == sorted(fields(Context))
+
+
+def test_the_command_starts_with_default_signal_dispositions(demo: Container) -> None:
+    """As from a shell: a writer to a closed pipe dies of SIGPIPE quietly (Python, which
+    cntr is, ignores SIGPIPE; the command must not inherit that)."""
+    out = run_cntr("attach", demo.ident, "--", "/bin/sh", "-c",
+                   "yes | head -1; grep -E '^Sig(Ign|Blk)' /proc/self/status")
+    assert (out.returncode, out.stderr) == (0, b""), out.stderr.decode()
+    assert out.stdout.decode().splitlines() == [
+        "y", "SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]

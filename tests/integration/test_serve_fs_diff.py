@@ -318,7 +318,7 @@ class ServeFsVsPlain(RuleBasedStateMachine):
     @rule(path=PATHS, mode=FALLOCATE_MODES, offset=OFFSETS, length=st.integers(1, 20000))
     def fallocate(self, path: str, mode: int, offset: int, length: int) -> None:
         def op(r: Path) -> tuple[int, bytes]:
-            fd = os.open(r / path, os.O_RDWR)
+            fd = os.open(r / path, os.O_RDWR | NB)
             try:
                 sc.fallocate(fd, mode, offset, length)
                 return os.fstat(fd).st_size, os.pread(fd, 64, max(offset - 32, 0))
@@ -329,7 +329,7 @@ class ServeFsVsPlain(RuleBasedStateMachine):
     @rule(path=PATHS, whence=st.sampled_from([os.SEEK_DATA, os.SEEK_HOLE]), offset=OFFSETS)
     def seek(self, path: str, whence: int, offset: int) -> None:
         def op(r: Path) -> int | None:
-            fd = os.open(r / path, os.O_RDONLY)
+            fd = os.open(r / path, os.O_RDONLY | NB)
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     return None  # a directory's lseek is the kernel's own (README)
@@ -342,9 +342,9 @@ class ServeFsVsPlain(RuleBasedStateMachine):
           length=st.integers(0, 20000))
     def copy_range(self, src: str, dst: str, off_in: int, off_out: int, length: int) -> None:
         def op(r: Path) -> int:
-            fin = os.open(r / src, os.O_RDONLY)
+            fin = os.open(r / src, os.O_RDONLY | NB)
             try:
-                fout = os.open(r / dst, os.O_WRONLY)
+                fout = os.open(r / dst, os.O_WRONLY | NB)
                 try:
                     return os.copy_file_range(fin, fout, length, off_in, off_out)
                 finally:
@@ -508,4 +508,4 @@ def test_serve_fs_matches_a_plain_directory(bases: tuple[Path, Path, Path]) -> N
 def test_changes_on_the_host_show_through_the_mount(bases: tuple[Path, Path, Path]) -> None:
     m = HostChangesBehindTheMount
     m.plain_base, m.served_base, m.backing_base = bases
-    run_state_machine_as_test(m, settings=_settings(10, 15))
+    run_state_machine_as_test(m, settings=_settings(25, 20))
