@@ -296,13 +296,15 @@ def attach(ident: str, types: str | None, effective_user: str | None, tty: bool 
 @main.command("ps")
 @_types_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
-def ps_(types: str | None, as_json: bool) -> None:
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Also containers that are not running, with their state.")
+def ps_(types: str | None, as_json: bool, show_all: bool) -> None:
     """List every attachable container on the host, across all engines."""
 
     def run() -> None:
         from stages.ps import ps, table
 
-        found = ps(_types(types))
+        found = ps(_types(types), show_all)
         if as_json:
             import json
 
@@ -310,7 +312,7 @@ def ps_(types: str | None, as_json: bool) -> None:
 
             click.echo(json.dumps([asdict(m) for m in found], indent=2))
         else:
-            click.echo(table(found), nl=False)
+            click.echo(table(found, show_all), nl=False)
 
     _run("ps", run)
 

@@ -26,6 +26,42 @@ MAX_RECORD = 16 << 20
 
 
 @record(frozen=True)
+class Offline:
+    """A container (or image) that runs no process: what an offline session is built on.
+
+    Engines fill it from their configuration (``docker inspect``, LXC's config, ...);
+    capture turns it into a context, enter builds a session over ``lower``/``upper``
+    (an overlay) or ``path`` (a directory) in fresh namespaces."""
+
+    state: str
+    """created, exited, dead, restarting, stopped, or image (for ``attach --image``)."""
+    exit_code: int
+    """the last exit status the engine recorded (0 if it never ran)."""
+    rootfs: str
+    """"overlay" (lower/upper/work) or "dir" (path)."""
+    lower: list[str]
+    """the overlay's read-only layers, topmost first."""
+    upper: str
+    """the container's own writable layer ("" for an image or a directory)."""
+    work: str
+    """overlayfs's work directory next to ``upper``."""
+    path: str
+    """the root directory (rootfs "dir"), or the engine's mount point of the overlay."""
+    env: dict[str, str]
+    """the configured environment."""
+    cwd: str
+    """the configured working directory ("/" when none)."""
+    user: str
+    """the configured user as the engine has it: "", "name", "uid", "name:group", ..."""
+    hostname: str
+    """the configured hostname."""
+    caps: int
+    """the capability set the engine would give the container's first process."""
+    image: str
+    """the image the container was made from (the reference, for ``attach --image``)."""
+
+
+@record(frozen=True)
 class Resolved:
     """The process a container id or name resolved to."""
 
@@ -42,6 +78,9 @@ class Resolved:
     """host pid of the container's main process."""
     start_time: int
     """field 22 of /proc/PID/stat, to detect a reused pid."""
+    offline: Offline | None = None
+    """the container runs no process (pid and start_time are 0): what it is made of.
+    Records carrying it are version 2."""
 
 
 @record(frozen=True)
@@ -95,11 +134,21 @@ class Context:
     """the container's root as the host sees it."""
     files: dict[str, bytes | None] = field(default_factory=dict)
     """container files enter binds over the host's (etc/passwd, ...); None when absent."""
+    offline: Offline | None = None
+    """the container runs no process (pid 0, no namespaces): enter builds an offline
+    session over this filesystem in fresh namespaces.  Records carrying it are version 2."""
+
+
+VERSIONS = (1, 2)
+"""Record versions this cntr reads.  Version 2 adds ``offline`` (and allows pid 0 with
+it); a record without it is written as version 1, exactly as before."""
 
 
 def to_dict(record: Resolved | Context) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": record.KIND, "version": 1}
+    out: dict[str, Any] = {"kind": record.KIND, "version": 2 if record.offline else 1}
     out.update(asdict(record))
+    if record.offline is None:
+        del out["offline"]
     return out
 
 
@@ -110,16 +159,19 @@ def from_dict(cls: type[R], data: Any) -> R:
     kind = data.get("kind")
     if kind != cls.KIND:
         raise BadInput(f"expected a {cls.KIND} record, got kind {kind!r:.60}")
-    if data.get("version") != 1:
+    version = data.get("version")
+    if version not in VERSIONS or isinstance(version, bool):
         raise BadInput(
             f"{cls.KIND} record version {data.get('version')!r:.20} is not supported "
-            "(this cntr reads version 1)"
+            "(this cntr reads versions 1 and 2)"
         )
     try:
-        schema.validate(data, schema.load(cls.SCHEMA))
+        schema.validate(data, schema.load(cls.SCHEMA.replace(".v1", f".v{version}")))
     except schema.SchemaError as exc:
         raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
-    values = {name: data[name] for name in fields(cls)}
+    values = {name: data[name] for name in fields(cls) if name in data}
+    if values.get("offline") is not None:
+        values["offline"] = Offline(**values["offline"])
     if cls is Context:
         values["caps"] = Caps(**values["caps"])
         values["uid_map"] = [tuple(x) for x in values["uid_map"]]
