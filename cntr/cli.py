@@ -136,6 +136,9 @@ def capture(pid: int | None, fmt: str | None) -> None:
             else:
                 resolved = record
             target = resolved.pid
+            if resolved.offline is not None:  # a container that is not running
+                _write_record(do_capture(0, resolved), fmt)
+                return
         if target <= 0:
             raise BadInput(f"invalid pid {target}")
         _write_record(do_capture(target, resolved), fmt)
@@ -172,11 +175,19 @@ def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
 
 
 def _enter_options(command: tuple[str, ...], effective_user: str | None,
-                   tty: bool | None) -> Any:
+                   tty: bool | None, read_only: bool = False, network: str = "none") -> Any:
     from stages.enter import EnterOptions
 
     return EnterOptions(command=list(command), effective_user=_effective_user(effective_user),
-                        tty=tty)
+                        tty=tty, read_only=read_only, network=network)
+
+
+def _offline_options(f: F) -> F:
+    f = click.option("--network", type=click.Choice(["none", "host"]), default="none",
+                     help="Offline sessions: a network namespace with only loopback "
+                     "(none, the default) or the host's.")(f)
+    return click.option("--read-only", is_flag=True, help="Offline sessions: throw the "
+                        "session's changes to the container's filesystem away.")(f)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -188,9 +199,13 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @click.option("--dry-run", is_flag=True, help="Print the ordered plan; do none of it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="Format of the --dry-run plan.")
+@click.option("--offline", is_flag=True, help="When the context's process is gone, build "
+              "an offline session from it over the container's filesystem.")
+@_offline_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
-          dry_run: bool, fmt: str, command: tuple[str, ...]) -> None:
+          dry_run: bool, fmt: str, offline: bool, read_only: bool, network: str,
+          command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -206,7 +221,17 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
                                  "stdin")
             if not dry_run:
                 _reopen_stdin()
-        opts = _enter_options(command, effective_user, tty)
+        opts = _enter_options(command, effective_user, tty, read_only, network)
+        if offline and ctx.offline is None:
+            from cntr.errors import StaleContext
+            from stages.enter import verify
+
+            try:
+                verify(ctx)
+            except StaleContext:
+                from cntr.offline import replay
+
+                ctx = replay(ctx)
         if dry_run:
             from stages.enter import describe, verify
 
@@ -280,15 +305,23 @@ def _reopen_stdin() -> None:
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
               "stdin and stdout are terminals).")
+@click.option("--image", is_flag=True, help="ID is an image of docker or podman: an offline "
+              "session over its layers, with a throwaway writable layer.")
+@_offline_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def attach(ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           command: tuple[str, ...]) -> None:
+def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
+           image: bool, read_only: bool, network: str, command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
         from stages.attach import attach as do_attach
 
-        return do_attach(ident, _types(types), _enter_options(command, effective_user, tty))
+        opts = _enter_options(command, effective_user, tty, read_only, network)
+        if image:
+            from stages.attach import attach_image
+
+            return attach_image(ident, _types(types), opts)
+        return do_attach(ident, _types(types), opts)
 
     _run("attach", run)
 

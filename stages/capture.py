@@ -40,7 +40,12 @@ def read_container_file(root_fd: int, rel: str) -> bytes | None:
 
 
 def capture(pid: int, resolved: Resolved | None = None, proc: str = "/proc") -> Context:
-    """Read the context of ``pid`` (optionally as named by a resolve record)."""
+    """Read the context of ``pid`` (optionally as named by a resolve record); a record
+    of a container that is not running (``offline``) gives its offline context instead."""
+    if resolved is not None and resolved.offline is not None:
+        from cntr import offline
+
+        return offline.context_of(resolved)
     try:
         start_time = procfs.read_start_time(pid, proc)
     except FileNotFoundError:

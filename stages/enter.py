@@ -32,7 +32,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from cntr import launch
 from cntr.context import Context
@@ -42,7 +42,7 @@ from cntr.errors import (
     os_error,
 )
 from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
-from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, syscalls
+from cntr.linux import caps, cgroups, fresh, lsm, mounts, namespaces, procfs, pty, syscalls
 from cntr.record import field, record
 from stages.capture import BOUND_FILES
 
@@ -75,6 +75,10 @@ class EnterOptions:
     """allocate a pty; None: when stdin and stdout are terminals."""
     container_root: bool = False
     """run in the container's own root instead of the host's served tree (``cntr exec``)."""
+    read_only: bool = False
+    """offline sessions (``cntr.offline``): throw the session's changes away."""
+    network: str = "none"
+    """offline sessions: "none" (a new network namespace, loopback only) or "host"."""
 
 
 def verify(ctx: Context, proc: str = "/proc") -> None:
@@ -208,6 +212,12 @@ def _session_process(plan: _Plan) -> None:
         plan.ctx, plan.opts, plan.argv, plan.env, plan.slave, plan.status_w)
     step = "set up the session"
     try:
+        if ctx.offline is not None:
+            step = "mount /proc, /sys and /dev"
+            from cntr import offline
+
+            offline.session_init(opts.base_dir, status_w, slave)  # returns in a child
+            step = "set up the session"
         # Python ignores SIGPIPE (and the setup child SIGINT); the command must start with
         # the default dispositions, as from a shell.
         for sig in _RESET_SIGNALS:
@@ -293,12 +303,16 @@ def _setup_child(plan: _Plan) -> None:
                 _send(status_w, b"M")
 
             mounts.build(spec, mnt_fd, root_fd, mounted)
-            for item in spec.skipped:
+            # offline: no container /proc, /dev, /sys to bind; the session mounts its own
+            for item in spec.skipped if ctx.offline is None else ():
                 _send(status_w, b"W", f"not bound in the session: {item}")
         os.close(root_fd)
         step = "join the container's namespaces"
         namespaces.join(nsfds, namespaces.JOIN_ORDER)
         nsfds.close()
+        if ctx.offline is not None:
+            step = "create the session's namespaces"
+            fresh.unshare_namespaces(ctx.offline.hostname, network=opts.network != "host")
         step = "fork the session process"
         pid = os.fork()
     except BaseException as exc:  # noqa: BLE001 - report anything, then exit
@@ -330,6 +344,8 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
     """
     opts = opts or EnterOptions()
     check_host()
+    if ctx.offline is not None:  # no process to join: cntr.offline holds its filesystem
+        return _enter_offline(ctx, opts, server)
     verify(ctx)
     if server is None and not opts.container_root:
         with open_server(opts.base_dir) as own:
@@ -337,19 +353,40 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
     return _enter(ctx, opts, server)
 
 
-def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
+def _enter_offline(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
+    from cntr import offline
+
+    def build(root_fd: int, started: Callable[[int], None]) -> int:
+        # Our own mount namespace stands for the container's: build() setns()es into it.
+        target = (os.dup(root_fd), namespaces.open_own_mnt(), started)
+        if server is None and not opts.container_root:
+            with open_server(opts.base_dir) as own:
+                return _enter(ctx, opts, own, target)
+        return _enter(ctx, opts, server, target)
+
+    return offline.run(ctx, opts.read_only, build)
+
+
+def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None,
+           target: tuple[int, namespaces.NamespaceFds, Callable[[int], None]] | None = None,
+           ) -> int:
     argv = list(opts.command) or default_command()
     interactive = wants_tty(opts)
     env = session_env(ctx, opts, interactive)
-    try:
-        root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    started: Callable[[int], None] | None = None
+    if target is not None:  # an offline session: its root and only its mount namespace
+        root_fd, nsfds, started = target
+    else:
         try:
-            nsfds = namespaces.open_namespaces(ctx.pid)
-        except BaseException:
-            os.close(root_fd)
-            raise
-    except FileNotFoundError:
-        raise StaleContext(f"process {ctx.pid} exited") from None
+            root_fd = os.open(f"/proc/{ctx.pid}/root",
+                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                nsfds = namespaces.open_namespaces(ctx.pid)
+            except BaseException:
+                os.close(root_fd)
+                raise
+        except FileNotFoundError:
+            raise StaleContext(f"process {ctx.pid} exited") from None
 
     master = slave = None
     if interactive:
@@ -362,6 +399,8 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> in
         os.close(status_r)
         _setup_child(_Plan(ctx, opts, argv, env, nsfds, root_fd, fuse_fd, slave, status_w,
                            supervisor))
+    if started is not None:
+        started(child)
     os.close(status_w)
     os.close(root_fd)
     nsfds.close()
@@ -470,7 +509,7 @@ def _supervise(child: int, *, server: SessionServer | None, params: dict[str, An
                 raise SessionSetupError(errors[0])
             print(f"cntr: {errors[0]}", file=sys.stderr)
         code = 128 - code if code < 0 else code
-        if code == 128 + signal.SIGKILL and container_gone():
+        if code == 128 + signal.SIGKILL and pid and container_gone():
             print(f"cntr: the container exited (process {pid} is gone): the session ended",
                   file=sys.stderr)
         return code

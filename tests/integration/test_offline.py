@@ -1,0 +1,224 @@
+"""Offline sessions on real docker and podman containers that are not running: a container
+that exits at start because a file is missing is fixed in a session and then starts; a
+created-never-started container; an image; --read-only; a start during a session; the
+pipeline resolve | capture | enter; bad input.  Containers are named cntr-offline-* and
+removed at teardown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import engine_container, run_cntr
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine]
+
+FAILING = "test -f /etc/app.conf || exit 3; exec sleep 100000"
+"""The container's command: exit 3 at start unless /etc/app.conf exists."""
+
+CLI = {
+    "docker": ["/usr/bin/docker"],
+    "podman": ["podman", "--cgroup-manager=cgroupfs", "--runtime", "runc"],
+}
+IMAGE = {"docker": "cntr-busybox:test", "podman": "localhost/cntr-busybox:test"}
+# scripts/engines' limits: this machine has no CAP_SYS_RESOURCE for the engines' defaults
+LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"]
+
+
+def engine_cmd(engine: str, *args: str, check: bool = True) -> str:
+    out = subprocess.run([*CLI[engine], *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def inspect(engine: str, name: str, template: str) -> str:
+    return engine_cmd(engine, "inspect", "-f", template, name)
+
+
+def host_mounts() -> str:
+    with open("/proc/self/mountinfo") as f:
+        return f.read()
+
+
+@pytest.fixture(params=["docker", "podman"])
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    engine_container(name)  # the engine runs (and its test image exists)
+    return name
+
+
+@pytest.fixture
+def stopped(engine: str) -> Iterator[tuple[str, str]]:
+    """A container of ``engine`` that exited with status 3 at its start."""
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+    engine_cmd(engine, "create", "--name", name, "--network", "none", *LIMITS,
+               IMAGE[engine], "sh", "-c", FAILING)
+    try:
+        engine_cmd(engine, "start", name, check=False)
+        for _ in range(100):
+            if inspect(engine, name, "{{.State.Status}}") == "exited":
+                break
+            time.sleep(0.1)
+        assert inspect(engine, name, "{{.State.ExitCode}}") == "3"
+        yield engine, name
+    finally:
+        engine_cmd(engine, "rm", "-f", name, check=False)
+
+
+@pytest.fixture
+def created(engine: str) -> Iterator[tuple[str, str]]:
+    """A container of ``engine`` that was created and never started."""
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+    engine_cmd(engine, "create", "--name", name, "--network", "none", "--env", "APP=web",
+               "--workdir", "/tmp", "--hostname", "offline-host", "--user", "nobody",
+               *LIMITS, IMAGE[engine], "sh", "-c", FAILING)
+    try:
+        yield engine, name
+    finally:
+        engine_cmd(engine, "rm", "-f", name, check=False)
+
+
+def layer_dirs(engine: str, name: str) -> list[str]:
+    return [inspect(engine, name, "{{.GraphDriver.Data.UpperDir}}")]
+
+
+def assert_nothing_left(engine: str, name: str) -> None:
+    mounts = host_mounts()
+    for d in layer_dirs(engine, name):
+        assert d.rsplit("/", 1)[0] not in mounts
+    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"export {name}" not in procs
+
+
+def test_a_fix_made_offline_lets_the_container_start(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    out = run_cntr("attach", name, "--", "/bin/sh", "-c",
+                   "echo fixed > /var/lib/cntr/etc/app.conf; hostname; "
+                   "cat /proc/1/status | head -1; cntr exec cat /etc/app.conf")
+    assert out.returncode == 0, out.stderr.decode()
+    lines = out.stdout.decode().splitlines()
+    assert lines[0] == inspect(engine, name, "{{.Config.Hostname}}")
+    assert lines[2] == "fixed"  # the container's own cat, in its own root
+    assert out.stderr.decode() == (
+        f"cntr: container {name} is not running (exited, exit code 3): offline session "
+        "over its filesystem in new namespaces, changes stay in the container\n")
+    assert_nothing_left(engine, name)
+    engine_cmd(engine, "start", name)
+    time.sleep(1)
+    assert inspect(engine, name, "{{.State.Status}}") == "running"
+    assert engine_cmd(engine, "exec", name, "cat", "/etc/app.conf") == "fixed"
+
+
+def test_a_created_container_has_its_configuration(created: tuple[str, str]) -> None:
+    engine, name = created
+    script = ("hostname; id -u; id -g; pwd; echo $APP; ip -o link | cut -d' ' -f2; "
+              "grep -c . /proc/self/status >/dev/null && echo proc; "
+              "grep CapBnd /proc/self/status")
+    out = run_cntr("attach", name, "--", "/bin/sh", "-c", script)
+    assert out.returncode == 0, out.stderr.decode()
+    lines = out.stdout.decode().splitlines()
+    assert lines[:6] == ["offline-host", "65534", "65534", "/var/lib/cntr/tmp", "web", "lo:"]
+    assert lines[6] == "proc"
+    want = 0xa80425fb if engine == "docker" else 0x800405fb
+    assert int(lines[7].split()[1], 16) == want
+    assert "(created)" in out.stderr.decode()
+    assert_nothing_left(engine, name)
+
+
+def test_read_only_leaves_no_change(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    upper = layer_dirs(engine, name)[0]
+    before = subprocess.run(["find", upper], capture_output=True, text=True).stdout
+    out = run_cntr("attach", "--read-only", name, "--", "/bin/sh", "-c",
+                   "echo x > /var/lib/cntr/etc/app.conf; rm /var/lib/cntr/bin/ls; "
+                   "cat /var/lib/cntr/etc/app.conf")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"x\n"
+    assert "changes are thrown away" in out.stderr.decode()
+    after = subprocess.run(["find", upper], capture_output=True, text=True).stdout
+    assert after == before
+    assert_nothing_left(engine, name)
+
+
+def test_an_image(engine: str) -> None:
+    out = run_cntr("attach", "--image", IMAGE[engine], "--", "/bin/sh", "-c",
+                   "head -1 /var/lib/cntr/etc/passwd; touch /var/lib/cntr/made")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"root:x:0:0:root:/root:/bin/sh\n"
+    assert out.stderr.decode() == (
+        f"cntr: image {IMAGE[engine]} is not a container: offline session over its layers, "
+        "changes are thrown away\n")
+
+
+def test_start_during_a_session_ends_it_and_keeps_the_container(
+        stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    result: list[subprocess.CompletedProcess[bytes]] = []
+    session = threading.Thread(target=lambda: result.append(run_cntr(
+        "attach", name, "--", "/bin/sh", "-c",
+        "echo fixed > /var/lib/cntr/etc/app.conf; touch /tmp/cntr-offline-ready; sleep 60")))
+    session.start()
+    for _ in range(300):
+        if subprocess.run(["test", "-e", "/tmp/cntr-offline-ready"]).returncode == 0:
+            break
+        time.sleep(0.1)
+    subprocess.run(["rm", "-f", "/tmp/cntr-offline-ready"], check=True)
+    engine_cmd(engine, "start", name)
+    session.join(timeout=60)
+    (out,) = result
+    assert out.returncode == 9, out.stderr.decode()
+    assert out.stderr.decode().splitlines()[-1] == (
+        f"cntr: attach: container {name} was started: the offline session ended")
+    assert inspect(engine, name, "{{.State.Status}}") == "running"
+    assert engine_cmd(engine, "exec", name, "cat", "/etc/app.conf") == "fixed"
+
+
+def test_the_pipeline_builds_the_same_session(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    resolved = run_cntr("resolve", name, "--format", "json")
+    assert resolved.returncode == 0, resolved.stderr.decode()
+    record = json.loads(resolved.stdout)
+    assert (record["version"], record["pid"], record["offline"]["state"]) == (2, 0, "exited")
+    ctx = run_cntr("capture", input=resolved.stdout)
+    assert ctx.returncode == 0, ctx.stderr.decode()
+    out = run_cntr("enter", "--", "/bin/sh", "-c", "hostname; ls /var/lib/cntr/etc/passwd",
+                   input=ctx.stdout)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().splitlines() == [
+        inspect(engine, name, "{{.Config.Hostname}}"), "/var/lib/cntr/etc/passwd"]
+    assert_nothing_left(engine, name)
+
+
+def test_ps_all_lists_the_stopped_container(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    out = run_cntr("ps", "--all", "--json", "-t", engine)
+    assert out.returncode == 0, out.stderr.decode()
+    (entry,) = [m for m in json.loads(out.stdout) if m["name"] == name]
+    assert (entry["pid"], entry["state"]) == (0, "exited")
+    plain = run_cntr("ps", "--json", "-t", engine)
+    assert name not in plain.stdout.decode()
+
+
+def test_bad_input(engine: str) -> None:
+    out = run_cntr("attach", "--image", "cntr-offline-nosuch:none", "-t", engine, "--", "true")
+    assert out.returncode == 4
+    assert out.stderr.decode() == (
+        f"cntr: attach: no image 'cntr-offline-nosuch:none': {engine}: no such image\n")
+
+
+def test_a_container_removed_before_the_session(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    resolved = run_cntr("resolve", name)
+    ctx = run_cntr("capture", input=resolved.stdout)
+    engine_cmd(engine, "rm", "-f", name)
+    out = run_cntr("enter", "--", "true", input=ctx.stdout)
+    assert out.returncode == 4, out.stderr.decode()
+    assert len(out.stderr.decode().splitlines()) == 1
+    assert out.stderr.decode().startswith("cntr: enter: ")
