@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,28 @@ def test_a_container_removed_before_the_session(stopped: tuple[str, str]) -> Non
     assert out.returncode == 4, out.stderr.decode()
     assert len(out.stderr.decode().splitlines()) == 1
     assert out.stderr.decode().startswith("cntr: enter: ")
+
+
+def test_replaying_a_gone_process_offline(engine: str, tmp_path: Path) -> None:
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+    engine_cmd(engine, "run", "-d", "--name", name, "--network", "none", "--env",
+               "SAVED=yes", *LIMITS, IMAGE[engine], "sleep", "100000")
+    try:
+        saved = tmp_path / "ctx.json"
+        resolved = run_cntr("resolve", name)
+        ctx = run_cntr("capture", "--format", "json", input=resolved.stdout)
+        assert ctx.returncode == 0, ctx.stderr.decode()
+        saved.write_bytes(ctx.stdout)
+        engine_cmd(engine, "stop", "-t", "1", name)
+        refused = run_cntr("enter", "--context", str(saved), "--", "true")
+        assert refused.returncode == 5
+        out = run_cntr("enter", "--offline", "--context", str(saved), "--", "/bin/sh", "-c",
+                       "echo $SAVED; id -u")
+        assert out.returncode == 0, out.stderr.decode()
+        assert out.stdout == b"yes\n0\n"
+        engine_cmd(engine, "rm", "-f", name)
+        gone = run_cntr("enter", "--offline", "--context", str(saved), "--", "true")
+        assert gone.returncode == 4
+        assert len(gone.stderr.decode().splitlines()) == 1
+    finally:
+        engine_cmd(engine, "rm", "-f", name, check=False)
