@@ -169,12 +169,14 @@ def context_of(resolved: Resolved) -> Context:
     env.setdefault("HOME", home)
     # As runc does for a process without ambient capabilities: a uid other than 0 keeps
     # only the bounding set (execve clears its permitted and effective sets).
-    held = off.caps if uid == 0 else 0
+    # Never more than cntr holds itself (an engine's "all" on a host without some).
+    bounding = off.caps & procfs.read_status(os.getpid()).cap_bounding
+    held = bounding if uid == 0 else 0
     return Context(
         engine=resolved.engine, container_id=resolved.container_id, name=resolved.name,
         pid=0, start_time=0, boot_id=procfs.read_boot_id(), nspid=0, namespaces={},
         uid_map=FULL_MAP, gid_map=FULL_MAP, uid=uid, gid=gid, groups=groups,
-        caps=Caps(bounding=off.caps, effective=held, permitted=held, inheritable=0,
+        caps=Caps(bounding=bounding, effective=held, permitted=held, inheritable=0,
                   ambient=0),
         no_new_privs=False, cgroups=[], lsm="", label="", env=env, cwd=off.cwd or "/",
         root=off.path or off.upper or (off.lower[0] if off.lower else "/"),
@@ -300,7 +302,7 @@ def open_root(ctx: Context, read_only: bool) -> Iterator[int]:
 
     off = ctx.offline
     assert off is not None
-    if off.rootfs == "dir":
+    if off.rootfs == "dir" and not read_only:
         fd = os.open(off.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             yield fd
@@ -308,7 +310,7 @@ def open_root(ctx: Context, read_only: bool) -> Iterator[int]:
             os.close(fd)
         return
     if read_only or not off.upper:
-        lower = [d for d in (off.upper, *off.lower) if d]
+        lower = [off.path] if off.rootfs == "dir" else [d for d in (off.upper, *off.lower) if d]
         try:
             fd = fresh.overlay(lower)
         except FileNotFoundError as exc:

@@ -248,3 +248,39 @@ def test_replaying_a_gone_process_offline(engine: str, tmp_path: Path) -> None:
         assert len(gone.stderr.decode().splitlines()) == 1
     finally:
         engine_cmd(engine, "rm", "-f", name, check=False)
+
+
+@pytest.fixture
+def lxc_stopped(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An LXC container that was created and never started, its root a copy of the test
+    container's."""
+    engine_container("lxc")
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+    base = Path("/var/lib") / name
+    subprocess.run(["cp", "-a", "/var/lib/cntr-test/lxc/rootfs", str(base)], check=True)
+    conf = tmp_path / "config"
+    conf.write_text(f"lxc.rootfs.path = dir:{base}\nlxc.uts.name = offline-lxc\n"
+                    "lxc.net.0.type = empty\nlxc.cap.drop = sys_module sys_time\n"
+                    "lxc.environment = APP=lxc\nlxc.init.cmd = /bin/sleep 100000\n")
+    try:
+        subprocess.run(["lxc-create", "-n", name, "-t", "none", "-f", str(conf)],
+                       check=True, capture_output=True)
+        yield name, base
+    finally:
+        subprocess.run(["lxc-destroy", "-n", name], capture_output=True)
+        subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def test_a_stopped_lxc_container(lxc_stopped: tuple[str, Path]) -> None:
+    name, root = lxc_stopped
+    out = run_cntr("attach", name, "--", "/bin/sh", "-c",
+                   "hostname; echo $APP; echo hi > /var/lib/cntr/made")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"offline-lxc\nlxc\n"
+    assert (root / "made").read_text() == "hi\n"
+    assert "(stopped)" in out.stderr.decode()
+    ro = run_cntr("attach", "--read-only", name, "--", "/bin/sh", "-c",
+                  "rm /var/lib/cntr/made")
+    assert ro.returncode == 0, ro.stderr.decode()
+    assert (root / "made").exists()
+    assert str(root) not in host_mounts()
