@@ -192,7 +192,7 @@ def replay(ctx: Context) -> Context:
 
     try:
         engines.resolve(ctx.container_id, [ctx.engine])
-    except engines.NotRunning as exc:
+    except engines.StoppedContainer as exc:
         if exc.offline is None:
             raise Unsupported(
                 f"{ctx.engine} keeps no filesystem cntr can use for "

@@ -18,7 +18,7 @@ from cntr.linux import procfs
 def resolve(ident: str, types: list[str] | None = None) -> Resolved:
     try:
         match = engines.resolve(ident, types)
-    except engines.NotRunning as exc:
+    except engines.StoppedContainer as exc:
         if exc.match is None or exc.offline is None:
             raise
         m = exc.match

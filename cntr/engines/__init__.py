@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
+from cntr.context import Offline
 from cntr.engines.base import (
     Engine,
     EngineError,
@@ -66,6 +67,7 @@ __all__ = [
     "EngineError",
     "Match",
     "NotRunning",
+    "StoppedContainer",
     "list_all",
     "make",
     "parse_types",
@@ -117,6 +119,16 @@ def _ask(engine: Engine, ident: str) -> tuple[list[Match], str]:
     return found, "" if found else engine.reason
 
 
+class StoppedContainer(NotFound):
+    """The one container called so exists but runs no process: ``match`` names it (pid 0,
+    its state), ``offline`` is what the engine keeps of it (None: nothing cntr can use)."""
+
+    def __init__(self, message: str, match: Match | None, offline: Offline | None) -> None:
+        super().__init__(message)
+        self.match = match
+        self.offline = offline
+
+
 _stopped: dict[int, NotRunning] = {}
 _stopped_lock = threading.Lock()
 
@@ -132,8 +144,8 @@ def _describe(m: Match) -> str:
 def resolve(ident: str, types: list[str] | None = None) -> Match:
     """The one running container (or process) called `ident` among the engines of `types`.
 
-    Raises NotFound (what every engine answered, on one line) or Ambiguous; NotRunning
-    (with the engine's description of it) when the one container is not running.
+    Raises NotFound (what every engine answered, on one line) or Ambiguous; its subclass
+    StoppedContainer (with the engine's description) when the one container is not running.
     """
     with shared_process_scan():
         try:
@@ -183,7 +195,8 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
     if len(running) == 1 and all(m.pid or id(m) in _stopped for m in matches):
         return running[0]  # a stopped namesake in another engine does not compete
     if len(matches) == 1 and id(matches[0]) in _stopped:
-        raise _stopped[id(matches[0])]
+        exc = _stopped[id(matches[0])]
+        raise StoppedContainer(f"no container '{ident}': {exc}", exc.match, exc.offline)
     if matches:
         listed = "; ".join(_describe(m) for m in matches)
         narrow = " (narrow it with --type or give a longer id)"
