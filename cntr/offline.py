@@ -478,3 +478,43 @@ def resolve_image(ref: str, types: list[str] | None = None) -> Resolved:
         return Resolved(engine=name, container_id=ref, name=ref, pid=0, start_time=0,
                         offline=off)
     raise NotFound(f"no image '{ref}': {'; '.join(said)}")
+
+
+def hold_step(ctx: Context, read_only: bool) -> dict[str, object]:
+    """How ``open_root`` will hold the container's filesystem, as a plan step."""
+    off = ctx.offline
+    assert off is not None
+    if off.rootfs == "dir" and not read_only:
+        return {"step": "open-root", "path": off.path}
+    if read_only or not off.upper:
+        lower = [off.path] if off.rootfs == "dir" else [d for d in (off.upper, *off.lower) if d]
+        return {"step": "overlay", "lower": lower, "upper": "tmpfs (thrown away)",
+                "mounted": "detached"}
+    how = {"docker": f"GET /containers/{ctx.container_id}/export, held unread",
+           "podman": f"podman mount {ctx.container_id}"}.get(ctx.engine, "unsupported")
+    return {"step": "hold", "engine": ctx.engine, "how": how, "path": off.path or off.upper,
+            "watch": f"every {WATCH_INTERVAL:g} s"}
+
+
+def plan(steps: list[dict[str, object]], ctx: Context, read_only: bool, network: str,
+         base_dir: str) -> list[dict[str, object]]:
+    """``enter --dry-run`` of an offline context: the plan of a session, with the hold of
+    the filesystem instead of the process check, and the namespaces made, not joined."""
+    off = ctx.offline
+    assert off is not None
+    out: list[dict[str, object]] = [hold_step(ctx, read_only)]
+    kinds = ["uts", "ipc", "cgroup", "pid"] + (["net"] if network != "host" else [])
+    for step in steps[1:]:
+        if step["step"] == "fork":
+            out.append({"step": "unshare", "namespaces": kinds, "hostname": off.hostname,
+                        "loopback": "up" if network != "host" else "host network"})
+            out.append(step)
+            base = base_dir.rstrip("/")
+            out.append({"step": "mount", "what": "proc, sysfs, tmpfs /dev (pid 1)",
+                        "targets": ["/proc", "/sys", "/dev", f"{base}/proc", f"{base}/sys",
+                                    f"{base}/dev"]})
+        elif step["step"] == "bind" and step.get("target") in ("/proc", "/dev", "/sys"):
+            continue  # the session mounts its own (below)
+        elif step["step"] != "join-cgroups":
+            out.append(step)
+    return out

@@ -82,7 +82,10 @@ class EnterOptions:
 
 
 def verify(ctx: Context, proc: str = "/proc") -> None:
-    """Refuse a context whose process is gone or replaced; the message says which field."""
+    """Refuse a context whose process is gone or replaced; the message says which field.
+    An offline context has no process (``cntr.offline`` checks the engine instead)."""
+    if ctx.offline is not None:
+        return
     pid = ctx.pid
     try:
         start = procfs.read_start_time(pid, proc)
@@ -582,4 +585,8 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
         {"step": "chdir", "path": session_cwd(ctx, opts)},
         {"step": "exec", "argv": argv, "env": env, "pty": interactive},
     ]
+    if ctx.offline is not None:
+        from cntr import offline
+
+        steps = offline.plan(steps, ctx, opts.read_only, opts.network, opts.base_dir)
     return steps

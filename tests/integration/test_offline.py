@@ -284,3 +284,20 @@ def test_a_stopped_lxc_container(lxc_stopped: tuple[str, Path]) -> None:
     assert ro.returncode == 0, ro.stderr.decode()
     assert (root / "made").exists()
     assert str(root) not in host_mounts()
+
+
+def test_dry_run_of_an_offline_context(created: tuple[str, str]) -> None:
+    engine, name = created
+    resolved = run_cntr("resolve", name)
+    ctx = run_cntr("capture", input=resolved.stdout)
+    out = run_cntr("enter", "--dry-run", "--format", "json", "--", "true", input=ctx.stdout)
+    assert out.returncode == 0, out.stderr.decode()
+    steps = json.loads(out.stdout)
+    kinds = [s["step"] for s in steps]
+    assert kinds[0] == "hold" and steps[0]["engine"] == engine
+    assert kinds.index("unshare", kinds.index("pivot_root")) < kinds.index("fork")
+    assert kinds[kinds.index("fork") + 1] == "mount"
+    assert not [s for s in steps if s["step"] == "bind" and s["target"] == "/proc"]
+    ids = next(s for s in steps if s["step"] == "ids")
+    assert (ids["uid"], ids["gid"]) == (65534, 65534)
+    assert_nothing_left(engine, name)
