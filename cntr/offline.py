@@ -325,8 +325,9 @@ def open_root(ctx: Context, read_only: bool) -> Iterator[int]:
         "docker": _docker_hold, "podman": _podman_hold}
     hold = holds.get(ctx.engine)
     if hold is None:
-        raise Unsupported(f"{ctx.engine}: writable offline sessions need docker or podman "
-                          "(use --read-only)")
+        raise Unsupported(
+            f"{ctx.engine} would mount the container's layer a second time when it starts "
+            "it, and overlayfs would not stop it: only --read-only sessions here")
     with hold(ctx) as where:
         merged = where or off.path
         if not os.path.ismount(merged):

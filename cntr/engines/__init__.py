@@ -177,6 +177,8 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
     results: dict[str, list[Match]] = {}
     if names:
         engines = [make(t) for t in names]
+        if names == ["containerd"]:  # asked alone: containers without a task too
+            engines[0].ask_ctr = True  # type: ignore[attr-defined]  # ContainerdEngine
         asked = in_threads([partial(_ask, engine, ident) for engine in engines])
         for t, (found, answer) in zip(names, asked, strict=True):
             results[t], answers[t] = found, answer

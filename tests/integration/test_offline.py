@@ -301,3 +301,38 @@ def test_dry_run_of_an_offline_context(created: tuple[str, str]) -> None:
     ids = next(s for s in steps if s["step"] == "ids")
     assert (ids["uid"], ids["gid"]) == (65534, 65534)
     assert_nothing_left(engine, name)
+
+
+@pytest.fixture
+def containerd_stopped() -> Iterator[str]:
+    """A containerd container that has no task (created with ctr, never started)."""
+    engine_container("containerd")
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ctr", "-n", "default", "containers", "create", "--env", "APP=ctrd",
+                    "docker.io/library/cntr-busybox:test", name, "--", "sh", "-c", "exit 3"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ctr", "-n", "default", "containers", "rm", name],
+                       capture_output=True, timeout=60)
+
+
+def test_a_containerd_container_without_a_task(containerd_stopped: str) -> None:
+    name = containerd_stopped
+    listed = run_cntr("ps", "--all", "--json", "-t", "containerd")
+    assert {"engine": "containerd", "container_id": name, "name": name, "pid": 0,
+            "state": "stopped"} in json.loads(listed.stdout)
+    refused = run_cntr("attach", "-t", "containerd", name, "--", "true")
+    assert refused.returncode == 7
+    assert refused.stderr.decode().splitlines()[-1] == (
+        "cntr: attach: containerd would mount the container's layer a second time when it "
+        "starts it, and overlayfs would not stop it: only --read-only sessions here")
+    out = run_cntr("attach", "-t", "containerd", "--read-only", name, "--", "/bin/sh", "-c",
+                   "echo $APP; hostname; touch /var/lib/cntr/made; ls /var/lib/cntr/made")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode() == f"ctrd\n{name}\n/var/lib/cntr/made\n"
+    again = run_cntr("attach", "-t", "containerd", "--read-only", name, "--", "/bin/sh", "-c",
+                     "ls /var/lib/cntr/made")
+    assert again.returncode != 0  # thrown away
+    assert b"No such file or directory" in again.stderr
