@@ -132,7 +132,8 @@ def capture(pid: int | None, fmt: str | None) -> None:
             record = context.read_any(_read_stdin_record("capture"), "stdin")
             if isinstance(record, context.Context):
                 resolved = context.Resolved(record.engine, record.container_id,
-                                            record.name, record.pid, record.start_time)
+                                            record.name, record.pid, record.start_time,
+                                            record.offline)
             else:
                 resolved = record
             target = resolved.pid

@@ -37,8 +37,8 @@ Caveats:
   counts as absent, redirects and opaque directories are not followed.
 - the session's first process is pid 1 of its pid namespace: when the command exits,
   whatever it left running there is killed (a session keeps nothing behind).
-- if cntr is SIGKILLed during a podman session, podman's mount reference stays until
-  ``podman umount ID``.
+- podman's mount reference is dropped by a small guard process when cntr is SIGKILLed
+  (it waits for the end of a pipe from cntr).
 """
 
 from __future__ import annotations
@@ -279,9 +279,19 @@ def _docker_hold(ctx: Context) -> Iterator[str]:
             proc.stderr.close()
 
 
+_PODMAN_GUARD = """
+import subprocess, sys
+if sys.stdin.buffer.read() != b"done":
+    subprocess.run(["podman", "umount", sys.argv[1]], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+"""
+
+
 @contextlib.contextmanager
 def _podman_hold(ctx: Context) -> Iterator[str]:
     """podman's reference-counted mount of the container's storage."""
+    import subprocess
+
     from cntr.engines.base import first_line, run_tool
 
     res = run_tool(["podman", "mount", ctx.container_id], timeout=30)
@@ -289,10 +299,20 @@ def _podman_hold(ctx: Context) -> Iterator[str]:
         why = first_line(res[2]) if res else "podman is not installed"
         exc = NotFound if "no such" in why.lower() or "no container" in why.lower() else CntrError
         raise exc(f"podman mount {ctx.name or ctx.container_id}: {why}")
+    # A guard that drops the reference if cntr dies without doing it (SIGKILL): it reads
+    # its stdin until end-of-file and unmounts unless told "done" first.
+    guard = subprocess.Popen([sys.executable, "-c", _PODMAN_GUARD, ctx.container_id],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield res[1].strip()
     finally:
         run_tool(["podman", "umount", ctx.container_id], timeout=30)
+        assert guard.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            guard.stdin.write(b"done")
+        guard.stdin.close()
+        guard.wait()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import engine_container, run_cntr
+from tests.conftest import CNTR, REPO, engine_container, run_cntr
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine]
 
@@ -336,3 +336,26 @@ def test_a_containerd_container_without_a_task(containerd_stopped: str) -> None:
                      "ls /var/lib/cntr/made")
     assert again.returncode != 0  # thrown away
     assert b"No such file or directory" in again.stderr
+
+
+def test_sigkill_of_cntr_leaves_no_hold(stopped: tuple[str, str]) -> None:
+    engine, name = stopped
+    with subprocess.Popen([*CNTR, "attach", name, "--", "/bin/sh", "-c",
+                           "echo ready; sleep 60"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.kill()
+        proc.wait()
+    merged = "" if engine == "docker" else "mounted"
+    for _ in range(100):
+        if engine == "docker":
+            merged = inspect(engine, name, "{{.GraphDriver.Data.MergedDir}}")
+            if merged.rsplit("/", 1)[0] not in host_mounts():
+                break
+        elif inspect(engine, name, "{{.Id}}")[:12] not in engine_cmd(engine, "mount"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"{engine} still holds {name}'s layer")
+    engine_cmd(engine, "start", name)  # and it starts on its own mount as usual
