@@ -59,6 +59,10 @@ class Offline:
     """the capability set the engine would give the container's first process."""
     image: str
     """the image the container was made from (the reference, for ``attach --image``)."""
+    uid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    """the user namespace's uid map the root filesystem is owned for (LXD), [] for none."""
+    gid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    """the same for gids."""
 
 
 @record(frozen=True)
@@ -171,7 +175,10 @@ def from_dict(cls: type[R], data: Any) -> R:
         raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
     values = {name: data[name] for name in fields(cls) if name in data}
     if values.get("offline") is not None:
-        values["offline"] = Offline(**values["offline"])
+        off = dict(values["offline"])
+        off["uid_map"] = [tuple(x) for x in off["uid_map"]]
+        off["gid_map"] = [tuple(x) for x in off["gid_map"]]
+        values["offline"] = Offline(**off)
     if cls is Context:
         values["caps"] = Caps(**values["caps"])
         values["uid_map"] = [tuple(x) for x in values["uid_map"]]

@@ -175,7 +175,8 @@ def context_of(resolved: Resolved) -> Context:
     return Context(
         engine=resolved.engine, container_id=resolved.container_id, name=resolved.name,
         pid=0, start_time=0, boot_id=procfs.read_boot_id(), nspid=0, namespaces={},
-        uid_map=FULL_MAP, gid_map=FULL_MAP, uid=uid, gid=gid, groups=groups,
+        uid_map=off.uid_map or FULL_MAP, gid_map=off.gid_map or FULL_MAP, uid=uid, gid=gid,
+        groups=groups,
         caps=Caps(bounding=bounding, effective=held, permitted=held, inheritable=0,
                   ambient=0),
         no_new_privs=False, cgroups=[], lsm="", label="", env=env, cwd=off.cwd or "/",
@@ -198,7 +199,8 @@ def replay(ctx: Context) -> Context:
                 f"{ctx.engine} keeps no filesystem cntr can use for "
                 f"{ctx.name or ctx.container_id}") from None
         return replace(ctx, pid=0, start_time=0, nspid=0, namespaces={}, cgroups=[],
-                       uid_map=FULL_MAP, gid_map=FULL_MAP, offline=exc.offline)
+                       uid_map=exc.offline.uid_map or FULL_MAP,
+                       gid_map=exc.offline.gid_map or FULL_MAP, offline=exc.offline)
     raise StaleContext(
         f"container {ctx.name or ctx.container_id} is running again: capture it anew "
         "(cntr attach) instead of replaying an offline session")
@@ -430,18 +432,51 @@ def run(ctx: Context, read_only: bool, enter: Callable[[int, Callable[[int], Non
     return code
 
 
-def session_init(base_dir: str, status_w: int, slave: int | None) -> None:
+def session_init(ctx: Context, base_dir: str, status_w: int, slave: int | None) -> None:
     """In the session's first process, pid 1 of its new pid namespace: mount its /proc,
     /sys and /dev, then fork.  The child returns and becomes the command; this process
     stays as the namespace's init (pid 1 ignores signals it has no handler for, so the
     command must not be it): it forwards signals to the command, reaps orphans and exits
-    with the command's status, which ends everything left in the namespace."""
+    with the command's status, which ends everything left in the namespace.
+
+    A root filesystem owned for a user namespace (LXD's shifted ids, ``uid_map``): the
+    child makes a user namespace and this process, privileged in the host's, writes its
+    maps (a process cannot map other ids than its own into a namespace it made)."""
     from cntr.linux import fresh
 
     fresh.mount_kernel_fs(base_dir)
+    userns = ctx.uid_map != FULL_MAP
+    if userns:
+        ready_r, ready_w = os.pipe()
+        ack_r, ack_w = os.pipe()
     child = os.fork()
     if child == 0:
+        if userns:
+            from cntr.linux import syscalls
+
+            os.close(ready_r)
+            os.close(ack_w)
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            os.close(ready_w)
+            if os.read(ack_r, 1) != b"k":
+                raise OSError(1, "the user namespace's id maps were not written")
+            os.close(ack_r)
         return
+    if userns:
+        os.close(ready_w)
+        os.close(ack_r)
+        ok = b""
+        if os.read(ready_r, 1) == b"u":
+            with contextlib.suppress(OSError):
+                for which, lines in (("uid_map", ctx.uid_map), ("gid_map", ctx.gid_map)):
+                    with open(f"/proc/{child}/{which}", "w") as f:
+                        f.write("".join(f"{a} {b} {c}\n" for a, b, c in lines))
+                ok = b"k"
+        with contextlib.suppress(OSError):
+            os.write(ack_w, ok or b"x")
+        os.close(ready_r)
+        os.close(ack_w)
     os.close(status_w)  # the supervisor waits for the command's exec, not for us
     if slave is not None:
         os.close(slave)

@@ -219,7 +219,7 @@ def _session_process(plan: _Plan) -> None:
             step = "mount /proc, /sys and /dev"
             from cntr import offline
 
-            offline.session_init(opts.base_dir, status_w, slave)  # returns in a child
+            offline.session_init(ctx, opts.base_dir, status_w, slave)  # returns in a child
             step = "set up the session"
         # Python ignores SIGPIPE (and the setup child SIGINT); the command must start with
         # the default dispositions, as from a shell.

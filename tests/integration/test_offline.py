@@ -359,3 +359,39 @@ def test_sigkill_of_cntr_leaves_no_hold(stopped: tuple[str, str]) -> None:
     else:
         pytest.fail(f"{engine} still holds {name}'s layer")
     engine_cmd(engine, "start", name)  # and it starts on its own mount as usual
+
+
+@pytest.fixture
+def lxd_stopped() -> Iterator[str]:
+    """An LXD container that ran once (so LXD shifted its files to its id map) and stopped."""
+    engine_container("lxd")
+    name = f"cntr-offline-{uuid.uuid4().hex[:8]}"
+
+    def lxc(*args: str) -> None:
+        subprocess.run(["lxc", *args], check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=120)
+
+    try:
+        lxc("init", "cntr-busybox", name, "-c", "environment.APP=lxd",
+            "-c", "limits.kernel.nofile=1024", "-c", "limits.kernel.nproc=1000",
+            "-c", "raw.lxc=lxc.init.cmd=/bin/sleep 100000\nlxc.uts.name=offline-lxd")
+        lxc("start", name)
+        lxc("stop", "-f", name)
+        yield name
+    finally:
+        subprocess.run(["lxc", "delete", "-f", name], capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_a_stopped_lxd_container_in_its_user_namespace(lxd_stopped: str) -> None:
+    name = lxd_stopped
+    root = Path("/var/lib/lxd/storage-pools/default/containers") / name / "rootfs"
+    shifted = root.joinpath("etc/passwd").stat().st_uid
+    assert shifted != 0  # LXD shifted the files when it started it
+    out = run_cntr("attach", name, "--", "/bin/sh", "-c",
+                   "hostname; echo $APP; id -u; stat -c %u /var/lib/cntr/etc/passwd; "
+                   "touch /var/lib/cntr/made")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"offline-lxd\nlxd\n0\n0\n"
+    assert root.joinpath("made").stat().st_uid == shifted  # the container's root owns it
+    assert "(stopped)" in out.stderr.decode()

@@ -72,3 +72,24 @@ def test_lxc_config(tmp_path: Path) -> None:
     assert "cap_sys_admin" in caps.names(off.caps)
     conf.write_text(conf.read_text() + "lxc.idmap = u 0 100000 65536\n")
     assert lxc.describe_stopped(str(conf), "c1") is None  # user-namespaced: not offline
+
+
+def test_lxd_instance(tmp_path: Path) -> None:
+    from cntr.engines import lxd
+
+    (tmp_path / "containers/c1/rootfs/root").mkdir(parents=True)
+    idmap = ('[{"Isuid":true,"Isgid":false,"Hostid":100000,"Nsid":0,"Maprange":65536},'
+             '{"Isuid":false,"Isgid":true,"Hostid":200000,"Nsid":0,"Maprange":65536}]')
+    meta = {"name": "c1", "expanded_config": {
+        "environment.APP": "x", "raw.lxc": "lxc.init.cmd=/bin/sleep 1\nlxc.uts.name=box",
+        "volatile.last_state.idmap": idmap}}
+    off = lxd.describe_stopped(meta, str(tmp_path))
+    assert off is not None
+    assert (off.path, off.hostname, off.cwd, off.env) == (
+        str(tmp_path / "containers/c1/rootfs"), "box", "/root", {"APP": "x"})
+    assert (off.uid_map, off.gid_map) == ([(0, 100000, 65536)], [(0, 200000, 65536)])
+    assert "cap_sys_module" not in caps.names(off.caps)
+    meta["expanded_config"]["security.privileged"] = "true"  # type: ignore[index]
+    privileged = lxd.describe_stopped(meta, str(tmp_path))
+    assert privileged is not None and privileged.uid_map == []
+    assert lxd.describe_stopped({"name": "c2"}, str(tmp_path)) is None
