@@ -290,7 +290,10 @@ def _setup_child(plan: _Plan) -> None:
         cgroups.join(ctx.cgroups, os.getpid())
         step = "open the container's mount namespace"
         mnt_fd = nsfds.fds.pop("mnt")
-        if opts.container_root:
+        if opts.container_root and ctx.offline is not None:
+            step = "enter the container's root"
+            fresh.private_root(mnt_fd, root_fd)
+        elif opts.container_root:
             step = "enter the container's root"
             syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
             os.fchdir(root_fd)

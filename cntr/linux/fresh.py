@@ -136,3 +136,25 @@ def _make_dev(target: str) -> None:
     syscalls.mount("shm", f"{target}/shm", "tmpfs",
                    syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
                    "mode=1777,size=65536k")
+
+
+def private_root(mnt_ns_fd: int, root_fd: int) -> None:
+    """``cntr exec`` of an offline container: a private copy of the mount namespace of
+    ``mnt_ns_fd`` with a copy of ``root_fd``'s tree mounted over its ``/`` and chrooted
+    into, so the session's /proc, /sys and /dev are mounted there and nowhere else."""
+    syscalls.setns(mnt_ns_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
+    os.fchdir(root_fd)
+    # The kernel moves the working directory into the copy (a mount of the old namespace
+    # could not be cloned from the new one), as mounts.build relies on.
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    # Privileged: nothing mounted below may propagate back to the host's namespace.
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    flags = syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC | syscalls.AT_RECURSIVE
+    tree = syscalls.open_tree(syscalls.AT_FDCWD, ".", flags)
+    try:
+        syscalls.move_mount(tree, "", syscalls.AT_FDCWD, "/", syscalls.MOVE_MOUNT_F_EMPTY_PATH)
+        os.fchdir(tree)
+    finally:
+        os.close(tree)
+    os.chroot(".")
+    os.chdir("/")

@@ -119,13 +119,13 @@ def test_a_fix_made_offline_lets_the_container_start(stopped: tuple[str, str]) -
 
 def test_a_created_container_has_its_configuration(created: tuple[str, str]) -> None:
     engine, name = created
-    script = ("hostname; id -u; id -g; pwd; echo $APP; ip -o link | cut -d' ' -f2; "
+    script = ("hostname; id -u; id -g; pwd; echo $APP; ls /sys/class/net; "
               "grep -c . /proc/self/status >/dev/null && echo proc; "
               "grep CapBnd /proc/self/status")
     out = run_cntr("attach", name, "--", "/bin/sh", "-c", script)
     assert out.returncode == 0, out.stderr.decode()
     lines = out.stdout.decode().splitlines()
-    assert lines[:6] == ["offline-host", "65534", "65534", "/var/lib/cntr/tmp", "web", "lo:"]
+    assert lines[:6] == ["offline-host", "65534", "65534", "/var/lib/cntr/tmp", "web", "lo"]
     assert lines[6] == "proc"
     want = 0xa80425fb if engine == "docker" else 0x800405fb
     assert int(lines[7].split()[1], 16) == want
@@ -395,3 +395,11 @@ def test_a_stopped_lxd_container_in_its_user_namespace(lxd_stopped: str) -> None
     assert out.stdout == b"offline-lxd\nlxd\n0\n0\n"
     assert root.joinpath("made").stat().st_uid == shifted  # the container's root owns it
     assert "(stopped)" in out.stderr.decode()
+
+
+def test_exec_from_the_host_runs_the_containers_command(created: tuple[str, str]) -> None:
+    engine, name = created
+    out = run_cntr("exec", name, "--", "/bin/sh", "-c", "id -u; grep ^ID= /etc/os-release")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"65534\nID=busybox\n"
+    assert_nothing_left(engine, name)
