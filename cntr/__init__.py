@@ -5,11 +5,15 @@ Layers, bottom up:
 - ``cntr.linux``: the only code that talks to the kernel (ctypes syscalls, procfs,
   namespaces, mounts, capabilities, cgroups, LSM labels, pty);
 - ``cntr.engines``: one module per container engine, turning ids and names into pids;
-- ``cntr.fs``: the pyfuse3 filesystem that serves the host's tree into a session;
+- ``cntr.fs``: serve-fs, the FUSE filesystem that serves the host's tree into a session
+  (it speaks the kernel's FUSE protocol itself; pyfuse3's libfuse session is an alternative);
 - ``cntr.context`` and ``cntr.schema``: the records passed between stages, checked
   against ``schemas/``; ``cntr.errors``: what can go wrong and its exit code;
 - ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;
-- ``cntr.cli``: the command line, the only user of click.
+- ``cntr.cli``: the command line, the only user of click; for operators around it:
+  ``cntr.audit`` (session records to the system log), ``cntr.asciicast`` (--record),
+  ``cntr.complete`` (shell completion's container names), ``cntr.manpage`` (cntr(1)),
+  ``cntr.version`` (--version).
 """
 
 __version__ = "0.1.0"

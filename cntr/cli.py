@@ -8,6 +8,7 @@ Errors print one line, ``cntr: STAGE: message``, and exit with the code document
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
@@ -30,6 +31,15 @@ def _run(stage: str, fn: Callable[[], int | None]) -> NoReturn:
 
 FAST_EXIT = True
 """Exit with os._exit after a command; tests calling ``main`` in-process turn it off."""
+
+
+def _print_version(ctx: click.Context) -> None:
+    if ctx.resilient_parsing:
+        return  # shell completion parses the line without acting on it
+    from cntr import version
+
+    click.echo(version.text(), nl=False)
+    ctx.exit()
 
 
 def _types(value: str | None) -> list[str] | None:
@@ -77,9 +87,59 @@ def _read_stdin_record(stage: str) -> bytes:
     return context.read_stream(sys.stdin.buffer)
 
 
+def _complete_types(_ctx: click.Context, _param: click.Parameter,
+                    incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    return [CompletionItem(t) for t in complete.types(incomplete)]
+
+
+def _complete_ids(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Running containers of every engine (or of -t TYPES), names and ids."""
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    try:
+        types = _types(ctx.params.get("types"))
+    except click.BadParameter:
+        types = None
+    return [CompletionItem(value, help=text)
+            for value, text in complete.candidates(incomplete, types)]
+
+
+def _complete_tools(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """``--tools SOURCE``: directories for a path, else containers, ``ENGINE:NAME`` too."""
+    from click.shell_completion import CompletionItem
+
+    from cntr import complete
+
+    if incomplete.startswith(("/", ".")):
+        return [CompletionItem(incomplete, type="dir")]
+    engine, colon, name = incomplete.rpartition(":")
+    if colon:
+        try:
+            types = _types(engine)
+        except click.BadParameter:
+            return []
+        return [CompletionItem(f"{engine}:{value}", help=text)
+                for value, text in complete.candidates(name, types)]
+    return [CompletionItem(value, help=text) for value, text in complete.candidates(incomplete)]
+
+
+def _complete_exec_args(ctx: click.Context, param: click.Parameter,
+                        incomplete: str) -> list[Any]:
+    # from the host the first word is the container: cntr exec ID -- CMD
+    if ctx.params.get("args") or os.environ.get("CNTR_CONTAINER_PATH"):
+        return []
+    return _complete_ids(ctx, param, incomplete)
+
+
 def _types_option(f: F) -> F:
     return click.option(
-        "-t", "--type", "types", metavar="TYPES",
+        "-t", "--type", "types", metavar="TYPES", shell_complete=_complete_types,
         help="Engines to ask, comma-separated: process_id, docker, podman, lxc, lxd, "
         "nspawn, containerd, kubernetes, rkt, command.",
     )(f)
@@ -94,13 +154,15 @@ def _effective_user_option(f: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(package_name="cntr")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _p, v: _print_version(ctx) if v else None,
+              help="Show the versions of cntr, Python, pyfuse3, libfuse and the kernel.")
 def main(debug: bool) -> None:
     """Attach to a running container with every tool of the host at hand."""
 
 
 @main.command()
-@click.argument("ident", metavar="ID")
+@click.argument("ident", metavar="ID", shell_complete=_complete_ids)
 @_types_option
 @click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
               "pipe, json on a terminal).")
@@ -175,6 +237,23 @@ def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
     _run("serve-fs", run)
 
 
+def _record_option(f: F) -> F:
+    return click.option(
+        "--record", metavar="FILE", type=click.Path(dir_okay=False),
+        help="Record the session's terminal output (its stdout on a pipe), with timing, "
+        "as an asciicast v2 file (asciinema play FILE).",
+    )(f)
+
+
+def _recording(path: str | None, opts: Any) -> contextlib.AbstractContextManager[None]:
+    if path is None:
+        return contextlib.nullcontext()
+    from cntr import asciicast
+    from stages.enter import default_command, wants_tty
+
+    return asciicast.recording(path, wants_tty(opts), list(opts.command) or default_command())
+
+
 def _enter_options(command: tuple[str, ...], effective_user: str | None,
                    tty: bool | None, read_only: bool = False, network: str = "none") -> Any:
     from stages.enter import EnterOptions
@@ -203,10 +282,11 @@ def _offline_options(f: F) -> F:
 @click.option("--offline", is_flag=True, help="When the context's process is gone, build "
               "an offline session from it over the container's filesystem.")
 @_offline_options
+@_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
           dry_run: bool, fmt: str, offline: bool, read_only: bool, network: str,
-          command: tuple[str, ...]) -> None:
+          record: str | None, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -239,7 +319,8 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
             verify(ctx)
             _print_plan(describe(ctx, opts), fmt)
             return 0
-        return do_enter(ctx, opts)
+        with _recording(record, opts):
+            return do_enter(ctx, opts)
 
     _run("enter", run)
 
@@ -301,7 +382,7 @@ def _reopen_stdin() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("ident", metavar="ID")
+@click.argument("ident", metavar="ID", shell_complete=_complete_ids)
 @_types_option
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
@@ -309,20 +390,25 @@ def _reopen_stdin() -> None:
 @click.option("--image", is_flag=True, help="ID is an image of docker or podman: an offline "
               "session over its layers, with a throwaway writable layer.")
 @_offline_options
+@_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           image: bool, read_only: bool, network: str, command: tuple[str, ...]) -> None:
+           image: bool, read_only: bool, network: str, record: str | None,
+           command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
+        from cntr import audit
         from stages.attach import attach as do_attach
 
+        audit.STAGE = "attach"
         opts = _enter_options(command, effective_user, tty, read_only, network)
-        if image:
-            from stages.attach import attach_image
+        with _recording(record, opts):
+            if image:
+                from stages.attach import attach_image
 
-            return attach_image(ident, _types(types), opts)
-        return do_attach(ident, _types(types), opts)
+                return attach_image(ident, _types(types), opts)
+            return do_attach(ident, _types(types), opts)
 
     _run("attach", run)
 
@@ -353,7 +439,7 @@ def ps_(types: str | None, as_json: bool, show_all: bool) -> None:
 
 @main.command("exec", context_settings={"ignore_unknown_options": True})
 @_types_option
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, shell_complete=_complete_exec_args)
 def exec_(types: str | None, args: tuple[str, ...]) -> None:
     """Run a container command in the container's root and environment.
 
@@ -372,3 +458,49 @@ def exec_(types: str | None, args: tuple[str, ...]) -> None:
         return stage.exec_in_session(args)
 
     _run("exec", run)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The checks as one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Check what cntr needs on this host; exit 1 when attach cannot work."""
+
+    def run() -> int:
+        from stages import doctor as stage
+
+        checks = stage.doctor()
+        works = stage.attach_works(checks)
+        if as_json:
+            import json
+
+            from cntr.record import asdict
+
+            click.echo(json.dumps({"attach_works": works,
+                                   "checks": [asdict(c) for c in checks]}, indent=2))
+        else:
+            click.echo(stage.report(checks), nl=False)
+        return 0 if works else 1
+
+    _run("doctor", run)
+
+
+def describe_cli() -> list[dict[str, Any]]:
+    """The command tree as plain data, exactly what each ``--help`` shows (for the man
+    page, ``cntr.manpage``, which must not import click): the root first, then every
+    subcommand in --help's order, each with its usage, help and option help records."""
+    root = click.Context(main, info_name="cntr", **main.context_settings)
+
+    def one(cmd: click.Command, ctx: click.Context) -> dict[str, Any]:
+        records = [p.get_help_record(ctx) for p in cmd.get_params(ctx)
+                   if isinstance(p, click.Option)]  # --help lists options only
+        return {"name": ctx.command_path, "usage": " ".join(cmd.collect_usage_pieces(ctx)),
+                "help": cmd.help or "", "short": cmd.get_short_help_str(limit=300),
+                "options": [list(r) for r in records if r is not None]}
+
+    out = [one(main, root)]
+    for name in main.list_commands(root):
+        cmd = main.get_command(root, name)
+        assert cmd is not None  # listed by the group itself
+        out.append(one(cmd, click.Context(cmd, info_name=name, parent=root,
+                                          **cmd.context_settings)))
+    return out

@@ -62,9 +62,11 @@ def _attach(ident: str, types: list[str] | None, command: list[str]) -> None:
     from cntr.errors import run_stage
 
     def run() -> int:
+        from cntr import audit
         from stages.attach import attach
         from stages.enter import EnterOptions
 
+        audit.STAGE = "attach"
         return attach(ident, types, EnterOptions(command=command))
 
     run_stage("attach", run)

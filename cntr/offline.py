@@ -432,12 +432,11 @@ def run(ctx: Context, read_only: bool, enter: Callable[[int, Callable[[int], Non
     return code
 
 
-def session_init(ctx: Context, base_dir: str, status_w: int, slave: int | None) -> None:
+def session_init(ctx: Context, base_dir: str) -> None:
     """In the session's first process, pid 1 of its new pid namespace: mount its /proc,
-    /sys and /dev, then fork.  The child returns and becomes the command; this process
-    stays as the namespace's init (pid 1 ignores signals it has no handler for, so the
-    command must not be it): it forwards signals to the command, reaps orphans and exits
-    with the command's status, which ends everything left in the namespace.
+    /sys and /dev, then fork.  The child returns and goes on as the session's reaper; this
+    process stays as the namespace's init: it holds no descriptor, forwards signals to the
+    reaper, and exits with its status, which ends everything left in the namespace.
 
     A root filesystem owned for a user namespace (LXD's shifted ids, ``uid_map``): the
     child makes a user namespace and this process, privileged in the host's, writes its
@@ -477,9 +476,9 @@ def session_init(ctx: Context, base_dir: str, status_w: int, slave: int | None) 
             os.write(ack_w, ok or b"x")
         os.close(ready_r)
         os.close(ack_w)
-    os.close(status_w)  # the supervisor waits for the command's exec, not for us
-    if slave is not None:
-        os.close(slave)
+    # Nothing of the session's (its pipes, the pty) may stay open here: readers wait
+    # for their end-of-file.
+    os.closerange(0, os.sysconf("SC_OPEN_MAX"))
     with contextlib.suppress(OSError):
         os.setsid()  # the group the supervisor signals
 
@@ -491,8 +490,9 @@ def session_init(ctx: Context, base_dir: str, status_w: int, slave: int | None) 
                 os.kill(child, signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT,
-                signal.SIGUSR1, signal.SIGUSR2):
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     code = 0
     while True:
         try:
@@ -566,11 +566,11 @@ def plan(steps: list[dict[str, object]], ctx: Context, read_only: bool, network:
                         "loopback": "up" if network != "host" else "host network"})
             out.append(step)
             base = base_dir.rstrip("/")
-            out.append({"step": "mount", "what": "proc, sysfs, tmpfs /dev (pid 1)",
-                        "targets": ["/proc", "/sys", "/dev", f"{base}/proc", f"{base}/sys",
+            out.append({"step": "mount", "what": "proc, sysfs (by pid 1), /dev bound",
+                        "targets": ["/proc", "/sys", f"{base}/proc", f"{base}/sys",
                                     f"{base}/dev"]})
-        elif step["step"] == "bind" and step.get("target") in ("/proc", "/dev", "/sys"):
-            continue  # the session mounts its own (below)
+        elif step["step"] in ("bind", "mount") and step.get("target") in ("/proc", "/sys"):
+            continue  # the session's pid 1 mounts its own (below)
         elif step["step"] != "join-cgroups":
             out.append(step)
     return out

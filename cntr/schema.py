@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "schemas")
+if not os.path.isdir(SCHEMA_DIR):  # installed from the wheel: they are in cntr/schemas
+    SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 
 _KEYWORDS = frozenset({
     "$id", "title", "description", "type", "const", "enum", "required", "properties",

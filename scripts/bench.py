@@ -4,7 +4,7 @@ What it measures, in one run, interleaved (every repetition goes round-robin ove
 targets of a workload, starting one target further each time, so that machine noise hits
 all targets alike):
 
-Filesystem workloads, each on five targets:
+Filesystem workloads, each on seven targets:
   ``native``  the backing directory itself (the limit);
   ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
   ``serve-fs-uring`` the same with requests over FUSE over io_uring
@@ -22,6 +22,20 @@ Filesystem workloads, each on five targets:
   entry of that (warm) tree, reading every file of it, extracting a tarball of such a tree,
   and deleting both trees.
 
+Concurrency workloads, on the same targets: ``untar-pN``, N concurrent ``tar -x`` of that
+tarball into N directories at once, and ``build-jN``, ``make -jN`` of a C project the
+benchmark generates (200 small files including a few of 20 headers, gcc -O1, one link;
+its objects are removed before each run), for N = 1, 2 and 4 requesters.  The scaling
+table reads off how each target's throughput grows with the requesters (N trees or one
+build per run, paired run by run).
+
+Database workloads, on the same targets: a PostgreSQL server (Debian's, run as the
+postgres user) with its data directory on the target (a copy of one made by initdb
+natively, untimed), listening on a unix socket in a scratch directory and nowhere else:
+``pg-init`` times ``pgbench -i -s 10`` (init + load), ``pg-tps`` is the tps of the
+``pgbench -c 4 -T 30`` that follows (higher is better: its ratios are tps over tps).
+The server is stopped and its directories removed after every run.
+
 Program start through a mount of ``/`` (warm): ``chroot MNT /usr/bin/python3 -c pass`` and
 ``chroot MNT /bin/true`` against ``chroot / ...`` (the same chroot(1) call, so only the
 filesystem differs); each run is the mean of several launches after one untimed launch.
@@ -33,13 +47,21 @@ Session path latency (commands run in the benchmark's original mount namespace):
   resolve: ``cntr resolve cntr-test-docker [-t docker]`` against ``docker inspect``.
 
 Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of
-200,000 empty files through a serve-fs mount (the tree is made once, natively, in
-/var/cache/cntr-bench and reused).
+1,000,000 empty files (``--walk-files N``) through a serve-fs mount (the tree is made
+once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more).
 
 Output: per workload and target the median of N runs, its spread ((max-min)/median), the
 ratios to ``native`` (or the workload's limit) and to the reference (``c-ll``, ``docker
 exec``), and the issue's goal where one applies: an aligned table on stdout, the same as
-JSON with ``--json FILE``.  Progress goes to stderr.  Exit status 0 unless something broke
+JSON with ``--json FILE``.  Then the scaling table and every goal of issue 15 side by
+side, each with the spread of its per-run ratios (runs paired by index: the runs of a
+repetition are interleaved, so a pair shares the machine's state): serve-fs <= 0.8x
+c-ll on every filesystem workload and <= 4x native on the metadata ones (create,
+stat-tree, read-tree, untar, delete); <= 1.0x c-ll with 2 and 4 requesters; throughput
+x1.2 from 1 to 2 requesters and no loss from 2 to 4; pgbench >= 0.95x native tps and its
+init + load <= 1.5x native; ``cntr attach`` by name <= 0.7x ``docker exec``, by pid <=
+0.6x; VmRSS < 100 MiB and bounded descriptors after the walk (JSON: ``goals``,
+``scaling``).  Progress goes to stderr.  Exit status 0 unless something broke
 (a mount that does not come up, a command that fails); timings never fail the run.
 
 Where the files live: the filesystem workloads run on a scratch ext4 filesystem made for
@@ -67,6 +89,11 @@ Caveats:
 - the C reference cannot walk 200,000 files here (it keeps a descriptor per inode and
   RLIMIT_NOFILE is 20,000 without CAP_SYS_RESOURCE), so the memory section has no
   reference.
+- c-ll is mounted with ``allow_other`` (the PostgreSQL server is not the mounting user;
+  serve-fs and bindfs allow other users already when root mounts them).
+- ``--quick`` shrinks every size (500 files, a project of 24 files, pgbench scale 1 for
+  5 s, 20,000 files walked) and makes 2 runs: it shows that everything runs, not what it
+  costs.
 - ``--profile DIR`` runs every serve-fs under cProfile (DIR/serve-fs-*.prof): its
   timings are then inflated and only good for finding where the time goes.
 """
@@ -77,6 +104,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
@@ -146,13 +174,21 @@ class Sizes:
     """timed launches per run of the resolve variants."""
     walk_dirs: int
     """directories (1,000 files each) of the cached tree walked for the memory figures."""
+    build_files: int = 200
+    """C files of the generated project the build workloads compile."""
+    pg_scale: int = 10
+    """pgbench's scale factor (100,000 rows of pgbench_accounts each)."""
+    pg_seconds: int = 30
+    """seconds of each ``pgbench -c 4 -T`` run."""
 
 
 DEFAULT = Sizes(runs=5, big_mib=512, fio_mib=128, dirs=40, files=4000, max_file=8192,
-                exec_launches=10, attach_launches=3, resolve_launches=5, walk_dirs=200)
-QUICK = Sizes(runs=3, big_mib=64, fio_mib=16, dirs=10, files=1000, max_file=8192,
-              exec_launches=4, attach_launches=2, resolve_launches=3, walk_dirs=20)
-WALK_TREE_DIRS = 200  # the cached tree always has 200 x 1,000 files; --quick walks a part
+                exec_launches=10, attach_launches=3, resolve_launches=5, walk_dirs=1000)
+QUICK = Sizes(runs=2, big_mib=64, fio_mib=16, dirs=10, files=500, max_file=8192,
+              exec_launches=4, attach_launches=2, resolve_launches=3, walk_dirs=20,
+              build_files=24, pg_scale=1, pg_seconds=5)
+REQUESTERS = (1, 2, 4)
+"""concurrent requesters of the concurrency workloads (untar-pN, build-jN)."""
 
 
 # ----------------------------------------------------------------------------- processes
@@ -321,7 +357,9 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
             argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stages.serve_fs"]
     elif kind in ("c-ll", "c-ll-wb"):
         assert tools.passthrough_ll is not None
-        argv = [str(tools.passthrough_ll), "-f", "-o", f"source={root}", str(mnt)]
+        # allow_other: the database workloads' server runs as the postgres user.
+        argv = [str(tools.passthrough_ll), "-f", "-o", "allow_other", "-o", f"source={root}",
+                str(mnt)]
         if kind == "c-ll-wb":
             argv[2:2] = ["-o", "writeback", "-o", "cache=always"]
     elif kind == "bindfs":
@@ -388,6 +426,8 @@ class FsContext:
     file_sizes: list[int] = field(default_factory=list)
     tarball: Path | None = None
     fs_targets: list[Target] = field(default_factory=list)
+    pg_bin: Path | None = None
+    """where the PostgreSQL server's programs are (None: not installed)."""
 
 
 SCRATCH_GIB = 12
@@ -661,19 +701,300 @@ def wl_exec(argv: list[str]) -> Callable[[FsContext, Target], float]:
     return run
 
 
+# ----------------------------------------------------------------------------- concurrency
+
+
+def untar_parallel(ctx: FsContext, dests: list[Path]) -> None:
+    """``tar -x`` of the tarball into every directory of ``dests`` at once."""
+    assert ctx.tarball is not None
+    procs = []
+    try:
+        for dest in dests:
+            os.mkdir(dest)
+            procs.append(subprocess.Popen(["tar", "-xf", str(ctx.tarball), "-C", str(dest)],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE))
+        for proc, dest in zip(procs, dests, strict=False):
+            _out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                last = err.decode(errors="replace").strip().splitlines()
+                raise BenchError(f"tar -x in {dest}: exit {proc.returncode}: "
+                                 f"{last[-1] if last else ''}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def wl_untar_parallel(n: int) -> Callable[[FsContext, Target], float]:
+    """``n`` requesters at once: ``n`` concurrent ``tar -x`` into ``n`` directories."""
+
+    def run(ctx: FsContext, t: Target) -> float:
+        dests = [t.path / f"untar-p{n}-{i}" for i in range(n)]
+        for dest in dests:
+            if dest.exists():
+                shutil.rmtree(dest)
+        os.sync()
+        t0 = time.perf_counter()
+        untar_parallel(ctx, dests)
+        return time.perf_counter() - t0
+
+    return run
+
+
+BUILD_HEADERS = 20
+BUILD_MAKEFILE = """\
+SRCS := $(sort $(wildcard src/*.c))
+OBJS := $(SRCS:src/%.c=obj/%.o)
+prog: $(OBJS)
+\t$(CC) -o $@ $^
+obj/%.o: src/%.c | obj
+\t$(CC) -O1 -Wall -Iinclude -MMD -c -o $@ $<
+obj:
+\tmkdir -p obj
+-include $(OBJS:.o=.d)
+"""
+
+
+def make_project(root: Path, files: int) -> None:
+    """A C project of ``files`` small sources (each including a few of 20 generated
+    headers), a main and a Makefile that compiles them into obj/ and links ``prog``."""
+    (root / "src").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "Makefile").write_text(BUILD_MAKEFILE)
+    for h in range(BUILD_HEADERS):
+        decls = "".join(f"int h{h}_f{k}(int x);\nstatic inline int h{h}_g{k}(int x) "
+                        f"{{ return x * {k + 3} + {h}; }}\n" for k in range(20))
+        (root / "include" / f"h{h:02d}.h").write_text(
+            f"#ifndef H{h}\n#define H{h}\n#include <stddef.h>\n{decls}#endif\n")
+    calls = []
+    for i in range(files):
+        inc = "".join(f'#include "h{(i + k) % BUILD_HEADERS:02d}.h"\n' for k in range(4))
+        body = "".join(
+            f"int u{i}_f{k}(int x) {{\n    int s = 0;\n    for (int j = 0; j < x; j++)\n"
+            f"        s += h{i % BUILD_HEADERS}_g{k % 20}(j) ^ {k};\n    return s;\n}}\n"
+            for k in range(8))
+        (root / "src" / f"u{i:04d}.c").write_text(f"{inc}#include <string.h>\n{body}")
+        calls.append(f"    s += u{i}_f0(argc);\n")
+    protos = "".join(f"int u{i}_f0(int x);\n" for i in range(files))
+    (root / "src" / "main.c").write_text(
+        f"{protos}int main(int argc, char **argv) {{\n    int s = 0;\n    (void)argv;\n"
+        f"{''.join(calls)}    return s == -1;\n}}\n")
+    (root / ".complete").touch()
+
+
+def wl_build(n: int) -> Callable[[FsContext, Target], float]:
+    """``make -jN`` of the generated project (its objects removed first, untimed)."""
+
+    def run(ctx: FsContext, t: Target) -> float:
+        proj = t.path / "proj"
+        if not (proj / ".complete").exists():
+            if proj.exists():
+                shutil.rmtree(proj)
+            make_project(proj, ctx.sizes.build_files)
+        for old in (proj / "obj", proj / "prog"):
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        os.sync()
+        t0 = time.perf_counter()
+        run_quiet(["make", "-s", "-C", str(proj), f"-j{n}"], what=f"make -j{n} on {t.name}",
+                  env={**EXEC_ENV, "CC": "gcc"})
+        elapsed = time.perf_counter() - t0
+        if not (proj / "prog").exists():
+            raise BenchError(f"make -j{n} on {t.name} left no prog")
+        return elapsed
+
+    return run
+
+
+def concurrency_workloads(sizes: Sizes) -> list[Workload]:
+    """untar-pN (N concurrent ``tar -x``) and build-jN (``make -jN``) for each N of
+    REQUESTERS; issue 15: <= 1.0x C passthrough_ll with several requesters."""
+    out = []
+    for n in REQUESTERS:
+        goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
+        out.append(Workload(
+            f"untar-p{n}", f"{n} concurrent tar -x of {sizes.files} files (one dir each)",
+            "fs", "native", "c-ll", list(goals), run=wl_untar_parallel(n)))
+    for n in REQUESTERS:
+        goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
+        out.append(Workload(
+            f"build-j{n}", f"make -j{n} of {sizes.build_files} C files (gcc -O1)",
+            "fs", "native", "c-ll", list(goals), run=wl_build(n)))
+    return out
+
+
+def scaling(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How throughput grows with the requesters, per target: for each N of REQUESTERS
+    past 1, the throughput with N over the throughput with N/2 (``gain``, per run, runs
+    paired by their index, and of the medians) and over the throughput with 1
+    (``speedup``).  Throughput is N / t(N) for untar-pN (N trees) and 1 / t(N) for
+    build-jN (one build).  Goal (issue 15: serve-fs's own throughput grows with the
+    cores it is given): serve-fs gains at least 1.2x from 1 to 2 requesters, and loses
+    nothing from 2 to 4 (the machine may have fewer cores than requesters)."""
+    by_name = {s["name"]: s for s in summaries}
+    out: list[dict[str, Any]] = []
+    for family, trees in (("untar-p", True), ("build-j", False)):
+        for n in REQUESTERS[1:]:
+            one, half, many = (by_name.get(f"{family}{k}") for k in (1, n // 2, n))
+            if one is None or half is None or many is None:
+                continue
+            for target, tn in many["targets"].items():
+                t1 = one["targets"].get(target)
+                th = half["targets"].get(target)
+                if t1 is None or th is None:
+                    continue
+                work = n if trees else 1
+                work_half = n // 2 if trees else 1
+                runs = [(work / b) / (work_half / a)
+                        for a, b in zip(th["samples"], tn["samples"], strict=False) if b > 0]
+                gain = (work / tn["median"]) / (work_half / th["median"])
+                row: dict[str, Any] = {
+                    "workload": f"{family}N", "target": target, "requesters": n,
+                    "versus_requesters": n // 2, "gain": gain, "spread": run_spread(runs),
+                    "speedup": (work / tn["median"]) / (1 / t1["median"])}
+                if target == "serve-fs":
+                    want = 1.2 if n == 2 else 1.0
+                    row["goal"] = {"min_ratio": want, "met": gain >= want}
+                out.append(row)
+    return out
+
+
+def run_spread(values: list[float]) -> float | None:
+    """(max - min) / median of per-run ratios; None without two of them."""
+    if len(values) < 2:
+        return None
+    m = statistics.median(values)
+    return (max(values) - min(values)) / m if m else None
+
+
+# ----------------------------------------------------------------------------- database
+
+
+PG_USER = "postgres"
+
+
+def pg_bindir() -> Path | None:
+    """Debian's newest PostgreSQL server binaries (package postgresql)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else None
+
+
+def run_as_postgres(argv: Sequence[str], *, what: str, timeout: float = 900) -> str:
+    """``argv`` as the postgres user (its server refuses to run as root); its stdout."""
+    try:
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             user=PG_USER, group=PG_USER, extra_groups=[], cwd="/",
+                             env={**EXEC_ENV, "HOME": "/tmp"}, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"{what}: {exc}") from exc
+    if res.returncode != 0:
+        err = res.stderr.strip().splitlines()
+        raise BenchError(f"{what}: exit {res.returncode}: {err[-1] if err else ''}")
+    return res.stdout
+
+
+def pg_template(ctx: FsContext) -> Path:
+    """A data directory made once per benchmark run by initdb, natively (untimed): each
+    run copies it onto its target (initdb itself is not what is measured)."""
+    assert ctx.pg_bin is not None
+    tmpl = ctx.work / "pg-template"
+    if not (tmpl / "PG_VERSION").exists():
+        tmpl.mkdir(mode=0o700)
+        shutil.chown(tmpl, PG_USER, PG_USER)
+        run_as_postgres([str(ctx.pg_bin / "initdb"), "-D", str(tmpl), "-U", PG_USER,
+                         "--auth=trust", "--no-sync", "--no-instructions"], what="initdb")
+    return tmpl
+
+
+def wl_pgbench(ctx: FsContext, t: Target) -> dict[str, float]:
+    """A PostgreSQL server with its data directory on ``t`` (a copy of the template),
+    listening only on a unix socket in a scratch directory: ``pgbench -i -s SCALE``
+    (timed: init + load) and ``pgbench -c 4 -T SECONDS`` (tps); the server is stopped and
+    its directories removed afterwards."""
+    if ctx.pg_bin is None:
+        raise BenchError("no PostgreSQL server (scripts/setup --bench installs postgresql)")
+    bindir = ctx.pg_bin
+    data = t.path / "pgdata"
+    sock = ctx.work / "pgsock"
+    for old in (data, sock):
+        if old.exists():
+            shutil.rmtree(old)
+    tmpl = pg_template(ctx)
+    subprocess.run(["cp", "-a", str(tmpl), str(data)], check=True)
+    sock.mkdir(mode=0o700)
+    shutil.chown(sock, PG_USER, PG_USER)
+    os.sync()
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+    client = ["-h", str(sock), "-U", PG_USER]
+    run_as_postgres([*pg_ctl, "-w", "-t", "120", "-l", str(sock / "server.log"),
+                     "-o", f"-c listen_addresses='' -k {sock}", "start"],
+                    what=f"pg_ctl start on {t.name}")
+    try:
+        t0 = time.perf_counter()
+        run_as_postgres([str(bindir / "pgbench"), *client, "-i", "-q",
+                         "-s", str(ctx.sizes.pg_scale), PG_USER],
+                        what=f"pgbench -i on {t.name}")
+        init_s = time.perf_counter() - t0
+        run_as_postgres([str(bindir / "psql"), *client, "-q", "-c", "CHECKPOINT", PG_USER],
+                        what="CHECKPOINT")
+        out = run_as_postgres([str(bindir / "pgbench"), *client, "-c", "4",
+                               "-T", str(ctx.sizes.pg_seconds), PG_USER],
+                              what=f"pgbench -c 4 on {t.name}")
+    finally:
+        try:
+            run_as_postgres([*pg_ctl, "-w", "-t", "60", "-m", "fast", "stop"],
+                            what=f"pg_ctl stop on {t.name}")
+        except BenchError as exc:
+            log(f"{exc}; stopping it in immediate mode")
+            with contextlib.suppress(BenchError):
+                run_as_postgres([*pg_ctl, "-w", "-t", "60", "-m", "immediate", "stop"],
+                                what=f"pg_ctl stop -m immediate on {t.name}")
+        shutil.rmtree(sock, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+    tps = [line for line in out.splitlines() if line.startswith("tps = ")]
+    if not tps:
+        raise BenchError(f"pgbench on {t.name} printed no tps: {out.strip()[-200:]}")
+    return {"pg-init": init_s, "pg-tps": float(tps[0].split()[2])}
+
+
+def database_workloads(sizes: Sizes) -> list[Workload]:
+    """pg-init (seconds) and pg-tps (its figures come from pg-init's runs); issue 15:
+    >= 0.95x native tps, init + load <= 1.5x native."""
+    return [
+        Workload("pg-init", f"pgbench -i -s {sizes.pg_scale} (init + load)", "fs", "native",
+                 "c-ll", [Goal("serve-fs", "native", 1.5)], run=wl_pgbench),
+        Workload("pg-tps", f"pgbench -c 4 -T {sizes.pg_seconds} (tps, higher is better)",
+                 "fs", "native", "c-ll", [Goal("serve-fs", "native", min_ratio=0.95)],
+                 unit="tps", run_by="pg-init"),
+    ]
+
+
 # ----------------------------------------------------------------------------- workloads
 
 
 @dataclass(frozen=True)
 class Goal:
-    """``target``'s median must be at most ``max_ratio`` times ``versus``'s."""
+    """``target``'s median must be at most ``max_ratio`` and at least ``min_ratio`` times
+    ``versus``'s (a time at most, a rate such as tps at least)."""
 
     target: str
     versus: str
-    max_ratio: float
+    max_ratio: float = math.inf
+    min_ratio: float = 0.0
 
     def label(self) -> str:
+        if self.min_ratio > 0:
+            return f">={self.min_ratio:g}x {self.versus}"
         return f"<={self.max_ratio:g}x {self.versus}"
+
+    def met(self, ratio: float) -> bool:
+        return self.min_ratio <= ratio <= self.max_ratio
 
 
 @dataclass
@@ -689,13 +1010,23 @@ class Workload:
     reference: str
     """the reference implementation: the "x ref" column."""
     goals: list[Goal]
-    run: Callable[[Any, Any], float] | None = None
+    run: Callable[[Any, Any], float | dict[str, float]] | None = None
+    """one run on one target: seconds, or {workload name: figure} for a run that yields
+    the figures of several workloads (see ``run_by``)."""
     samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    unit: str = "s"
+    """"s" (lower is better) or "tps" (transactions per second: higher is better)."""
+    run_by: str | None = None
+    """the workload whose run also yields this one's figures (this one never runs)."""
 
 
 def fs_goals(*extra: Goal) -> list[Goal]:
-    return [*extra, Goal("serve-fs", "c-ll", 1.0)]
+    return [*extra, Goal("serve-fs", "c-ll", 0.8)]
+
+
+METADATA = {"create", "stat-tree", "read-tree", "untar", "delete"}
+"""the metadata workloads of issue 15's goal: <= 4x native."""
 
 
 def make_workloads(sizes: Sizes) -> list[Workload]:
@@ -717,6 +1048,11 @@ def make_workloads(sizes: Sizes) -> list[Workload]:
         ("delete", "rm -r the tree and the extracted tree", wl_delete, fs_goals()),
     ]
     out = [Workload(n, d, "fs", "native", "c-ll", g, run=f) for n, d, f, g in fs]
+    for wl in out:
+        if wl.name in METADATA:
+            wl.goals.append(Goal("serve-fs", "native", 4.0))
+    out += concurrency_workloads(sizes)
+    out += database_workloads(sizes)
     for name, argv in (("exec-python", ["/usr/bin/python3", "-c", "pass"]),
                        ("exec-true", ["/bin/true"])):
         out.append(Workload(name, f"chroot MNT {' '.join(argv)} (mount of /, warm, per launch)",
@@ -724,7 +1060,8 @@ def make_workloads(sizes: Sizes) -> list[Workload]:
                             fs_goals(Goal("serve-fs", "native", 1.3)), run=wl_exec(argv)))
     out.append(Workload("attach", f"attach round trip `true` in {CONTAINER} (per launch)",
                         "session", "nsenter", "docker-exec",
-                        [Goal("cntr-attach", "docker-exec", 1.0)]))
+                        [Goal("cntr-attach", "docker-exec", 0.7),
+                         Goal("cntr-attach-pid", "docker-exec", 0.6)]))
     out.append(Workload("resolve", f"find {CONTAINER}'s pid (per launch)", "session",
                         "docker-inspect", "docker-inspect", []))
     return out
@@ -803,22 +1140,27 @@ class SessionTargets:
 # ----------------------------------------------------------------------------- memory
 
 
-def ensure_walk_tree() -> Path:
-    """200 directories of 1,000 empty files, made once in the cache dir."""
-    root = CACHE / "walk-200k"
-    done = root / ".complete"
-    if done.exists():
-        return root
-    log(f"creating {WALK_TREE_DIRS * 1000:,} files in {root} (once)")
-    if root.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=True)
-    root.mkdir(parents=True)
-    for d in range(WALK_TREE_DIRS):
+def ensure_walk_tree(dirs: int) -> Path:
+    """At least ``dirs`` directories of 1,000 empty files in the cache dir, each made once
+    (``dNNN.done`` beside a complete one): a larger --walk-files adds to the tree."""
+    root = CACHE / "walk"
+    old = CACHE / "walk-200k"  # the tree of the fixed 200,000-file walk: reused
+    if not root.exists() and (old / ".complete").exists():
+        os.rename(old, root)
+        for d in range(200):
+            (root / f"d{d:03d}.done").touch()
+    root.mkdir(parents=True, exist_ok=True)
+    missing = [d for d in range(dirs) if not (root / f"d{d:03d}.done").exists()]
+    if missing:
+        log(f"creating {len(missing) * 1000:,} files in {root} (once)")
+    for d in missing:
         sub = root / f"d{d:03d}"
+        if sub.exists():
+            shutil.rmtree(sub)
         sub.mkdir()
         for f in range(1000):
             os.close(os.open(sub / f"f{f:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
-    done.touch()
+        (root / f"d{d:03d}.done").touch()
     return root
 
 
@@ -833,7 +1175,7 @@ def walk(root: Path, dirs: int, sample: Callable[[], None] | None = None) -> int
 
 
 def memory_section(sizes: Sizes, tools: Tools, work: Path) -> dict[str, Any]:
-    root = ensure_walk_tree()
+    root = ensure_walk_tree(sizes.walk_dirs)
     files = sizes.walk_dirs * 1000
     t0 = time.perf_counter()
     walk(root, sizes.walk_dirs)
@@ -882,20 +1224,32 @@ def summarize(wl: Workload) -> dict[str, Any]:
             continue
         m = meds[t]
         targets[t] = {
-            "samples_s": s, "median_s": m, "min_s": min(s), "max_s": max(s),
+            "samples": s, "median": m, "min": min(s), "max": max(s),
             "spread": (max(s) - min(s)) / m if m else 0.0,
             "x_limit": m / meds[wl.baseline] if wl.baseline in meds else None,
             "x_reference": m / meds[wl.reference] if wl.reference in meds else None,
         }
+        if wl.unit == "s":
+            targets[t].update({"samples_s": s, "median_s": m, "min_s": min(s),
+                               "max_s": max(s)})
     goals = []
     for g in wl.goals:
         if g.target in meds and g.versus in meds:
             ratio = meds[g.target] / meds[g.versus]
-            goals.append({"target": g.target, "versus": g.versus, "max_ratio": g.max_ratio,
-                          "ratio": ratio, "met": ratio <= g.max_ratio})
+            runs = [a / b for a, b in zip(wl.samples[g.target], wl.samples[g.versus],
+                                          strict=False) if b > 0]
+            goals.append({"target": g.target, "versus": g.versus,
+                          "max_ratio": None if math.isinf(g.max_ratio) else g.max_ratio,
+                          "min_ratio": g.min_ratio, "label": g.label(), "ratio": ratio,
+                          "run_ratios": runs, "spread": run_spread(runs),
+                          "met": g.met(ratio)})
     return {"name": wl.name, "description": wl.description, "limit": wl.baseline,
-            "reference": wl.reference, "targets": targets, "goals": goals,
+            "reference": wl.reference, "unit": wl.unit, "targets": targets, "goals": goals,
             "errors": wl.errors}
+
+
+def fmt_figure(value: float, unit: str) -> str:
+    return fmt_time(value) if unit == "s" else f"{value:,.0f} {unit}"
 
 
 def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
@@ -911,10 +1265,10 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
         first = True
         for t, r in s["targets"].items():
             goal = "; ".join(
-                f"<={g['max_ratio']:g}x {g['versus']}: {g['ratio']:.2f} "
+                f"{g['label']}: {g['ratio']:.2f} "
                 f"{'ok' if g['met'] else 'MISS'}"
                 for g in s["goals"] if g["target"] == t)
-            rows.append([s["name"] if first else "", t, fmt_time(r["median_s"]),
+            rows.append([s["name"] if first else "", t, fmt_figure(r["median"], s["unit"]),
                          f"{r['spread'] * 100:.0f}%",
                          "" if r["x_limit"] is None else f"{r['x_limit']:.2f}",
                          "" if r["x_reference"] is None else f"{r['x_reference']:.2f}", goal])
@@ -945,8 +1299,88 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
               file=out)
     print("\nmedian of the runs; spread = (max-min)/median; x limit = median / the limit's "
           "(native, nsenter, docker inspect); x ref = median / the reference's (c-ll = "
-          "passthrough_ll default mode, docker exec)", file=out)
+          "passthrough_ll default mode, docker exec); a tps row is a rate: higher is better",
+          file=out)
     print("\n".join(notes), file=out)
+
+
+def record_figures(workloads: list[Workload], target: str, figures: dict[str, float],
+                   progress: str) -> None:
+    """File the figures of one run that yields several workloads' (``run_by``)."""
+    by_name = {w.name: w for w in workloads}
+    for name, value in figures.items():
+        wl = by_name[name]
+        wl.samples.setdefault(target, []).append(value)
+        log(f"run {progress} {name:<13} {target:<16} {fmt_figure(value, wl.unit)}")
+
+
+def goal_rows(summaries: list[dict[str, Any]], scal: list[dict[str, Any]],
+              memory: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every goal of the run as one flat list: what, the figure, its spread over the
+    runs (of per-run ratios), the bound and whether it is met."""
+    rows: list[dict[str, Any]] = []
+    for s in summaries:
+        for g in s["goals"]:
+            rows.append({"goal": f"{s['name']}: {g['target']} / {g['versus']}",
+                         "figure": g["ratio"], "unit": "x", "spread": g["spread"],
+                         "bound": g["label"],
+                         "met": g["met"]})
+    for r in scal:
+        if "goal" in r:
+            rows.append({"goal": f"{r['workload']}: {r['target']} throughput x"
+                                 f"{r['requesters']} / x{r['versus_requesters']} requesters",
+                         "figure": r["gain"], "unit": "x", "spread": r["spread"],
+                         "bound": f">={r['goal']['min_ratio']:g}x", "met": r["goal"]["met"]})
+    if memory:
+        rows.append({"goal": f"memory: serve-fs VmRSS after walking {memory['files']:,} files",
+                     "figure": memory["rss_kib"] / 1024, "unit": "MiB", "spread": None,
+                     "bound": "<100 MiB", "met": memory["rss_kib"] < 100 * 1024})
+        rows.append({"goal": "memory: serve-fs descriptors, most during the walk",
+                     "figure": float(memory["fds_max"]), "unit": "fds", "spread": None,
+                     "bound": "<5000", "met": memory["fds_max"] < 5000})
+    return rows
+
+
+def print_scaling(scal: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+    if not scal:
+        return
+    print("\nscaling: throughput with N requesters / with N/2 (gain) and / with 1 (speedup)",
+          file=out)
+    rows = [["workload", "target", "N", "gain", "spread", "speedup"]]
+    for r in scal:
+        rows.append([r["workload"], r["target"], str(r["requesters"]), f"{r['gain']:.2f}",
+                     "" if r["spread"] is None else f"{r['spread'] * 100:.0f}%",
+                     f"{r['speedup']:.2f}"])
+    print_rows(rows, {2, 3, 4, 5}, out)
+
+
+def print_goals(goals: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+    if not goals:
+        return
+    print("\ngoals (issue 15), side by side: the ratio of medians, the spread of the per-run "
+          "ratios", file=out)
+    rows = [["goal", "figure", "spread", "bound", ""]]
+    for g in goals:
+        unit = g.get("unit", "x")
+        figure = {"x": f"{g['figure']:.2f}x", "MiB": f"{g['figure']:.1f} MiB"}.get(
+            unit, f"{g['figure']:.0f}")
+        rows.append([g["goal"], figure,
+                     "" if g["spread"] is None else f"{g['spread'] * 100:.0f}%", g["bound"],
+                     "ok" if g["met"] else "MISS"])
+    print_rows(rows, {1, 2}, out)
+    met = sum(1 for g in goals if g["met"])
+    print(f"{met} of {len(goals)} goals met", file=out)
+
+
+def print_rows(rows: list[list[str]], right: set[int], out: Any) -> None:
+    """An aligned table, its first row the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        print("  ".join(cells).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
 
 
 # ----------------------------------------------------------------------------- main
@@ -983,11 +1417,14 @@ def tool_version(argv: list[str]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 3)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes, 3 runs")
+    p.add_argument("--runs", type=int, help="repetitions per workload (default 5, quick 2)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, 2 runs")
     p.add_argument("--only", metavar="NAME[,NAME]",
                    help="workloads to run: " + ", ".join(
                        [w.name for w in make_workloads(DEFAULT)] + ["memory"]))
+    p.add_argument("--walk-files", type=int, metavar="N",
+                   help="files walked for the memory figures, a multiple of 1,000 "
+                        "(default 1,000,000, quick 20,000)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
@@ -1005,6 +1442,11 @@ def main(argv: list[str]) -> int:
             print("bench: --runs must be at least 1", file=sys.stderr)
             return 2
         sizes = dataclasses.replace(sizes, runs=args.runs)
+    if args.walk_files is not None:
+        if args.walk_files < 1000:
+            print("bench: --walk-files must be at least 1000", file=sys.stderr)
+            return 2
+        sizes = dataclasses.replace(sizes, walk_dirs=args.walk_files // 1000)
     workloads = make_workloads(sizes)
     names = [w.name for w in workloads] + ["memory"]
     only = set(names if not args.only else args.only.split(","))
@@ -1012,6 +1454,9 @@ def main(argv: list[str]) -> int:
         print(f"bench: unknown workload(s) {', '.join(sorted(unknown))}; one of: "
               f"{', '.join(names)}", file=sys.stderr)
         return 2
+    for w in workloads:  # a workload and the one whose runs yield its figures go together
+        if w.run_by is not None and (w.name in only or w.run_by in only):
+            only |= {w.name, w.run_by}
     workloads = [w for w in workloads if w.name in only]
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
@@ -1054,6 +1499,9 @@ def main(argv: list[str]) -> int:
             log(f"scratch ext4 on {scratch} at {work / 'backing'}")
         rng = random.Random(42)
         ctx = FsContext(sizes, tools, work)
+        if any(w.unit == "tps" or w.name.startswith("pg-") for w in workloads):
+            ctx.pg_bin = pg_bindir()
+            os.chmod(work, 0o755)  # the postgres user reaches its data dir on each target
         ctx.payload = os.urandom(sizes.max_file)
         ctx.file_sizes = [rng.randrange(sizes.max_file + 1) for _ in range(sizes.files)]
         fs_t: list[Target] = []
@@ -1095,9 +1543,12 @@ def main(argv: list[str]) -> int:
                     items: list[Any] = variants.get(wl.name, [])
                 else:
                     items = fs_t if wl.group == "fs" else root_t
+                if wl.run_by is not None:
+                    continue  # its figures come with wl.run_by's runs
                 for item in rotate(items, rep):
                     if item.name in wl.errors:
                         continue
+                    sec: float | dict[str, float]
                     try:
                         if wl.group == "session":
                             n = (sizes.attach_launches if wl.name == "attach"
@@ -1108,8 +1559,14 @@ def main(argv: list[str]) -> int:
                             sec = wl.run(ctx, item)
                     except (BenchError, OSError, subprocess.SubprocessError) as exc:
                         wl.errors[item.name] = str(exc)
+                        for other in workloads:
+                            if other.run_by == wl.name:
+                                other.errors[item.name] = f"(in {wl.name}) {exc}"
                         failures.append(f"{wl.name} on {item.name}: {exc}")
                         log(f"FAILED {wl.name} on {item.name}: {exc}")
+                        continue
+                    if isinstance(sec, dict):
+                        record_figures(workloads, item.name, sec, f"{rep + 1}/{sizes.runs}")
                         continue
                     wl.samples.setdefault(item.name, []).append(sec)
                     log(f"run {rep + 1}/{sizes.runs} {wl.name:<13} {item.name:<16} "
@@ -1140,7 +1597,11 @@ def main(argv: list[str]) -> int:
 
     elapsed = time.monotonic() - started
     summaries = [summarize(w) for w in workloads]
+    scal = scaling(summaries)
+    goals = goal_rows(summaries, scal, memory)
     print_table(summaries, memory)
+    print_scaling(scal)
+    print_goals(goals)
     print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min"
           + (f"; profiles in {args.profile}" if args.profile else ""))
     if args.json is not None:
@@ -1156,6 +1617,7 @@ def main(argv: list[str]) -> int:
                 "profiled": args.profile is not None,
             },
             "workloads": summaries, "memory": memory, "failures": failures,
+            "scaling": scal, "goals": goals,
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"JSON in {args.json}")

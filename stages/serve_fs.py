@@ -6,8 +6,14 @@ Run standalone for tests and debugging::
     python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
 Caveats:
-- sets the process umask to 0: modes arrive from the kernel with the caller's umask applied.
+- sets the process umask to 0, then to each requester's for the files it creates
+  (`cntr.fs.operations.Operations.create_mode`: the host applies it, or a default ACL).
 - pyfuse3 has one global session: one serve_fs() per process.
+- ``CNTR_SERVE_FS_LOOP=libfuse`` and ``trio`` (pyfuse3's libfuse session) run only here,
+  standalone, as the benchmark's reference: ``serve_fs()`` refuses them otherwise.  That
+  session cannot negotiate what the wire session does to behave like the disk
+  (FUSE_HANDLE_KILLPRIV_V2, FUSE_DONT_MASK, FUSE_SETXATTR_EXT) nor carry its extra
+  requests (fallocate, statx, O_TMPFILE, ioctls, ...), so no cntr session runs on it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
              ready_fd: int | None = None, uid_map: IdMap | None = None,
              gid_map: IdMap | None = None,
              effective_user: tuple[int, int] | None = None,
-             allowed_mnt_ns: int | None = None, debug: bool = False) -> int:
+             allowed_mnt_ns: int | None = None, debug: bool = False,
+             reference_loops: bool = False) -> int:
     """Serve `root` until the filesystem is unmounted; returns an exit status (0 on clean unmount).
 
     Exactly one of ``mountpoint`` (serve-fs mounts and unmounts it) and ``fuse_fd`` (a
@@ -36,10 +43,13 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
     .st_ino``): serve only processes of that namespace, refusing every other with EACCES
     ("Permission denied"); `cntr.fs.operations` says what is checked and what the kernel's
     caches still show.  None serves every process that reaches the mount.
+
+    ``reference_loops``: accept pyfuse3's libfuse session (``CNTR_SERVE_FS_LOOP=libfuse``
+    or ``trio``), for the benchmark (module docstring); refused otherwise.
     """
     if (mountpoint is None) == (fuse_fd is None):
         raise CntrError("serve-fs: give exactly one of a mountpoint and a FUSE descriptor")
-    loop = _loop()
+    loop = _loop() if reference_loops else session_loop()
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -54,6 +64,18 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
                      loop=loop)
     except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
+
+
+def session_loop() -> str:
+    """The FUSE session a cntr session or ``cntr serve-fs`` runs (`_loop`): wire or uring;
+    CntrError (one line) for pyfuse3's libfuse session, a benchmark reference only."""
+    loop = _loop()
+    if loop in ("libfuse", "trio"):
+        # The CLI prints it as "cntr: serve-fs: ...".
+        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+                        "(python -m stages.serve_fs), not as correct as a session must be: "
+                        "use wire or uring")
+    return loop
 
 
 def _loop() -> str:
@@ -87,7 +109,7 @@ def _main(argv: list[str]) -> int:
                         format="%(name)s: %(message)s")
     try:
         return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
-                        allowed_mnt_ns=allowed_mnt_ns, debug=debug)
+                        allowed_mnt_ns=allowed_mnt_ns, debug=debug, reference_loops=True)
     except CntrError as exc:
         print(f"cntr: {exc}", file=sys.stderr)
         return exc.exit_code

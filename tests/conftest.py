@@ -9,6 +9,7 @@ pass by skipping (as bubblewrap's BWRAP_MUST_WORK).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CNTR = [sys.executable, "-m", "cntr"]
+CNTR = shlex.split(os.environ.get("CNTR_UNDER_TEST", "")) or [sys.executable, "-m", "cntr"]
+"""How tests run cntr: this checkout, or CNTR_UNDER_TEST (e.g. /usr/bin/cntr of the .deb)."""
 MUST_WORK = os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
     os.environ.get("CNTR_MUST_WORK"))
 

@@ -31,6 +31,11 @@ kernel drop (mark bad) its inode of the old file.  The lookup count is per node 
 over generations: the kernel's FORGET carries no generation, and it sends one for the old
 inode too.
 
+Inodes the kernel forgot keep their handle in a bounded map (`InodeTable.forgotten`, the
+latest 4,096): open_by_handle_at(2) through the mount names node ids the kernel may no
+longer hold, and it asks for them again (`InodeTable.revive`).  A file without a name
+(O_TMPFILE) keeps a pinned O_PATH descriptor outside the cache (`InodeTable.learn_unnamed`).
+
 Caveats:
 - cached descriptors pin host files: an unlinked file's space is freed only when its
   descriptor leaves the cache, and ``umount`` (without ``-l``) of a host filesystem that
@@ -171,6 +176,10 @@ class InodeTable:
         #: node id -> inode, the only per-inode table
         self.by_id: dict[int, Inode] = {ROOT_INODE: self.root}
         self.lru: OrderedDict[int, Inode] = OrderedDict()
+        #: node id -> (ident, generation, file handle, mount) of inodes the kernel
+        #: forgot, the latest `forgotten_size` of them (`revive`)
+        self.forgotten: OrderedDict[int, tuple[int, int, bytes, Mount]] = OrderedDict()
+        self.forgotten_size = 4096
         #: mount id -> Mount, or None when that mount has no usable handles
         self.mounts: dict[int, Mount | None] = {}
         #: (major << 32 | minor) -> device index (1, 2, ...)
@@ -200,7 +209,10 @@ class InodeTable:
         fd = node.fd
         if fd >= 0:
             if node.nodeid != ROOT_INODE:
-                self.lru.move_to_end(node.nodeid)
+                try:  # noqa: SIM105  # hot path: suppress() costs a context manager
+                    self.lru.move_to_end(node.nodeid)
+                except KeyError:  # pinned (`learn_unnamed`): not in the cache
+                    pass
             return fd
         fd = self._reopen(node, _O_PATH)
         self._cache(node, fd)
@@ -253,6 +265,55 @@ class InodeTable:
             return node
         node = Inode(nodeid, ident, ref, mount)
         self.by_id[nodeid] = node
+        return node
+
+    def learn_unnamed(self, parent: Inode, fd: int, st: StatT) -> Inode:
+        """The inode of a file that has no name (O_TMPFILE), open as ``fd``, whose statx
+        is ``st``: it keeps an O_PATH descriptor of its own outside the cache (pinned,
+        closed when the kernel forgets the inode), as nothing else would reach it again.
+        The lookup count is not changed."""
+        nodeid = self._id(st, create=True)
+        ident = ident_of(st)
+        node = self.by_id.get(nodeid)
+        if node is not None:  # a reused inode number (or the root alias, impossibly)
+            self._uncache(node)
+            node.gen += 1
+            node.ident = ident
+            node.stamp = None
+        else:
+            node = Inode(nodeid, ident, (parent, b""), None)
+            self.by_id[nodeid] = node
+        node.ref = (parent, b"")
+        node.mount = None
+        # Followed (no O_NOFOLLOW): the file itself, not the /proc magic link.
+        node.fd = os.open(b"/proc/self/fd/%d" % fd, os.O_PATH | os.O_CLOEXEC)
+        return node
+
+    def revive(self, nodeid: int) -> Inode | None:
+        """The inode ``nodeid`` the kernel forgot, found again by its file handle (the
+        kernel asks for it when open_by_handle_at(2) through the mount names an inode it
+        no longer has: FUSE_EXPORT_SUPPORT); None if unknown, or if the file is gone or
+        is another one now."""
+        entry = self.forgotten.pop(nodeid, None)
+        if entry is None:
+            return None
+        ident, gen, handle, mount = entry
+        node = Inode(nodeid, ident, handle, mount)
+        node.gen = gen
+        try:
+            fd = self._reopen(node, _O_PATH)
+        except OSError:
+            return None
+        try:
+            st = self.statbuf.at(fd, b"", sc.AT_EMPTY_PATH | sc.AT_STATX_DONT_SYNC)
+        except OSError:
+            os.close(fd)
+            return None
+        if self._id(st, create=False) != nodeid or ident_of(st) != ident:
+            os.close(fd)
+            return None
+        self.by_id[nodeid] = node
+        self._cache(node, fd)
         return node
 
     def find(self, st: StatT) -> Inode | None:
@@ -334,13 +395,19 @@ class InodeTable:
             key = self._counter_keys.pop(nodeid, None)
             if key is not None:
                 del self._counter_ids[key]
+        elif node.mount is not None and type(node.ref) is bytes:
+            # Kept for `revive`: a handle of this id may still be out there.
+            forgotten = self.forgotten
+            forgotten[nodeid] = (node.ident, node.gen, node.ref, node.mount)
+            if len(forgotten) > self.forgotten_size:
+                forgotten.popitem(last=False)
         self._uncache(node)
 
     def _uncache(self, node: Inode) -> None:
         if node.fd >= 0:
             os.close(node.fd)
             node.fd = -1
-            self.lru.pop(node.nodeid, None)
+            self.lru.pop(node.nodeid, None)  # absent when pinned (`learn_unnamed`)
 
     def _cache(self, node: Inode, fd: int) -> None:
         node.fd = fd

@@ -29,9 +29,10 @@ kernel itself (forget, writeback) and pass.  `MountNsGate` caches the verdict pe
 with a pidfd that tells when the id's process is gone (pid reuse; pid_max is often 32768).
 Checked: every handler that gets a request context (lookup, getattr, setattr, readlink,
 statfs, access, mknod, mkdir, symlink, unlink, rmdir, rename, link, open, create, poll,
-opendir, getxattr, setxattr, listxattr, removexattr).  The others (read, write, flush,
-release, fsync, readdir, releasedir, fsyncdir, forget) act on a file handle that only an
-admitted open/opendir/create returns, or on the kernel's own bookkeeping.  Limits:
+opendir, getxattr, setxattr, listxattr, removexattr, tmpfile; the wire session's statx).
+The others (read, write, flush, release, fsync, readdir, releasedir, fsyncdir, forget;
+the wire session's fallocate, lseek, copy_file_range, ioctl) act on a file handle that
+only an admitted open/opendir/create/tmpfile returns, or on the kernel's own bookkeeping.  Limits:
 - the kernel answers from its dentry and attribute caches for ``entry_timeout`` and
   ``attr_timeout`` without asking: a refused process may still stat (see the metadata of)
   names a session process looked up in the last second, and readlink(2) on
@@ -59,14 +60,23 @@ Caveats:
 - the kernel checks permissions (``default_permissions``) on mode bits; POSIX ACLs pass
   through as xattrs but are only enforced with ``acl=True`` (FUSE_POSIX_ACL), which costs a
   getxattr per inode.
-- writes by serve-fs run as root; the kernel still clears set-user/group-ID bits on a
-  user's write (file_remove_privs sends a setattr first: FUSE_HANDLE_KILLPRIV is not set).
+- writes by serve-fs run as root: set-user/group-ID bits are cleared for an unprivileged
+  user's write, truncation or O_TRUNC open by the wire session (HANDLE_KILLPRIV_V2), and
+  by chmod of a requester outside the file's group (`keeps_setgid`, from
+  /proc/PID/status; pyfuse3's libfuse session gets none of the kernel's flags for it and
+  is only a benchmark reference, see `stages.serve_fs`).
 - missing names are cached by the kernel as negative entries for ``entry_timeout``: a file
   created on the host right after a failed lookup shows up only then; create(2) always uses
   O_EXCL, so in that window an open(O_CREAT) fails with EEXIST rather than opening (and
   chowning) a file the kernel did not check.
-- files reporting size 0 (procfs, sysfs) are opened with direct_io so their contents are
-  read; other files use the page cache (FOPEN_KEEP_CACHE while size and mtime are unchanged).
+- files reporting size 0 on pseudo filesystems (procfs, sysfs, ...: `PSEUDO_FS_TYPES`, by
+  the statfs type of their filesystem, once per device) are opened with direct_io so their
+  contents are read; other files, empty ones included, use the page cache
+  (FOPEN_KEEP_CACHE while size and mtime are unchanged), so shared mmap and O_DIRECT work
+  on them as on the disk.
+- a lookup of "." or ".." of a node id the kernel forgot (open_by_handle_at through the
+  mount: FUSE_EXPORT_SUPPORT) finds it again by the file handle `InodeTable.revive` kept;
+  a removed file is ESTALE, as on the disk.
 - the mount keeps libfuse's nosuid,nodev: device nodes are listed but do not open, and a unix
   socket bound on the host cannot be connected to through the mount (another inode).
 """
@@ -118,6 +128,20 @@ _LOOKUP_FLAGS = sc.AT_SYMLINK_NOFOLLOW | sc.AT_STATX_DONT_SYNC
 _EMPTY = sc.AT_EMPTY_PATH
 _EMPTY_NOFOLLOW = sc.AT_EMPTY_PATH | sc.AT_SYMLINK_NOFOLLOW
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+#: what a O_TMPFILE open keeps of the kernel's flags (the rest is the file's creation)
+_TMPFILE_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSYNC
+                 | os.O_NOATIME | os.O_EXCL)
+#: linux/capability.h
+_CAP_FSETID = 4
+#: filesystems whose files report size 0 but have contents made up when read
+#: (linux/magic.h): proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, bpf,
+#: configfs, pstore, efivarfs, selinuxfs, smackfs, fusectl, binfmt_misc, nsfs; and other
+#: FUSE filesystems, which may make up contents the same way (lxcfs's /proc files)
+PSEUDO_FS_TYPES = frozenset({
+    0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x73636673, 0x27E0EB, 0x63677270,
+    0xCAFE4A11, 0x62656570, 0x6165676C, 0xDE5E81E4, 0xF97CFF8C, 0x43415D53, 0x65735543,
+    0x42494E4D, 0x6E736673, 0x65735546,
+})
 _NS = 1_000_000_000
 _makedev = os.makedev
 
@@ -288,6 +312,10 @@ class Operations(pyfuse3.Operations):
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: the process umask `create_mode` set last (None: not known)
+        self._umask: int | None = None
+        #: st_dev -> whether that filesystem is a pseudo filesystem (`PSEUDO_FS_TYPES`)
+        self._pseudo_devs: dict[int, bool] = {}
         #: what lookup, getattr, setattr, create, mknod, mkdir, symlink, link and readdir
         #: reply for an inode and its statx: pyfuse3's EntryAttributes (`_entry`);
         #: `cntr.fs.wire` installs one that packs its reply bytes directly
@@ -345,6 +373,60 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self.make_entry(node, st)
 
+    def create_mode(self, mode: int, umask: int) -> int:
+        """The mode to create a file of ``mode`` with for a requester whose umask is
+        ``umask``: ``mode`` itself, with serve-fs's process umask set to ``umask``, so
+        that the host applies it exactly where POSIX says (not in a directory with a
+        default ACL, whose ACL then replaces the umask).  The wire session asks the
+        kernel for the unmasked mode (FUSE_DONT_MASK); in pyfuse3's session the kernel
+        already applied the umask.  The umask is a syscall only when it changes
+        (requests are served one at a time; nothing else serve-fs creates takes it)."""
+        if umask != self._umask:
+            os.umask(umask)
+            self._umask = umask
+        return mode
+
+    @staticmethod
+    def keeps_setgid(pid: int, uid: int, gid: int, file_gids: tuple[int, ...]) -> bool:
+        """Whether a mode change by the requester ``pid`` (fsuid ``uid``, fsgid ``gid``)
+        may keep the set-group-ID bit of a file whose group is one of ``file_gids`` (its
+        host group and the one replies show): the requester is in that group or has
+        CAP_FSETID, as the VFS's in_group_or_capable() asks (/proc/PID/status: groups
+        and effective capabilities; CAP_FSETID is taken as it is seen in the requester's
+        own user namespace).  A requester that is gone keeps nothing."""
+        if uid == 0 or gid in file_gids or pid == 0:
+            return True
+        return Operations.has_fsetid(pid, uid, file_gids)
+
+    @staticmethod
+    def has_fsetid(pid: int, uid: int, file_gids: tuple[int, ...] = ()) -> bool:
+        """Whether the requester ``pid`` (fsuid ``uid``) has CAP_FSETID in its effective
+        set (/proc/PID/status; as seen in its own user namespace), or, with
+        ``file_gids``, is in one of those groups.  A requester that is gone has
+        nothing."""
+        if uid == 0 or pid == 0:
+            return True
+        try:
+            with open(b"/proc/%d/status" % pid, "rb") as f:
+                status = f.read()
+        except OSError:
+            return False
+        for line in status.splitlines():
+            if line.startswith(b"Groups:"):
+                if file_gids and any(int(g) in file_gids for g in line.split()[1:]):
+                    return True
+            elif line.startswith(b"CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_FSETID & 1)
+        return False
+
+    def open_dir_handle(self, fh: int) -> int:
+        """A new O_RDONLY descriptor of the directory open as ``fh`` (an opendir
+        handle; the caller closes it); EBADF if there is none."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        return self.table.open(d.node, os.O_RDONLY | os.O_DIRECTORY)
+
     def _owner(self, ctx: RequestContext, pfd: int) -> tuple[int, int]:
         """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
         if self.effective_user is not None:
@@ -360,16 +442,23 @@ class Operations(pyfuse3.Operations):
         uid, gid = self._owner(ctx, pfd)
         if uid == 0 and gid in (0, -1):
             return
+        # chown clears setuid/setgid on non-directories: put back the mode the file was
+        # created with (the umask or a default ACL applied).
+        restore = (mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode)
+                   and not stat.S_ISLNK(mode))
+        created = 0
+        if restore:
+            created = stat.S_IMODE(os.fstat(fd).st_mode if fd >= 0 else
+                                   os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode)
         if fd >= 0:
             os.fchown(fd, uid, gid)
         else:
             sc.fchownat(pfd, name, uid, gid, _NOFOLLOW)
-        # chown clears setuid/setgid on non-directories: put back what was asked for.
-        if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
+        if restore:
             if fd >= 0:
-                os.fchmod(fd, stat.S_IMODE(mode))
-            elif not stat.S_ISLNK(mode):
-                os.chmod(name, stat.S_IMODE(mode), dir_fd=pfd, follow_symlinks=False)
+                os.fchmod(fd, created)
+            else:
+                os.chmod(name, created, dir_fd=pfd, follow_symlinks=False)
 
     # --- lifecycle ---------------------------------------------------------------------
     def init(self) -> None:
@@ -398,10 +487,18 @@ class Operations(pyfuse3.Operations):
             table = self.table
             parent = table.by_id.get(parent_inode)
             if parent is None:
-                raise FUSEError(errno.ESTALE)
+                # open_by_handle_at of an inode the kernel forgot: it asks for "." (and
+                # then "..") of the node id in the handle.
+                parent = table.revive(parent_inode) if name in (b".", b"..") else None
+                if parent is None:
+                    raise FUSEError(errno.ESTALE)
             pfd = table.fd(parent)
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
+                if st[NLINK] == 0 and name == b".":
+                    # open_by_handle_at of a removed file (the descriptor serve-fs
+                    # caches keeps it): stale, as the disk says.
+                    raise FUSEError(errno.ESTALE)
                 parent.nlookup += 1
                 return self.make_entry(parent, st)
             try:
@@ -446,7 +543,13 @@ class Operations(pyfuse3.Operations):
                 else:
                     os.truncate(b"/proc/self/fd/%d" % fd, attr.st_size)
             if fields.update_mode:
-                os.chmod(b"/proc/self/fd/%d" % fd, stat.S_IMODE(attr.st_mode))
+                mode = stat.S_IMODE(attr.st_mode)
+                if mode & stat.S_ISGID:
+                    st = self.statbuf.at(fd, b"", _EMPTY)
+                    if not self.keeps_setgid(ctx.pid, ctx.uid, ctx.gid,
+                                             (st[GID], self.shown_ids(st)[1])):
+                        mode &= ~stat.S_ISGID
+                os.chmod(b"/proc/self/fd/%d" % fd, mode)
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
@@ -498,7 +601,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=pfd)
+            os.mknod(name, self.create_mode(mode, ctx.umask), rdev, dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -511,7 +614,7 @@ class Operations(pyfuse3.Operations):
                 self.gate.check(ctx.pid)
             parent = self._node(parent_inode)
             pfd = self.table.fd(parent)
-            os.mkdir(name, mode & ~ctx.umask, dir_fd=pfd)
+            os.mkdir(name, self.create_mode(mode, ctx.umask), dir_fd=pfd)
             self._chown_new(ctx, pfd, name, mode)
             return self._reply_entry(parent, pfd, name)
         except Exception as exc:
@@ -593,7 +696,7 @@ class Operations(pyfuse3.Operations):
                 self._writers[fd] = node
             st = os.fstat(fd)
             size = st.st_size
-            if size == 0:
+            if size == 0 and self.pseudo_file(fd, st.st_dev):
                 # procfs and friends report size 0 for files with contents: read them
                 # through serve-fs, not through a page cache that believes the size.
                 node.stamp = None
@@ -606,6 +709,20 @@ class Operations(pyfuse3.Operations):
         except Exception as exc:
             raise self._error(exc, "open") from None
 
+    def pseudo_file(self, fd: int, dev: int) -> bool:
+        """Whether the open file ``fd`` (on device ``dev``) is on a pseudo filesystem
+        (`PSEUDO_FS_TYPES`: procfs, sysfs, ...), whose files report size 0 whatever they
+        hold.  An empty file on a disk filesystem is just empty: it keeps the page cache
+        (shared mmap and O_DIRECT work on it as on the disk).  One fstatfs per device."""
+        pseudo = self._pseudo_devs.get(dev)
+        if pseudo is None:
+            try:
+                pseudo = sc.fstatfs_type(fd) in PSEUDO_FS_TYPES
+            except OSError:
+                pseudo = True  # the old rule: an empty file is read through serve-fs
+            self._pseudo_devs[dev] = pseudo
+        return pseudo
+
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         try:
@@ -617,7 +734,7 @@ class Operations(pyfuse3.Operations):
             # if a file appeared on the host since, opening it here would skip the
             # kernel's permission check on it and chown it to the caller.
             fd = os.open(name, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         mode & ~ctx.umask, dir_fd=pfd)
+                         self.create_mode(mode, ctx.umask), dir_fd=pfd)
             try:
                 self._chown_new(ctx, pfd, name, mode, fd)
                 st = self.statbuf.at(fd, b"", _EMPTY)
@@ -632,6 +749,34 @@ class Operations(pyfuse3.Operations):
             return FileInfo(fh=fd, keep_cache=True), self.make_entry(node, st)
         except Exception as exc:
             raise self._error(exc, "create") from None
+
+    async def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """open(O_TMPFILE) in the directory ``parent_inode``: an unnamed file, owned by
+        the requester, that linkat(AT_EMPTY_PATH) may give a name later.  Its inode
+        keeps an O_PATH descriptor pinned (it has no name to be reopened by) until the
+        kernel forgets it."""
+        try:
+            if self.gate is not None:
+                self.gate.check(ctx.pid)
+            parent = self._node(parent_inode)
+            pfd = self.table.fd(parent)
+            fd = os.open(b"/proc/self/fd/%d" % pfd,
+                         (flags & _TMPFILE_KEEP) | os.O_TMPFILE | os.O_CLOEXEC,
+                         self.create_mode(mode, ctx.umask))
+            try:
+                self._chown_new(ctx, pfd, b"", mode, fd)
+                st = self.statbuf.at(fd, b"", _EMPTY)
+                node = self.table.learn_unnamed(parent, fd, st)
+            except BaseException:
+                os.close(fd)
+                raise
+            node.nlookup += 1
+            node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
+            self._writers[fd] = node
+            return FileInfo(fh=fd, keep_cache=True), self.make_entry(node, st)
+        except Exception as exc:
+            raise self._error(exc, "tmpfile") from None
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
@@ -803,7 +948,7 @@ class Operations(pyfuse3.Operations):
                  "mkdir", "symlink", "unlink", "rmdir", "rename", "link", "open", "create",
                  "read", "write", "flush", "release", "fsync", "poll", "opendir", "readdir",
                  "releasedir", "fsyncdir", "getxattr", "setxattr", "listxattr",
-                 "removexattr", "forget")
+                 "removexattr", "forget", "tmpfile")
         for name in names:
             method = getattr(self, name)
 

@@ -273,6 +273,13 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
         finally:
             ops.close()
     target = mountpoint if mountpoint is not None else f"/dev/fd/{fuse_fd}"
+    # pyfuse3 before 3.3 (Debian 12 has 3.2.1) makes its worker lock in init(), from
+    # pyfuse3.trio: that must already be the loop's (cntr.fs left a placeholder there).
+    pyfuse3.trio = DirectLoop  # type: ignore[attr-defined]  # pyfuse3's loop hook
+    if loop == "trio":
+        import trio  # only this mode needs trio
+
+        pyfuse3.trio = trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
     pyfuse3.init(ops, target, fuse_options())
     try:
         if mountpoint is not None:
@@ -280,11 +287,8 @@ def serve(ops: Operations, *, mountpoint: str | None = None, fuse_fd: int | None
             ops.self_mount_ids.add(mount_id_of(mountpoint))
         stopped: list[int] = []
         if loop == "trio":
-            import trio  # only this mode needs trio
+            import trio
 
-            # pyfuse3 may have been imported with a placeholder for trio
-            # (cntr.fs._import_pyfuse3): give it the real module.
-            pyfuse3.trio = trio  # type: ignore[attr-defined]  # pyfuse3's loop hook
             trio.run(_serve_trio, ready_fd, stopped)
         else:
             _serve_direct(ready_fd, stopped)

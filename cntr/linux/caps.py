@@ -24,14 +24,21 @@ NAMES = (
 
 
 SYS_PTRACE = 19
-GUARDS = (22, 35)
-"""Candidates for the guard capability, in order of preference: cap_sys_boot, cap_wake_alarm.
+SYS_BOOT = 22
+WAKE_ALARM = 35
+GUARDS = (WAKE_ALARM, SYS_BOOT)
+"""Candidates for the guard capability, in order of preference: cap_wake_alarm, cap_sys_boot.
 Each is held by the session only when the container lacks it, and every use of it is
-refused by the session's seccomp filter (`cntr.linux.seccomp`), so it gives nothing."""
+refused by the session's seccomp filter (``cntr.linux.seccomp``), so it gives nothing.
+cap_wake_alarm comes first: the kernel checks it only in timerfd_create(2) and
+timer_create(2), both filtered; cap_sys_boot also guards writes to /sys/kernel/reboot/*,
+which no seccomp filter can tell apart (only where the container's /sys is writable)."""
 
 
-def guard_bit(bounding: int) -> int | None:
-    """The capability a session holds beyond a container with bounding set ``bounding``.
+def guard_bit(bounding: int, inheritable: int = 0) -> int | None:
+    """The capability a session holds beyond a container with bounding set ``bounding``
+    (and inheritable set ``inheritable``: execve can raise a permitted bit from it even
+    outside the bounding set, so a bit held there is no guard).
 
     The kernel lets a process with the same ids ptrace another (and read its memory,
     environ, fds, maps) when the target's permitted set is a subset of its own
@@ -41,8 +48,9 @@ def guard_bit(bounding: int) -> int | None:
     """
     if bounding >> SYS_PTRACE & 1:
         return None
+    held = bounding | inheritable
     for bit in GUARDS:
-        if not bounding >> bit & 1:
+        if not held >> bit & 1:
             return bit
     return None
 
@@ -55,7 +63,7 @@ def guarded_sets(bounding: int, effective: int, permitted: int, inheritable: int
     For uid 0 the bounding set carries it across execve (permitted becomes inheritable |
     bounding); other uids keep it through the ambient set, which needs it inheritable.
     """
-    bit = guard_bit(bounding)
+    bit = guard_bit(bounding, inheritable)
     if bit is None:
         return bounding, effective, permitted, inheritable, ambient
     m = 1 << bit

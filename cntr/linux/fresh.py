@@ -111,7 +111,12 @@ def mount_kernel_fs(base_dir: str) -> None:
             syscalls.mount("proc", f"{top}proc", "proc", noexec)
         if _is_dir(f"{top}sys"):
             syscalls.mount("sysfs", f"{top}sys", "sysfs", noexec | syscalls.MS_RDONLY)
-    _make_dev("/dev")
+    try:  # enter's fresh /dev (a mount of its own, not the served host's directory)
+        provided = os.stat("/dev").st_dev != os.stat("/").st_dev
+    except OSError:
+        provided = False
+    if not provided:
+        _make_dev("/dev")
     target = base_dir.rstrip("/") + "/dev"
     if _is_dir(target):
         syscalls.mount("/dev", target, None, syscalls.MS_BIND | syscalls.MS_REC)

@@ -16,19 +16,44 @@ mount namespace:
    so a symlink in the container cannot name a host path.
 4. The FUSE filesystem is created with fsopen/fsconfig/fsmount on the ``/dev/fuse``
    descriptor serve-fs will read; nothing shows in any mount table but the session's.
-5. It is attached over ``/`` of the private namespace, the copies are moved onto it, and
-   ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)`` make it the root with the old
-   root gone, as runc does (pivot_root(2), "NOTES").
+5. It is attached over ``/`` of the private namespace, the copies are moved onto it (onto
+   the host's names themselves: a host ``/etc/localtime`` that is a symlink is covered, its
+   target is not looked up), and ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)``
+   make it the root with the old root gone, as runc does (pivot_root(2), "NOTES").
+
+A container whose ``/proc``, ``/dev`` or ``/sys`` is not a mount of its own (a chroot-style
+container, a sandboxed process attached by pid), or whose ``/proc`` shows another pid
+namespace than its own (a ``/sys`` of another net namespace), gets fresh ones, as a container
+runtime would give it, in the session's namespace only (nothing is mounted or written in
+the container):
+
+- ``/dev`` (step 3, in ``build``): a tmpfs (``mode=755,nosuid``) holding ``null``, ``zero``,
+  ``full``, ``random``, ``urandom`` and ``tty``, a new devpts instance at ``pts`` with
+  ``ptmx -> pts/ptmx``, a tmpfs ``shm`` (1777) and the ``fd``, ``stdin``, ``stdout``,
+  ``stderr`` links to ``/proc/self/fd``: the served host's ``/dev`` is ``nodev``, so its
+  nodes would not open.  It is made and filled while detached, before serve-fs serves
+  anything (filling it needs no FUSE round trip, and a failure is known before serve-fs
+  starts), and moved onto the FUSE mount with the copies: its mount point, the host's
+  ``/dev`` in the served tree, exists only once the FUSE mount is attached;
+- ``/proc`` and ``/sys`` (``mount_kernel_fs``, after the pid and net namespaces are
+  joined, before the user namespace): a procfs shows the pid namespace of the process that
+  creates it and a sysfs the mounter's net namespace, so they cannot be made in step 3.
+  A container ``/sys`` of another net namespace than the container's is covered too.
+  ``/proc`` is read-write (``ps``, ``gdb``'s ``/proc/PID/mem`` work) with the paths docker
+  makes read-only (``sys``, ``sysrq-trigger``, ``irq``, ``bus``, ``fs``) read-only; ``/sys``
+  is read-only, as docker mounts it, and has no cgroup hierarchies below it.
 
 Caveats:
-- a container ``/proc``, ``/dev`` or ``/sys`` that is not a mount of its own is not bound
-  (the host's then shows there); the bound files are skipped where the host lacks them.
+- the bound files are skipped where the host lacks them.
 - the base directory must exist in the served tree (``enter`` creates it on the host).
+- the nodes of a fresh ``/dev`` belong to the host's root: in a user-namespaced container
+  they show as owned by the overflow id (they open all the same, mode 666).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Callable
 
@@ -37,6 +62,18 @@ from cntr.record import field, record
 
 RESOLVE_CONTAINER = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 MOUNT_DIRS = ("proc", "dev", "sys")
+MOUNT_ATTR_RDONLY = 0x1  # linux/mount.h
+MOUNT_ATTR_NOEXEC = 0x8
+DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+             ("urandom", 1, 9), ("tty", 5, 0))
+"""Character devices of a fresh /dev, with the numbers Linux assigns them everywhere
+(Documentation/admin-guide/devices.txt), as runc creates them."""
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("ptmx", "pts/ptmx"))
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+"""Paths of a fresh /proc made read-only, as docker does: writes there change the host
+(sysctls are checked against the writer's uid only, not its capabilities)."""
 
 
 @record
@@ -49,8 +86,15 @@ class SessionRoot:
     """where the container's root goes, e.g. ``var/lib/cntr``."""
     files: tuple[str, ...]
     """container files to bind over the host's, e.g. ``etc/hostname``."""
+    pid_ns: int | None = None
+    """inode of the container's pid namespace: a ``/proc`` of another one is not bound."""
     skipped: list[str] = field(default_factory=list)
     """what could not be bound (reported as warnings)."""
+    provided: list[str] = field(default_factory=list)
+    """the ``MOUNT_DIRS`` the session gets fresh instances of (the container has none)."""
+    sysfs_dev: int | None = None
+    """device of the container's own ``/sys`` when it looks like a sysfs (it has
+    ``class/net``): ``mount_kernel_fs`` checks it shows the container's net namespace."""
 
 
 def _clone(fd: int, recursive: bool) -> int:
@@ -92,6 +136,109 @@ def fuse_mount(fuse_fd: int) -> int:
         os.close(fs)
 
 
+def _fs_mount(fstype: str, attrs: int, strings: tuple[tuple[str, str], ...] = (),
+              flags: tuple[str, ...] = ()) -> int:
+    """A detached mount of a new ``fstype`` filesystem; returns its mount descriptor."""
+    fs = syscalls.fsopen(fstype)
+    try:
+        for key, value in (("source", fstype), *strings):
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
+        for flag in flags:
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_FLAG, flag)
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC, attrs)
+    finally:
+        os.close(fs)
+
+
+def dev_mounts() -> list[tuple[int, str]]:
+    """A fresh /dev as detached mounts, filled: (mount descriptor, target) in the order
+    they are to be attached (the tmpfs, then its devpts and shm)."""
+    nosuid = syscalls.MOUNT_ATTR_NOSUID
+    out: list[tuple[int, str]] = []
+    try:
+        dev = _fs_mount("tmpfs", nosuid, (("mode", "755"), ("size", "65536k")))
+        out.append((dev, "dev"))
+        # Privileged (CAP_MKNOD): the nodes live on our own tmpfs, never in the container.
+        for name, major, minor in DEV_NODES:
+            os.mknod(name, stat.S_IFCHR | 0o666, os.makedev(major, minor), dir_fd=dev)
+            os.chmod(name, 0o666, dir_fd=dev)  # whatever the umask
+        for name, target in DEV_LINKS:
+            os.symlink(target, name, dir_fd=dev)
+        for name in ("pts", "shm"):
+            os.mkdir(name, 0o755, dir_fd=dev)
+        # newinstance: the session's ptys are its own, not the host's (devpts(5)).
+        out.append((_fs_mount("devpts", nosuid | MOUNT_ATTR_NOEXEC,
+                              (("ptmxmode", "0666"), ("mode", "0620")), ("newinstance",)),
+                    "dev/pts"))
+        out.append((_fs_mount("tmpfs", nosuid | syscalls.MOUNT_ATTR_NODEV,
+                              (("mode", "1777"), ("size", "65536k"))), "dev/shm"))
+    except BaseException:
+        for fd, _ in out:
+            os.close(fd)
+        raise
+    return out
+
+
+def _procfs_of(fd: int, pid_ns: int | None) -> bool:
+    """Whether the directory ``fd`` (a container's /proc) shows the pid namespace
+    ``pid_ns``: its pid 1 is in it.  Only an inode is compared, whatever the container
+    put there."""
+    if pid_ns is None:
+        return True
+    try:
+        return os.stat("1/ns/pid", dir_fd=fd).st_ino == pid_ns
+    except OSError:
+        return False
+
+
+def _is_dir(rel: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(rel, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _own_mount(fd: int, rel: str, root_dev: int, pid_ns: int | None) -> bool:
+    """Whether ``fd``, the container's ``rel`` (one of ``MOUNT_DIRS``), is a mount of its
+    own that the session may show (a /proc of its own pid namespace)."""
+    if os.fstat(fd).st_dev == root_dev:
+        return False
+    return rel != "proc" or _procfs_of(fd, pid_ns)
+
+
+FRESH = {
+    "proc": "proc (of the container's pid namespace; sys, sysrq-trigger, irq, bus, fs "
+            "read-only)",
+    "dev": "tmpfs (null, zero, full, random, urandom, tty, devpts at pts, shm)",
+    "sys": "sysfs (read-only, of the container's net namespace)",
+}
+"""What a session gets for each of ``MOUNT_DIRS`` the container has none of (dry-run)."""
+
+
+def fresh_dirs(pid: int, pid_ns: int | None) -> list[str]:
+    """The ``MOUNT_DIRS`` a session of process ``pid`` gets fresh ones of, seen from the
+    host through ``/proc/PID/root`` (a ``/sys`` of another net namespace is only found
+    once its namespace is joined)."""
+    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        root_dev = os.fstat(root).st_dev
+        fresh = []
+        for rel in MOUNT_DIRS:
+            fd = open_in_container(root, rel, os.O_PATH | os.O_DIRECTORY)
+            if fd is None:
+                fresh.append(rel)
+                continue
+            try:
+                if not _own_mount(fd, rel, root_dev, pid_ns):
+                    fresh.append(rel)
+            finally:
+                os.close(fd)
+        return fresh
+    finally:
+        os.close(root)
+
+
 def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
           on_mounted: Callable[[], None]) -> None:
     """Run steps 1-5 of the module docstring in the calling (single-threaded) process.
@@ -112,15 +259,22 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
         for rel in MOUNT_DIRS:
             fd = open_in_container(croot, rel, os.O_PATH | os.O_DIRECTORY)
             if fd is None:
-                spec.skipped.append(f"/{rel} (absent in the container)")
+                spec.provided.append(rel)
                 continue
             try:
-                if os.fstat(fd).st_dev == root_dev:
-                    spec.skipped.append(f"/{rel} (not a mount in the container)")
+                if not _own_mount(fd, rel, root_dev, spec.pid_ns):
+                    spec.provided.append(rel)
                     continue
+                if rel == "sys" and _is_dir("class/net", fd):
+                    spec.sysfs_dev = os.fstat(fd).st_dev
                 clones.append((_clone(fd, recursive=True), rel))
             finally:
                 os.close(fd)
+        if "dev" in spec.provided:
+            try:
+                clones += dev_mounts()
+            except OSError as exc:
+                spec.skipped.append(f"/dev (a fresh one: {exc.strerror})")
         for rel in spec.files:
             fd = open_in_container(croot, rel, os.O_PATH)
             if fd is None:
@@ -136,10 +290,10 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
         syscalls.move_mount(mnt, "", syscalls.AT_FDCWD, "/", syscalls.MOVE_MOUNT_F_EMPTY_PATH)
         for fd, target in clones:
             try:
-                syscalls.move_mount(
-                    fd, "", mnt, target,
-                    syscalls.MOVE_MOUNT_F_EMPTY_PATH | 0x10,  # MOVE_MOUNT_T_SYMLINKS
-                )
+                # Onto the host's name itself, never where a host symlink points: its target
+                # would be looked up from the container's root (ours until pivot_root), and
+                # /etc/localtime is a symlink on most hosts.
+                syscalls.move_mount(fd, "", mnt, target, syscalls.MOVE_MOUNT_F_EMPTY_PATH)
             except FileNotFoundError:
                 if target == spec.base_dir:
                     raise
@@ -161,3 +315,90 @@ def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
         # gives the same view; the container's own tree is all that lies outside it.
         os.chroot(".")
     os.chdir("/")
+
+
+def _mount_proc() -> None:
+    """A procfs of the caller's pid namespace over ``/proc``, with ``PROC_READ_ONLY``
+    read-only."""
+    attrs = syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+    fd = _fs_mount("proc", attrs)
+    try:
+        syscalls.move_mount(fd, "", syscalls.AT_FDCWD, "/proc",
+                            syscalls.MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(fd)
+    flags = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    for rel in PROC_READ_ONLY:
+        path = f"/proc/{rel}"
+        if not os.path.exists(path):
+            continue  # /proc/bus and the like depend on the kernel's configuration
+        syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+        syscalls.mount(None, path, None,
+                       syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY | flags)
+
+
+def _in_child(fn: Callable[[], None]) -> str | None:
+    """Run ``fn`` in a short-lived child (in the pid namespace joined last); None when it
+    succeeded, else why it failed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - a forked child; its failures come back on the pipe
+        os.close(r)
+        code = 0
+        try:
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.filename:
+                why = f"{exc.filename}: {why}"
+            os.write(w, why.encode(errors="replace")[:512])
+            code = 1
+        os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            why = f.read().decode(errors="replace")
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return why or f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def mount_kernel_fs(spec: SessionRoot) -> list[str]:
+    """Give the session the fresh ``/proc`` and ``/sys`` ``build`` found it needs; call
+    after joining the container's pid and net namespaces and before its user namespace
+    (the mounts need the host's privileges).  Returns what could not be done.
+
+    procfs shows the pid namespace of the process creating it (not the one its children
+    get), so a short-lived child, which is in the container's pid namespace, mounts it in
+    the session's (shared) mount namespace.  sysfs shows the creator's net namespace."""
+    failed = []
+    if "proc" in spec.provided:
+        why = _in_child(_mount_proc)
+        if why is not None:
+            failed.append(f"/proc (a fresh procfs: {why})")
+    if "sys" not in spec.provided and spec.sysfs_dev is None:
+        return failed
+    try:
+        fd = _fs_mount("sysfs", MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
+                       | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
+    except OSError as exc:
+        if "sys" in spec.provided:
+            failed.append(f"/sys (a fresh sysfs: {exc.strerror})")
+        return failed
+    try:
+        # All sysfs mounts of one net namespace share a superblock: a container's own /sys
+        # of another one (a sandbox that kept the host's) shows other interfaces.
+        if "sys" not in spec.provided and spec.sysfs_dev == os.fstat(fd).st_dev:
+            return failed
+        syscalls.move_mount(fd, "", syscalls.AT_FDCWD, "/sys",
+                            syscalls.MOVE_MOUNT_F_EMPTY_PATH)
+        if "sys" not in spec.provided:
+            spec.provided.append("sys")
+    except OSError as exc:
+        failed.append(f"/sys (a fresh sysfs: {exc.strerror})")
+    finally:
+        os.close(fd)
+    return failed

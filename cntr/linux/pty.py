@@ -6,6 +6,8 @@ the host terminal is put in raw mode while bytes are relayed both ways.  Window 
 changes (SIGWINCH) are copied to the pty.
 
 Caveats:
+- ``recorder`` (``cntr.asciicast``, for ``--record``), when set, gets every chunk after it
+  was written to the terminal, and every window size copied; it never changes the bytes.
 - the relay ends when the session's process exits and its output is drained; a
   background job still holding the slave keeps its output, which is not relayed after.
 """
@@ -18,11 +20,22 @@ import fcntl
 import os
 import select
 import signal
+import struct
 import termios
 import tty
 from collections.abc import Iterator
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Recorder(Protocol):
+        def output(self, data: bytes) -> None: ...
+        def resize(self, width: int, height: int) -> None: ...
+
 _BUF = 65536
+recorder: Recorder | None = None
+"""Where relay also sends the session's output and window sizes (``--record``)."""
 
 
 def open_pty(stdin_fd: int = 0) -> tuple[int, int]:
@@ -37,6 +50,15 @@ def copy_winsize(src: int, dst: int) -> None:
     with contextlib.suppress(OSError):
         size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
         fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+
+
+def window_size(fd: int) -> tuple[int, int] | None:
+    """(columns, rows) of the terminal on ``fd``; None when it is not one."""
+    try:
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        return None
+    return cols, rows
 
 
 def make_controlling(slave: int) -> None:
@@ -76,7 +98,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def relay(master: int, pidfd: int, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     """Copy stdin -> master and master -> stdout until the process behind ``pidfd`` ends."""
-    old_winch = signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(stdin_fd, master))
+    rec = recorder
+
+    def winch(*_: object) -> None:
+        copy_winsize(stdin_fd, master)
+        if rec is not None and (size := window_size(stdin_fd)) is not None:
+            rec.resize(*size)
+
+    old_winch = signal.signal(signal.SIGWINCH, winch)
     stdin_open = True
     try:
         with raw_terminal(stdin_fd):
@@ -96,6 +125,8 @@ def relay(master: int, pidfd: int, stdin_fd: int = 0, stdout_fd: int = 1) -> Non
                     if not data:
                         break
                     _write_all(stdout_fd, data)
+                    if rec is not None:
+                        rec.output(data)
                 if stdin_open and stdin_fd in ready:
                     data = os.read(stdin_fd, _BUF)
                     if data:
@@ -103,13 +134,13 @@ def relay(master: int, pidfd: int, stdin_fd: int = 0, stdout_fd: int = 1) -> Non
                     else:
                         stdin_open = False
                 if pidfd in ready and master not in ready:
-                    _drain(master, stdout_fd)
+                    _drain(master, stdout_fd, rec)
                     break
     finally:
         signal.signal(signal.SIGWINCH, old_winch)
 
 
-def _drain(master: int, stdout_fd: int) -> None:
+def _drain(master: int, stdout_fd: int, rec: Recorder | None) -> None:
     os.set_blocking(master, False)
     while True:
         try:
@@ -119,3 +150,5 @@ def _drain(master: int, stdout_fd: int) -> None:
         if not data:
             return
         _write_all(stdout_fd, data)
+        if rec is not None:
+            rec.output(data)

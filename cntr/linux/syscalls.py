@@ -89,6 +89,10 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 
 _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
@@ -230,6 +234,27 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
 
 
+def set_name(name: bytes) -> None:
+    """prctl(PR_SET_NAME): the calling thread's comm (16 bytes with the NUL, truncated)."""
+    buf = ctypes.create_string_buffer(name[:15], 16)
+    _check(_prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (linux/filter.h)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes) -> None:
+    """Install a seccomp filter on the calling thread: ``program`` is an array of struct
+    sock_filter (8 bytes each).  Needs no_new_privs or CAP_SYS_ADMIN (seccomp(2))."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _check(_prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0),
+           "prctl(PR_SET_SECCOMP)")
+
+
 def renameat2(
     olddfd: int, oldpath: str | bytes, newdfd: int, newpath: str | bytes, flags: int
 ) -> None:
@@ -239,6 +264,16 @@ def renameat2(
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     _check(_fallocate(fd, mode, offset, length), "fallocate")
+
+
+_fstatfs = _fn("fstatfs", ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+def fstatfs_type(fd: int) -> int:
+    """The f_type (filesystem magic, linux/magic.h) of the filesystem ``fd`` is on."""
+    buf = (ctypes.c_long * 16)()  # struct statfs: 120 bytes on 64-bit, f_type first
+    _check(_fstatfs(fd, ctypes.byref(buf)), "fstatfs")
+    return int(buf[0]) & 0xFFFFFFFF
 
 
 # --- capabilities (linux/capability.h, version 3: two 32-bit words per set) --------------
@@ -271,8 +306,16 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
 @functools.cache
 def cap_last_cap() -> int:
     """The highest capability number this kernel knows (read once per process)."""
-    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-        return int(f.read())
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except FileNotFoundError:
+        # No procfs (`cntr exec` in a chroot-style container's root): PR_CAPBSET_READ
+        # answers EINVAL past the last capability.
+        last = 0
+        while _prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0:
+            last += 1
+        return last
 
 
 # --- serve-fs bindings ---

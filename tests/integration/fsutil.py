@@ -20,8 +20,33 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import require
+
 REPO = Path(__file__).resolve().parent.parent.parent
 PYTHON = sys.executable
+
+
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+@contextlib.contextmanager
+def fuse_uring_enabled() -> Iterator[None]:
+    """The kernel offers FUSE over io_uring while this lasts (the module parameter is put
+    back as it was)."""
+    require(None if ENABLE_URING.exists() else "this kernel has no FUSE over io_uring")
+    old = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text("Y")
+    try:
+        yield
+    finally:
+        ENABLE_URING.write_text(old)
+
+
+def io_urings(pid: int) -> int:
+    """How many io_uring descriptors process ``pid`` has open (Python's mmap keeps a
+    duplicate of the descriptor it maps: several per ring)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:[io_uring]")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cntr.linux import caps
 from tests.conftest import CNTR, REPO, Container, run_cntr
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -136,13 +137,16 @@ def test_session_is_in_the_containers_cgroups(container: Container) -> None:
 
 
 def test_capabilities_are_within_the_containers(container: Container) -> None:
+    """The container's sets plus the guard capability (issue 19: cntr.linux.caps)."""
     status = Path(f"/proc/{container.pid}/status").read_text()
     cont = {k: int(v, 16) for k, v in re.findall(r"(Cap\w+):\s+(\w+)", status)}
     out = sh(container, "grep Cap /proc/self/status")
     mine = {k: int(v, 16) for k, v in re.findall(r"(Cap\w+):\s+(\w+)", out)}
-    assert mine["CapBnd"] & ~cont["CapBnd"] == 0
-    assert mine["CapEff"] & ~cont["CapBnd"] == 0
-    assert mine["CapBnd"] == cont["CapBnd"]
+    want = caps.guarded_sets(cont["CapBnd"], cont["CapEff"], cont["CapPrm"], cont["CapInh"],
+                             cont["CapAmb"], uid=0)
+    assert (mine["CapBnd"], mine["CapEff"], mine["CapPrm"], mine["CapInh"],
+            mine["CapAmb"]) == want
+    assert mine["CapBnd"] & ~cont["CapBnd"] == 1 << caps.WAKE_ALARM
 
 
 def test_container_environment_is_set(container: Container) -> None:

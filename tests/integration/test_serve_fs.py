@@ -28,6 +28,8 @@ from cntr.linux import syscalls as sc
 from tests.conftest import require
 from tests.integration.fsutil import (
     Served,
+    fuse_uring_enabled,
+    io_urings,
     is_mounted,
     run_fuse_fd_session,
     serve_fs_mount,
@@ -43,29 +45,6 @@ class Pair:
     mnt: Path
     """the same directory through serve-fs."""
     served: Served
-
-
-ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
-
-
-@contextlib.contextmanager
-def fuse_uring_enabled() -> Iterator[None]:
-    """The kernel offers FUSE over io_uring while this lasts (the module parameter is put
-    back as it was)."""
-    require(None if ENABLE_URING.exists() else "this kernel has no FUSE over io_uring")
-    old = ENABLE_URING.read_text().strip()
-    ENABLE_URING.write_text("Y")
-    try:
-        yield
-    finally:
-        ENABLE_URING.write_text(old)
-
-
-def io_urings(pid: int) -> int:
-    """How many io_uring descriptors process ``pid`` has open (Python's mmap keeps a
-    duplicate of the descriptor it maps: several per ring)."""
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:[io_uring]")
 
 
 @pytest.fixture(scope="module", params=["wire", "uring"])
@@ -200,8 +179,8 @@ def test_two_opens_of_one_file_see_each_others_writes(pair: Pair) -> None:
 
 def test_opens_of_one_file_in_every_order_and_mode(pair: Pair) -> None:
     """A setuid file open for writing (not passed through: serve-fs clears its bits) and
-    another open of it, a file truncated to empty (served without the page cache) while
-    open: every open works and sees the same contents."""
+    another open of it, a file truncated to empty on the host while open, an empty file
+    read while written: every open works and sees the same contents."""
     (pair.src / "s").write_bytes(b"data")
     os.chmod(pair.src / "s", 0o4755)
     (pair.src / "t").write_bytes(b"abc")

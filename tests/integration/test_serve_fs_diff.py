@@ -3,7 +3,9 @@
 A hypothesis `RuleBasedStateMachine` applies each operation to a directory seen through a
 serve-fs mount and to a plain directory on the same host filesystem, and requires the same
 outcome: the same return value or the same errno, the same contents and the same stat
-fields (mode, size, nlink, uid, gid; times are not compared).
+fields (mode, size, nlink, uid, gid; times only where a rule sets them, before 1970
+included).  Besides the namespace and data operations: fallocate (the modes FUSE carries),
+lseek SEEK_DATA/SEEK_HOLE, copy_file_range and O_TMPFILE files linked in.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ PATHS = st.sampled_from(["a", "b", "d", "d/a", "d/c", "d/e", "d/e/b", "e"])
 TARGETS = st.sampled_from(["a", "d/a", "../a", "d", "missing", "e/b"])
 DATA = st.binary(min_size=0, max_size=300)
 MODES = st.integers(min_value=0, max_value=0o777)
+#: fallocate modes the kernel's FUSE passes on: 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE,
+#: ZERO_RANGE, ZERO_RANGE|KEEP_SIZE
+FALLOCATE_MODES = st.sampled_from([0, 0x01, 0x03, 0x10, 0x11])
+OFFSETS = st.integers(0, 20000)
 Outcome = tuple[str, object]
 
 
@@ -89,6 +95,66 @@ class ServeFsVsPlain(RuleBasedStateMachine):
     @rule(path=PATHS, size=st.integers(0, 6000))
     def truncate(self, path: str, size: int) -> None:
         self.both(lambda r: os.truncate(r / path, size))
+
+    @rule(path=PATHS, mode=FALLOCATE_MODES, offset=OFFSETS, length=st.integers(1, 20000))
+    def fallocate(self, path: str, mode: int, offset: int, length: int) -> None:
+        def op(r: Path) -> tuple[int, bytes]:
+            fd = os.open(r / path, os.O_RDWR)
+            try:
+                sc.fallocate(fd, mode, offset, length)
+                return os.fstat(fd).st_size, os.pread(fd, 64, max(offset - 32, 0))
+            finally:
+                os.close(fd)
+        self.both(op)
+
+    @rule(path=PATHS, whence=st.sampled_from([os.SEEK_DATA, os.SEEK_HOLE]), offset=OFFSETS)
+    def seek(self, path: str, whence: int, offset: int) -> None:
+        def op(r: Path) -> int | None:
+            fd = os.open(r / path, os.O_RDONLY)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return None  # a directory's lseek is the kernel's own (README)
+                return os.lseek(fd, offset, whence)
+            finally:
+                os.close(fd)
+        self.both(op)
+
+    @rule(src=PATHS, dst=PATHS, off_in=OFFSETS, off_out=OFFSETS,
+          length=st.integers(0, 20000))
+    def copy_range(self, src: str, dst: str, off_in: int, off_out: int, length: int) -> None:
+        def op(r: Path) -> int:
+            fin = os.open(r / src, os.O_RDONLY)
+            try:
+                fout = os.open(r / dst, os.O_WRONLY)
+                try:
+                    return os.copy_file_range(fin, fout, length, off_in, off_out)
+                finally:
+                    os.close(fout)
+            finally:
+                os.close(fin)
+        self.both(op)
+
+    @rule(path=PATHS, seconds=st.integers(-(2**34), 2**34), nsec=st.integers(0, 10**9 - 1))
+    def utime(self, path: str, seconds: int, nsec: int) -> None:
+        def op(r: Path) -> tuple[int, int]:
+            os.utime(r / path, ns=(seconds * 10**9 + nsec, -seconds * 10**9 + nsec),
+                     follow_symlinks=False)
+            s = os.lstat(r / path)
+            return s.st_atime_ns, s.st_mtime_ns
+        self.both(op)
+
+    @rule(path=PATHS, data=DATA, mode=MODES)
+    def tmpfile_link(self, path: str, data: bytes, mode: int) -> None:
+        def op(r: Path) -> int:
+            parent = (r / path).parent
+            fd = os.open(parent, os.O_TMPFILE | os.O_RDWR, mode)
+            try:
+                os.write(fd, data)
+                sc.linkat(fd, b"", sc.AT_FDCWD, os.fsencode(r / path), sc.AT_EMPTY_PATH)
+                return os.fstat(fd).st_nlink
+            finally:
+                os.close(fd)
+        self.both(op)
 
     @rule(path=PATHS, mode=MODES)
     def mkdir(self, path: str, mode: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import CNTR, require
 from tests.integration.fsutil import PYTHON, REPO, serve_fs_mount
 
 _PROBE = r'''
@@ -82,6 +82,23 @@ def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
         "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, uring, libfuse, trio, not 'bogus'"]
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("loop", ["libfuse", "trio"])
+def test_reference_loops_are_refused_outside_the_benchmark(tmp_path: Path, loop: str) -> None:
+    """pyfuse3's libfuse session is not as correct as the wire session (no
+    KILLPRIV_V2, DONT_MASK, ...): only ``python -m stages.serve_fs`` (the benchmark's way)
+    runs it; ``cntr serve-fs`` and sessions refuse it with one line, nothing mounted."""
+    (tmp_path / "mnt").mkdir()
+    res = subprocess.run([*CNTR, "serve-fs", str(tmp_path), "--mountpoint",
+                          str(tmp_path / "mnt")], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, check=False,
+                         env={**os.environ, "CNTR_SERVE_FS_LOOP": loop})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"cntr: serve-fs: CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+        "(python -m stages.serve_fs), not as correct as a session must be: use wire or uring"]
     assert not os.path.ismount(tmp_path / "mnt")
 
 

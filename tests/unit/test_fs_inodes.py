@@ -250,3 +250,46 @@ def test_cache_size_must_be_positive(tmp_path: Path) -> None:
 ])
 def test_host_root_id(idmap: list[tuple[int, int, int]] | None, expected: int | None) -> None:
     assert host_root_id(idmap) == expected
+
+
+def test_forgotten_inodes_are_found_again_by_handle(table: InodeTable, tmp_path: Path) -> None:
+    """open_by_handle_at through the mount: the kernel asks again for node ids it forgot."""
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "gone").write_text("y")
+    nodeid, _ = lookup(table, ROOT_INODE, b"f")
+    gone, _ = lookup(table, ROOT_INODE, b"gone")
+    with_handle = table.get(nodeid).mount is not None
+    table.forget(nodeid, 1)
+    table.forget(gone, 1)
+    os.unlink(tmp_path / "gone")
+    assert table.by_id.get(nodeid) is None
+    node = table.revive(nodeid)
+    if with_handle:  # root, and a filesystem with handles
+        assert node is not None and table.get(nodeid) is node
+        st = table.statbuf.at(table.fd(node), b"", sc.AT_EMPTY_PATH)
+        assert os.stat(tmp_path / "f").st_ino == st[INO]
+    else:  # (parent, name) inodes keep nothing once forgotten
+        assert node is None
+    assert table.revive(gone) is None  # removed: stale
+    assert table.revive(12345) is None
+    assert len(table.forgotten) <= table.forgotten_size
+
+
+def test_unnamed_files_keep_a_pinned_descriptor(table: InodeTable, tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        st = table.statbuf.at(fd, b"", sc.AT_EMPTY_PATH)
+        node = table.learn_unnamed(table.root, fd, st)
+        node.nlookup += 1
+        for i in range(20):  # more than the cache holds
+            (tmp_path / f"n{i}").write_text("z")
+            lookup(table, ROOT_INODE, f"n{i}".encode())
+        assert node.fd >= 0 and node.nodeid not in table.lru
+        assert table.fd(node) == node.fd
+        pinned = node.fd
+        table.forget(node.nodeid, 1)
+        with pytest.raises(OSError) as info:
+            os.fstat(pinned)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(fd)

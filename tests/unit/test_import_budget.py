@@ -1,0 +1,161 @@
+"""The import budget of ``cntr attach``: what the plain attach path may not import.
+
+Several modules carry hand-written stand-ins whose only reason is start-up time:
+``TYPE_CHECKING = False`` instead of importing typing (~9 ms), ``cntr.record`` instead of
+dataclasses (which imports inspect, ast, dis, ...), plain threads instead of
+concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of http.client
+(~16 ms) and urllib.parse/ipaddress (~5 ms), an attach that runs without click (~30 ms),
+and a serve-fs that imports pyfuse3 without trio in its own process.  These tests are
+what holds them to it: they name the modules the attach process must never load, and
+bound how many modules it loads at all.  Both are properties of the code, not timings:
+nothing here measures a clock.
+
+Three views of it:
+- the console entry ``cntr.entry.main`` run on ``attach ID -- true`` up to the point it
+  would act (``check_host``, the first thing ``stages.attach.attach`` does), in a fresh
+  interpreter, with serve-fs's prestart turned off (it forks; its imports are its own
+  process's): needs no privileges;
+- a real ``cntr attach ID -- true`` into the demo and the docker test container, with
+  ``PYTHONPROFILEIMPORTTIME=1``: every module the attach process and the setup child
+  import on the way, including the lazy imports of resolve, capture and enter.  serve-fs
+  sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
+- serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never trio.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Container
+
+FORBIDDEN = frozenset({
+    "typing",                 # TYPE_CHECKING = False in cntr's modules
+    "dataclasses", "inspect",  # cntr.record
+    "concurrent.futures",     # cntr.engines.base.in_threads
+    "urllib.parse", "ipaddress",  # cntr.engines.base's unix-socket HTTP
+    "http.client",            # idem
+    "importlib.metadata",     # cntr.fs imports pyfuse3 without it (and serve-fs is not here)
+    "click",                  # cntr.entry's plain attach
+    "trio", "pyfuse3",        # serve-fs's own process only
+    "cntr.cli", "stages.serve_fs", "cntr.fs",
+})
+"""Modules (and packages: their submodules too) the attach process never imports."""
+
+MAX_STDLIB_MODULES = 50
+"""Modules outside cntr and stages that the entry may add to a bare interpreter's on the
+way to attaching (44 when this was written): a new dependency of the attach path must
+fit here or raise this on purpose."""
+
+MAX_RUN_STDLIB_MODULES = 85
+"""Distinct modules outside cntr and stages that a whole ``cntr attach ID -- true``
+imports, the interpreter's own start-up included (75 when this was written, by name
+through docker; cntr's own modules are not counted, so splitting one is free)."""
+
+PROBE = """
+import os, sys
+before = set(sys.modules)
+from cntr import launch
+
+def stop():
+    sys.stdout.write("\\n".join(sorted(set(sys.modules) - before)) + "\\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+launch.prestart = lambda: None  # forks serve-fs: its imports are another process's
+launch.check_host = stop  # stages.attach.attach's first call, bound when it is imported
+sys.argv = ["cntr", "attach", "cntr-import-budget", "--", "true"]
+from cntr.entry import main
+main()
+sys.exit("the entry returned without reaching stages.attach.attach")
+"""
+
+
+def forbidden(modules: set[str]) -> list[str]:
+    """The modules of ``modules`` that FORBIDDEN names, or that belong to a package it
+    names."""
+    return sorted(m for m in modules
+                  if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+
+
+def entry_modules() -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_attach_entry_imports_nothing_forbidden() -> None:
+    modules = entry_modules()
+    assert {"cntr.entry", "stages.attach", "stages.enter", "stages.resolve",
+            "stages.capture"} <= modules
+    assert forbidden(modules) == []
+
+
+def test_attach_entry_stays_within_its_module_count() -> None:
+    modules = entry_modules()
+    stdlib = sorted(m for m in modules if m.split(".")[0] not in ("cntr", "stages"))
+    assert len(stdlib) <= MAX_STDLIB_MODULES, stdlib
+
+
+def test_forbidden_matches_packages_and_their_submodules() -> None:
+    assert forbidden({"typing", "trio._core", "urllib", "cntr.errors", "clickhouse"}) == [
+        "trio._core", "typing"]
+
+
+def imported(report: str) -> list[str]:
+    """The module names of a ``-X importtime`` report, in order."""
+    names = []
+    for line in report.splitlines():
+        # import time: self [us] | cumulative | imported package
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.append(name)
+    return names
+
+
+def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[str]:
+    """The modules a real ``cntr attach IDENT -- true`` imports, in order, by name
+    (serve-fs's go to ``serve_fs_log`` when one is given, else nowhere)."""
+    cntr = Path(sys.executable).with_name("cntr")
+    assert cntr.exists(), f"no console script {cntr}: scripts/setup installs it"
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    if serve_fs_log is not None:
+        env["CNTR_SERVE_FS_LOG"] = str(serve_fs_log)
+    out = subprocess.run([str(cntr), "attach", ident, "--", "true"], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return imported(out.stderr)
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("which", ["demo", "docker_container"])
+def test_real_attach_imports_nothing_forbidden(which: str,
+                                               request: pytest.FixtureRequest) -> None:
+    container: Container = request.getfixturevalue(which)
+    names = run_imports(container.ident)
+    assert "stages.attach" in names
+    assert forbidden(set(names)) == []
+    stdlib = sorted({m for m in names if m.split(".")[0] not in ("cntr", "stages")})
+    assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
+
+
+SERVE_FS_FORBIDDEN = frozenset({"trio", "importlib.metadata", "click", "cntr.cli"})
+"""What serve-fs's own process never imports (cntr.fs's claim: pyfuse3 without trio,
+~140 ms, and without importlib.metadata, ~15 ms)."""
+
+
+@pytest.mark.fuse
+def test_serve_fs_imports_neither_trio_nor_importlib_metadata(
+        demo: Container, tmp_path: Path) -> None:
+    log = tmp_path / "serve-fs.log"
+    run_imports(demo.ident, serve_fs_log=log)
+    names = set(imported(log.read_text()))
+    assert "stages.serve_fs" in names
+    assert sorted(m for m in names if any(m == f or m.startswith(f + ".")
+                                          for f in SERVE_FS_FORBIDDEN)) == []
