@@ -11,8 +11,10 @@ Caveats:
 - ``overlay`` creates a detached mount (fsopen/fsmount): it is in no mount table and goes
   away with its last descriptor.  Layers are given one by one (``lowerdir+``, Linux 6.8+)
   because fsconfig limits a string to 256 bytes, less than two docker layer paths.
-- the /dev is a tmpfs with null, zero, full, random, urandom and tty, a devpts instance of
-  its own and /dev/shm, as runc gives a container; host devices are not there.
+- /dev: the fresh one ``cntr.linux.mounts.build`` gives a session whose container has
+  none, bound into the container's root as well; where there is none (``cntr exec``), a
+  tmpfs with null, zero, full, random, urandom and tty, a devpts instance of its own and
+  /dev/shm, as runc gives a container.
 """
 
 from __future__ import annotations
