@@ -7,6 +7,7 @@ removed at teardown."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -405,3 +406,30 @@ def test_exec_from_the_host_runs_the_containers_command(created: tuple[str, str]
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == b"65534\nID=busybox\n"
     assert_nothing_left(engine, name)
+
+
+def test_a_container_removed_during_the_session(created: tuple[str, str]) -> None:
+    engine, name = created
+    result: list[subprocess.CompletedProcess[bytes]] = []
+    session = threading.Thread(target=lambda: result.append(run_cntr(
+        "attach", name, "--", "/bin/sh", "-c", "touch /tmp/cntr-offline-rm-ready; sleep 60")))
+    session.start()
+    for _ in range(300):
+        if subprocess.run(["test", "-e", "/tmp/cntr-offline-rm-ready"]).returncode == 0:
+            break
+        time.sleep(0.1)
+    subprocess.run(["rm", "-f", "/tmp/cntr-offline-rm-ready"], check=True)
+    engine_cmd(engine, "rm", "-f", name)
+    session.join(timeout=60)
+    (out,) = result
+    assert out.returncode == 9, out.stderr.decode()
+    assert out.stderr.decode().splitlines()[-1] == (
+        f"cntr: attach: container {name} was removed: the offline session ended")
+
+
+def test_network_host(created: tuple[str, str]) -> None:
+    _, name = created
+    host = sorted(os.listdir("/sys/class/net"))
+    out = run_cntr("attach", "--network", "host", name, "--", "ls", "/sys/class/net")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == host
