@@ -145,6 +145,23 @@ def _types_option(f: F) -> F:
     )(f)
 
 
+def _tools_option(f: F) -> F:
+    return click.option(
+        "--tools", metavar="SOURCE",
+        help="Serve SOURCE as / instead of the host's /: a directory (starting with / or "
+        "'.'), or a container ([ENGINE:]NAME, resolved as ID is; -t applies to ID only).",
+    )(f)
+
+
+def _with_tools(ctx: Any, tools: str | None) -> Any:
+    if tools is None:
+        return ctx
+    from cntr.record import replace
+    from stages.capture import capture_tools
+
+    return replace(ctx, tools=capture_tools(tools))
+
+
 def _effective_user_option(f: F) -> F:
     return click.option(
         "--effective-user", metavar="USER",
@@ -181,7 +198,8 @@ def resolve(ident: str, types: str | None, fmt: str | None) -> None:
 @click.argument("pid", type=int, required=False)
 @click.option("--format", "fmt", type=FORMATS, help="Output format (default: msgpack on a "
               "pipe, json on a terminal).")
-def capture(pid: int | None, fmt: str | None) -> None:
+@_tools_option
+def capture(pid: int | None, fmt: str | None, tools: str | None) -> None:
     """Dump the context of PID (or of the record on stdin) as a record."""
 
     def run() -> None:
@@ -204,7 +222,7 @@ def capture(pid: int | None, fmt: str | None) -> None:
                 return
         if target <= 0:
             raise BadInput(f"invalid pid {target}")
-        _write_record(do_capture(target, resolved), fmt)
+        _write_record(_with_tools(do_capture(target, resolved), tools), fmt)
 
     _run("capture", run)
 
@@ -282,11 +300,12 @@ def _offline_options(f: F) -> F:
 @click.option("--offline", is_flag=True, help="When the context's process is gone, build "
               "an offline session from it over the container's filesystem.")
 @_offline_options
+@_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
           dry_run: bool, fmt: str, offline: bool, read_only: bool, network: str,
-          record: str | None, command: tuple[str, ...]) -> None:
+          tools: str | None, record: str | None, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -302,6 +321,7 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
                                  "stdin")
             if not dry_run:
                 _reopen_stdin()
+        ctx = _with_tools(ctx, tools)
         opts = _enter_options(command, effective_user, tty, read_only, network)
         if offline and ctx.offline is None:
             from cntr.errors import StaleContext
@@ -390,11 +410,12 @@ def _reopen_stdin() -> None:
 @click.option("--image", is_flag=True, help="ID is an image of docker or podman: an offline "
               "session over its layers, with a throwaway writable layer.")
 @_offline_options
+@_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           image: bool, read_only: bool, network: str, record: str | None,
-           command: tuple[str, ...]) -> None:
+           image: bool, read_only: bool, network: str, tools: str | None,
+           record: str | None, command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -408,7 +429,7 @@ def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bo
                 from stages.attach import attach_image
 
                 return attach_image(ident, _types(types), opts)
-            return do_attach(ident, _types(types), opts)
+            return do_attach(ident, _types(types), opts, tools)
 
     _run("attach", run)
 

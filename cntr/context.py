@@ -70,7 +70,7 @@ class Resolved:
     """The process a container id or name resolved to."""
 
     KIND = "cntr.resolve"
-    SCHEMA = "resolve.v1"
+    SCHEMA = "resolve"
 
     engine: str
     """engine that matched: docker, podman, process_id, ..."""
@@ -99,11 +99,30 @@ class Caps:
 
 
 @record(frozen=True)
+class Tools:
+    """Where a session's tools come from (``--tools SOURCE``): the tree served as ``/``
+    instead of the host's."""
+
+    source: str
+    """what the user gave: a directory, or a container (``[ENGINE:]NAME``)."""
+    root: str
+    """the tree served, as the host sees it: the directory, or ``/proc/PID/root``."""
+    engine: str
+    """the engine of a container source ("" for a directory)."""
+    container_id: str
+    name: str
+    pid: int
+    """host pid of the source container's process (0 for a directory)."""
+    start_time: int
+    """its start time (stat field 22), to refuse a replaced process (0 for a directory)."""
+
+
+@record(frozen=True)
 class Context:
     """Everything enter needs to build a session inside a container."""
 
     KIND = "cntr.context"
-    SCHEMA = "context.v1"
+    SCHEMA = "context"
 
     engine: str
     container_id: str
@@ -138,21 +157,32 @@ class Context:
     """the container's root as the host sees it."""
     files: dict[str, bytes | None] = field(default_factory=dict)
     """container files enter binds over the host's (etc/passwd, ...); None when absent."""
+    tools: Tools | None = None
+    """where the session's ``/`` comes from; None: the host's ``/``.  A context with
+    tools is written as version 2 (``schemas/context.v2.json``), one without as version 1,
+    so the stages of an older cntr still read what they can act on."""
     offline: Offline | None = None
     """the container runs no process (pid 0, no namespaces): enter builds an offline
-    session over this filesystem in fresh namespaces.  Records carrying it are version 2."""
+    session over this filesystem in fresh namespaces (``cntr.offline``).  A context with
+    it is written as version 3 (``schemas/context.v3.json``, tools optional there)."""
 
 
-VERSIONS = (1, 2)
-"""Record versions this cntr reads.  Version 2 adds ``offline`` (and allows pid 0 with
-it); a record without it is written as version 1, exactly as before."""
+VERSIONS = {Resolved.KIND: (1, 2), Context.KIND: (1, 2, 3)}
+"""The record versions this cntr reads, per kind; each has ``schemas/SCHEMA.vN.json``."""
 
 
 def to_dict(record: Resolved | Context) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": record.KIND, "version": 2 if record.offline else 1}
+    out: dict[str, Any] = {"kind": record.KIND, "version": 1}
     out.update(asdict(record))
+    if isinstance(record, Context):
+        if record.tools is None:
+            del out["tools"]
+        else:
+            out["version"] = 2
     if record.offline is None:
         del out["offline"]
+    else:  # a container that runs no process: resolve version 2, context version 3
+        out["version"] = 2 if isinstance(record, Resolved) else 3
     return out
 
 
@@ -164,13 +194,14 @@ def from_dict(cls: type[R], data: Any) -> R:
     if kind != cls.KIND:
         raise BadInput(f"expected a {cls.KIND} record, got kind {kind!r:.60}")
     version = data.get("version")
-    if version not in VERSIONS or isinstance(version, bool):
+    versions = VERSIONS[cls.KIND]
+    if type(version) is not int or version not in versions:
         raise BadInput(
-            f"{cls.KIND} record version {data.get('version')!r:.20} is not supported "
-            "(this cntr reads versions 1 and 2)"
+            f"{cls.KIND} record version {version!r:.20} is not supported "
+            f"(this cntr reads version {' and '.join(map(str, versions))})"
         )
     try:
-        schema.validate(data, schema.load(cls.SCHEMA.replace(".v1", f".v{version}")))
+        schema.validate(data, schema.load(f"{cls.SCHEMA}.v{version}"))
     except schema.SchemaError as exc:
         raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
     values = {name: data[name] for name in fields(cls) if name in data}
@@ -180,6 +211,8 @@ def from_dict(cls: type[R], data: Any) -> R:
         off["gid_map"] = [tuple(x) for x in off["gid_map"]]
         values["offline"] = Offline(**off)
     if cls is Context:
+        if values.get("tools") is not None:
+            values["tools"] = Tools(**values["tools"])
         values["caps"] = Caps(**values["caps"])
         values["uid_map"] = [tuple(x) for x in values["uid_map"]]
         values["gid_map"] = [tuple(x) for x in values["gid_map"]]

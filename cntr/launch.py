@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cntr.errors import PermissionDenied, Unsupported, os_error
+from cntr.errors import CntrError, PermissionDenied, Unsupported, os_error
 
 FUSE_DEVICE = "/dev/fuse"
 DEFAULT_BASE_DIR = "/var/lib/cntr"
@@ -23,6 +23,31 @@ SERVE_FS_COMM = b"cntr-serve-fs"
 """The process name (comm) of a session's serve-fs, as ps and the tests see it."""
 WAIT_FOR_EXIT = 5.0
 """Seconds ``close`` waits for serve-fs to exit after the session."""
+
+
+SESSION_LOOPS = ("wire", "uring")
+"""The FUSE sessions a cntr session runs (`cntr.fs.server.serve`, chosen with
+``CNTR_SERVE_FS_LOOP``)."""
+REFERENCE_LOOPS = ("libfuse", "trio")
+"""pyfuse3's libfuse session: kept as a benchmark reference only (``python -m
+stages.serve_fs``): it cannot negotiate what a session needs to be as correct as the disk."""
+
+
+def serve_fs_loop(*, reference_loops: bool = False) -> str:
+    """The FUSE session ``CNTR_SERVE_FS_LOOP`` asks for (``CNTR_SERVE_FS_TRIO=1``: trio),
+    wire by default; one line (CntrError) for an unknown one, and for a reference loop
+    unless ``reference_loops``.  Checked before serve-fs is forked, whose output goes to
+    /dev/null."""
+    loop = ("trio" if os.environ.get("CNTR_SERVE_FS_TRIO") == "1"
+            else os.environ.get("CNTR_SERVE_FS_LOOP") or "wire")
+    if loop in SESSION_LOOPS or (reference_loops and loop in REFERENCE_LOOPS):
+        return loop
+    if loop in REFERENCE_LOOPS:
+        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
+                        "(python -m stages.serve_fs), not as correct as a session must be: "
+                        "use wire or uring")
+    raise CntrError(f"CNTR_SERVE_FS_LOOP must be one of "
+                    f"{', '.join(SESSION_LOOPS + REFERENCE_LOOPS)}, not {loop!r}")
 
 
 def check_host() -> None:
@@ -59,6 +84,7 @@ class SessionServer:
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
         check_host()
+        serve_fs_loop()
         self.fuse_fd: int = open_fuse()
         try:
             # The mount point of the container's root must exist in the served tree.
@@ -124,6 +150,37 @@ class SessionServer:
         self.pid = -1
 
 
+STATIC_BUSYBOX = ("/usr/bin/busybox", "/bin/busybox", "/usr/lib/cntr/busybox")
+"""Where a static busybox may be: ``cntr exec`` in a ``--tools`` session runs on it."""
+
+
+def static_busybox() -> str | None:
+    """A statically linked busybox of the host, or None.
+
+    A ``--tools`` tree may have neither cntr, nor Python, nor the host's C library, so
+    cntr's own ``cntr`` cannot run in it; a static executable runs whatever the tree
+    holds (no ELF interpreter, no shared library is looked up in it).  Static: an ELF
+    file without a PT_INTERP program header (elf(5))."""
+    import struct
+
+    for path in STATIC_BUSYBOX:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+                if head[:5] != b"\x7fELF\x02" or len(head) < 64:  # 64-bit ELF only
+                    continue
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+        except OSError:
+            continue
+        types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
+        if 3 not in types:  # PT_INTERP
+            return os.path.realpath(path)
+    return None
+
+
 def _pidfd(pid: int) -> int:
     try:
         return os.pidfd_open(pid)
@@ -164,7 +221,8 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
             line = start.readline()
         if not line.startswith(b"G"):
             os._exit(0)
-        code = serve_fs("/", fuse_fd=fuse_fd, ready_fd=ready_fd, **json.loads(line[1:]))
+        params = json.loads(line[1:])
+        code = serve_fs(params.pop("root", "/"), fuse_fd=fuse_fd, ready_fd=ready_fd, **params)
     except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
         import traceback
 

@@ -22,9 +22,10 @@ EXIT_CODES = [
     ("2", "usage error"),
     (str(errors.BadInput.exit_code), "bad input: a record that does not decode or match "
      "its schema, an empty pipe"),
-    (str(errors.NotFound.exit_code), "no container or process matches the id, name or pid"),
-    (str(errors.StaleContext.exit_code), "the context is stale: its process is gone, was "
-     "replaced, or another boot"),
+    (str(errors.NotFound.exit_code), "no container or process matches the id, name or pid; "
+     "or the --tools SOURCE is a missing directory, an unknown or a stopped container"),
+    (str(errors.StaleContext.exit_code), "the context is stale: its process (or its --tools "
+     "container's) is gone, was replaced, or another boot"),
     (str(errors.PermissionDenied.exit_code), "not permitted: cntr must run as root"),
     (str(errors.Unsupported.exit_code), "unsupported: a kernel feature or device is "
      "missing (e.g. /dev/fuse)"),
@@ -52,6 +53,9 @@ ENVIRONMENT = [
      "CNTR_SERVE_FS_LOOP=trio)"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
+    ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "
+     "(/host in a Kubernetes node debug pod): engine sockets and state are looked up below "
+     "it"),
     ("DOCKER_HOST", "docker's API socket (unix://PATH; default /var/run/docker.sock)"),
     ("CONTAINER_HOST", "podman's API socket (unix://PATH; default "
      "/run/podman/podman.sock)"),

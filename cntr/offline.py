@@ -229,6 +229,22 @@ def state(ctx: Context) -> str:
     return "running" if any(m.pid for m in found) else "gone"
 
 
+def _wait_released(ctx: Context, timeout: float = 5.0) -> None:
+    """Wait until dockerd has unmounted the layers the export held (it does so once it
+    sees the connection closed), unless the container runs on them now."""
+    import time
+
+    path = ctx.offline.path if ctx.offline is not None else ""
+    deadline = time.monotonic() + timeout
+    checked = False
+    while path and os.path.ismount(path) and time.monotonic() < deadline:
+        if not checked and time.monotonic() > deadline - timeout + 0.5:
+            checked = True
+            if state(ctx) == "running":
+                return
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def _docker_hold(ctx: Context) -> Iterator[str]:
     """dockerd's own mount of the container's layers, held by an unread export."""
@@ -265,6 +281,7 @@ def _docker_hold(ctx: Context) -> Iterator[str]:
             yield ""
         finally:
             sock.close()
+            _wait_released(ctx)
         return
     import subprocess
 
@@ -279,6 +296,7 @@ def _docker_hold(ctx: Context) -> Iterator[str]:
             proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+        _wait_released(ctx)
 
 
 _PODMAN_GUARD = """

@@ -9,16 +9,24 @@ offline session (``cntr.offline``); ``attach_image`` gives one over an image.
 from __future__ import annotations
 
 from cntr.launch import check_host
-from stages.capture import capture
+from stages.capture import capture, capture_tools
 from stages.enter import EnterOptions, enter, open_server
 from stages.resolve import resolve
 
 
-def attach(ident: str, types: list[str] | None, opts: EnterOptions) -> int:
+def attach(ident: str, types: list[str] | None, opts: EnterOptions,
+           tools: str | None = None) -> int:
+    """``tools``: ``--tools SOURCE``, the tree served as ``/`` instead of the host's (see
+    `stages.capture.capture_tools`); ``types`` applies to ``ident`` only."""
     check_host()
     with open_server(opts.base_dir) as server:
         resolved = resolve(ident, types)
-        return enter(capture(resolved.pid, resolved), opts, server)
+        ctx = capture(resolved.pid, resolved)
+        if tools is not None:
+            from cntr.record import replace
+
+            ctx = replace(ctx, tools=capture_tools(tools))
+        return enter(ctx, opts, server)
 
 
 def attach_image(ref: str, types: list[str] | None, opts: EnterOptions) -> int:

@@ -1,6 +1,9 @@
 """``cntr capture``: dump a container process's context (namespaces, ids, capabilities,
 cgroups, LSM label, environment, cwd and the files enter binds) as a record.
 
+``capture_tools`` reads a ``--tools SOURCE`` (a directory or another container) into the
+record's ``tools``; ``verify_tools`` is enter's check that it is still there.
+
 Caveats:
 - the context is a snapshot; ``enter`` re-checks the identity fields before acting.
 - files are read through the container's root with ``openat2(RESOLVE_IN_ROOT)``, so a
@@ -12,8 +15,8 @@ from __future__ import annotations
 import os
 import stat
 
-from cntr.context import Caps, Context, Resolved
-from cntr.errors import CntrError, NotFound, PermissionDenied, os_error
+from cntr.context import Caps, Context, Resolved, Tools
+from cntr.errors import CntrError, NotFound, PermissionDenied, StaleContext, os_error
 from cntr.linux import lsm, mounts, procfs
 
 BOUND_FILES = (
@@ -117,3 +120,55 @@ def capture(pid: int, resolved: Resolved | None = None, proc: str = "/proc") -> 
         root=root,
         files=files,
     )
+
+
+def capture_tools(source: str) -> Tools:
+    """Where a session's tools come from (``--tools SOURCE``): a directory (``SOURCE``
+    starts with ``/`` or ``.``), else a container, resolved as an attach's ID is: by every
+    engine, or by one with ``ENGINE:NAME`` (an engine type as ``-t`` names it:
+    ``docker:toolbox``; ``k8s:...`` is a kubernetes name as for ID).  A container's tree
+    is served from ``/proc/PID/root``, which the host reaches without entering it.
+
+    A missing directory or an unknown or stopped container is NotFound (exit 4)."""
+    if source.startswith(("/", ".")):
+        path = os.path.abspath(source)
+        if not os.path.isdir(path):
+            why = "not a directory" if os.path.exists(path) else "no such directory"
+            raise NotFound(f"--tools {source}: {why}")
+        return Tools(source, path, "", "", "", 0, 0)
+    from cntr import engines
+    from stages.resolve import resolve
+
+    prefix, sep, rest = source.partition(":")
+    word = engines.ALIASES.get(prefix.lower(), prefix.lower())
+    types = None
+    ident = source
+    if sep and rest and prefix.lower() != "k8s" and word in engines.ENGINES:
+        types = [word]
+        ident = f"k8s:{rest}" if word == "kubernetes" and not rest.startswith("k8s:") else rest
+    try:
+        found = resolve(ident, types)
+    except CntrError as exc:
+        raise type(exc)(f"--tools {source}: {exc}") from None
+    root = f"/proc/{found.pid}/root"
+    if not os.path.isdir(root):
+        raise NotFound(f"--tools {source}: process {found.pid} has exited")
+    return Tools(source, root, found.engine, found.container_id, found.name, found.pid,
+                 found.start_time)
+
+
+def verify_tools(tools: Tools, proc: str = "/proc") -> None:
+    """Refuse tools that are gone: a removed directory (NotFound), a container process
+    that exited or was replaced since it was captured (StaleContext)."""
+    if not tools.pid:
+        if not os.path.isdir(tools.root):
+            raise NotFound(f"--tools {tools.source}: no such directory")
+        return
+    try:
+        start = procfs.read_start_time(tools.pid, proc)
+    except (FileNotFoundError, ProcessLookupError):
+        start = None
+    if start != tools.start_time or procfs.read_state(tools.pid, proc) in "ZX":
+        raise StaleContext(f"--tools {tools.source}: process {tools.pid} of "
+                           f"{tools.name or tools.container_id} is gone (the container "
+                           "exited or was restarted)")

@@ -68,7 +68,7 @@ from cntr.linux import (
     syscalls,
 )
 from cntr.record import field, record
-from stages.capture import BOUND_FILES
+from stages.capture import BOUND_FILES, verify_tools
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -139,7 +139,8 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
 
 def session_env(ctx: Context, opts: EnterOptions, interactive: bool) -> dict[str, str]:
     """The container's environment; in a session (not ``cntr exec``) PATH is extended with
-    the host's so its tools are found."""
+    the host's so its tools are found, and with where ``cntr`` is (``/.cntr`` in a
+    ``--tools`` session)."""
     env = dict(ctx.env)
     if interactive and "TERM" in os.environ:
         env.setdefault("TERM", os.environ["TERM"])
@@ -147,8 +148,9 @@ def session_env(ctx: Context, opts: EnterOptions, interactive: bool) -> dict[str
         return env
     cpath = env.get("PATH") or DEFAULT_PATH
     parts = cpath.split(":")
-    # Last, where cntr itself lives (its virtualenv), so `cntr exec` works in the session.
-    extra = [os.path.dirname(sys.executable)]
+    # Last, where cntr itself lives (its virtualenv), so `cntr exec` works in the session;
+    # in a --tools session, the /.cntr that serve-fs shows there (stages.serve_fs).
+    extra = ["/.cntr"] if ctx.tools else [os.path.dirname(sys.executable)]
     for p in [*os.environ.get("PATH", DEFAULT_PATH).split(":"), *extra]:
         if p and p not in parts:
             parts.append(p)
@@ -610,6 +612,8 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
     if ctx.offline is not None:  # no process to join: cntr.offline holds its filesystem
         return _enter_offline(ctx, opts, server)
     verify(ctx)
+    if ctx.tools is not None and not opts.container_root:
+        verify_tools(ctx.tools)
     if server is None and not opts.container_root:
         with open_server(opts.base_dir) as own:
             return _enter(ctx, opts, own)
@@ -674,10 +678,27 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None,
         os.close(slave)
     params: dict[str, Any] = {"uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
                               "effective_user": opts.effective_user}
+    if ctx.tools is not None and fuse_fd is not None:
+        params |= tools_params(ctx, opts)
     if server is not None:
         server.release_fuse_fd()
     return _supervise(child, server=server if fuse_fd is not None else None, params=params,
                       status_r=status_r, master=master, pid=ctx.pid)
+
+
+def tools_params(ctx: Context, opts: EnterOptions) -> dict[str, Any]:
+    """serve-fs's parameters for a --tools session: the tree to serve; the mount points
+    the session needs, shown (not made: nothing is written into it) where the tree lacks
+    them; and a static busybox for `cntr exec`, which the tree does not have."""
+    assert ctx.tools is not None
+    helper = launch.static_busybox()
+    if helper is None:
+        print("cntr: warning: cntr exec does not work in this session: the host has no "
+              "static busybox (apt-get install busybox-static)", file=sys.stderr)
+    return {"root": ctx.tools.root, "exec_helper": helper,
+            "synthetic": [opts.base_dir.strip("/") + "/",
+                          *(d + "/" for d in mounts.MOUNT_DIRS),
+                          *(f for f in BOUND_FILES if ctx.files.get(f) is not None)]}
 
 
 class _Messages:
@@ -844,9 +865,15 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
         steps += [
             {"step": "open", "path": launch.FUSE_DEVICE},
             {"step": "mkdir", "path": opts.base_dir, "where": "host"},
-            {"step": "serve-fs", "root": "/", "uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
+            {"step": "serve-fs", "root": ctx.tools.root if ctx.tools else "/",
+             "uid_map": ctx.uid_map, "gid_map": ctx.gid_map,
              "effective_user": opts.effective_user},
         ]
+        if ctx.tools is not None:
+            t = ctx.tools
+            steps[-1]["tools"] = {"source": t.source, "engine": t.engine or "directory",
+                                  "container_id": t.container_id, "name": t.name,
+                                  "pid": t.pid}
     steps.append({"step": "join-cgroups",
                   "paths": cgroups.cgroup_dirs(ctx.cgroups, mounts_info)})
     if "mnt" in ctx.namespaces and ctx.namespaces["mnt"] != own.get("mnt"):
@@ -858,7 +885,9 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
         base = opts.base_dir
         steps += [
             {"step": "unshare", "namespace": "mnt", "propagation": "private"},
-            {"step": "mount", "source": "fuse.cntr (serve-fs: the host's /)", "target": "/"},
+            {"step": "mount", "source": "fuse.cntr (serve-fs: "
+             + (f"the tools of {ctx.tools.source})" if ctx.tools else "the host's /)"),
+             "target": "/"},
             {"step": "bind", "source": f"{ctx.root} (container /)", "target": base,
              "recursive": True},
         ]

@@ -102,6 +102,39 @@ class Engine(Protocol):
         ...
 
 
+def host_path(path: str) -> str:
+    """The host's absolute ``path`` as this process reaches it: below ``$CNTR_HOST_ROOT``
+    when that is set (cntr in a container that has the host's root mounted elsewhere, as
+    ``/host`` in a Kubernetes node debug pod), symlinks resolved inside that root (the
+    host's /var/run -> /run must not lead to the container's /run); ``path`` itself
+    otherwise."""
+    root = os.environ.get("CNTR_HOST_ROOT", "").rstrip("/")
+    if not root or not path.startswith("/"):
+        return path
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name in (".", ".."):
+            if name == ".." and done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink("/".join([root, *done, name]))
+        except OSError:  # not a symlink, or absent: taken as it is
+            done.append(name)
+            continue
+        links += 1
+        if links > 40:  # a loop: ELOOP when the caller opens it
+            done.append(name)
+            break
+        if target.startswith("/"):
+            done = []
+        todo[:0] = [p for p in target.split("/") if p]
+    return "/".join([root, *done, *todo])
+
+
 # --------------------------------------------------------------------------- HTTP on unix sockets
 
 

@@ -44,6 +44,7 @@ from cntr.engines.base import (
     Match,
     NotRunning,
     first_line,
+    host_path,
     in_threads,
     is_hex,
     on_path,
@@ -125,7 +126,7 @@ def _config_string(path: str, *keys: str) -> str | None:
     """A string setting of a containerd config.toml (``keys`` is its table path), None when
     the file is unreadable or the setting unset."""
     try:
-        with open(path, "rb") as f:
+        with open(host_path(path), "rb") as f:
             raw = f.read()
     except OSError:
         return None
@@ -198,7 +199,7 @@ def find_state_dirs(proc: str = "/proc") -> list[str] | None:
     for pid, st in processes(proc).items():
         if st.comm != "containerd":
             continue
-        tasks = os.path.join(state_of(read_cmdline(pid, proc)), TASK_DIR)
+        tasks = host_path(os.path.join(state_of(read_cmdline(pid, proc)), TASK_DIR))
         if not os.path.isdir(tasks):
             return None
         out.append(tasks)
@@ -249,7 +250,7 @@ def find_sockets(proc: str = "/proc") -> list[str]:
     docker-embedded ones and those of running containerd processes."""
     env = os.environ.get("CONTAINERD_ADDRESS")
     if env:
-        return [env.removeprefix("unix://")]
+        return [host_path(env.removeprefix("unix://"))]
     candidates = [DEFAULT_SOCKET, *DOCKER_SOCKETS]
     for pid, st in processes(proc).items():
         if st.comm == "containerd":
@@ -257,7 +258,7 @@ def find_sockets(proc: str = "/proc") -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for candidate in candidates:
-        path = candidate.removeprefix("unix://")
+        path = host_path(candidate.removeprefix("unix://"))
         real = os.path.realpath(path)
         if real not in seen and os.path.exists(path):
             seen.add(real)

@@ -34,6 +34,7 @@ from cntr.engines.base import (
     NotRunning,
     api_message,
     first_line,
+    host_path,
     quote,
     reason_of,
     run_tool,
@@ -429,6 +430,7 @@ class DockerEngine(DockerCompatEngine):
     def __init__(self, socket_path: str | None = None, timeout: float | None = None) -> None:
         if socket_path is None:
             socket_path = socket_from_host(os.environ.get("DOCKER_HOST"), DEFAULT_SOCKET)
+            socket_path = socket_path and host_path(socket_path)
         super().__init__(socket_path, timeout)
 
 

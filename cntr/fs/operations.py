@@ -308,6 +308,10 @@ class Operations(pyfuse3.Operations):
         self.gate = MountNsGate(allowed_mnt_ns) if allowed_mnt_ns is not None else None
         #: mount ids of serve-fs's own mount(s): never served back into themselves
         self.self_mount_ids: set[int] = set()
+        #: (parent node id, name) -> a directory descriptor holding ``name``: entries
+        #: shown in a directory that does not have them (``stages.serve_fs`` makes them in
+        #: a detached tmpfs, so nothing is written into the served tree)
+        self.grafts: dict[tuple[int, bytes], int] = {}
         self._dirs: dict[int, _Dir] = {}
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
@@ -493,6 +497,8 @@ class Operations(pyfuse3.Operations):
                 if parent is None:
                     raise FUSEError(errno.ESTALE)
             pfd = table.fd(parent)
+            if self.grafts:
+                pfd = self.grafts.get((parent_inode, name), pfd)
             if name == b"." or (name == b".." and parent_inode == ROOT_INODE):
                 st = self.statbuf.at(pfd, b"", _EMPTY)
                 if st[NLINK] == 0 and name == b".":
@@ -854,6 +860,8 @@ class Operations(pyfuse3.Operations):
                 # One snapshot per pass: offsets are indexes into it, so they stay valid
                 # while the directory changes (new names show up at the next rewind).
                 entries = d.entries = [b".", b"..", *os.listdir(b"/proc/self/fd/%d" % pfd)]
+                entries += [n for (p, n) in self.grafts if p == node.nodeid and n not in entries]
+            grafts = self.grafts
             statx = self.statbuf.at
             learn = table.learn
             entry = self.make_entry
@@ -869,13 +877,14 @@ class Operations(pyfuse3.Operations):
                     if not reply(token, name, e, i + 1):
                         return
                     continue
+                dfd = grafts.get((node.nodeid, name), pfd) if grafts else pfd
                 try:
-                    st = statx(pfd, name, _LOOKUP_FLAGS)
+                    st = statx(dfd, name, _LOOKUP_FLAGS)
                 except OSError:
                     continue  # removed since the snapshot
                 if st[MNT_ID] in self_mounts:
                     continue
-                child = learn(node, pfd, name, st)
+                child = learn(node, dfd, name, st)
                 if not reply(token, name, entry(child, st), i + 1):
                     table.drop_if_unused(child)
                     return
