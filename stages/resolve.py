@@ -15,11 +15,13 @@ from cntr.errors import NotFound
 from cntr.linux import procfs
 
 
-def resolve(ident: str, types: list[str] | None = None) -> Resolved:
+def resolve(ident: str, types: list[str] | None = None, running: bool = False) -> Resolved:
+    """The record of ``ident``; ``running``: a container that is not running is NotFound
+    (StoppedContainer) instead of an offline record."""
     try:
         match = engines.resolve(ident, types)
     except engines.StoppedContainer as exc:
-        if exc.match is None or exc.offline is None:
+        if exc.match is None or exc.offline is None or running:
             raise
         m = exc.match
         return Resolved(engine=m.engine, container_id=m.container_id, name=m.name, pid=0,

@@ -123,7 +123,8 @@ class StoppedContainer(NotFound):
     """The one container called so exists but runs no process: ``match`` names it (pid 0,
     its state), ``offline`` is what the engine keeps of it (None: nothing cntr can use)."""
 
-    def __init__(self, message: str, match: Match | None, offline: Offline | None) -> None:
+    def __init__(self, message: str, match: Match | None = None,
+                 offline: Offline | None = None) -> None:
         super().__init__(message)
         self.match = match
         self.offline = offline
