@@ -147,7 +147,9 @@ def capture_tools(source: str) -> Tools:
         types = [word]
         ident = f"k8s:{rest}" if word == "kubernetes" and not rest.startswith("k8s:") else rest
     try:
-        found = resolve(ident, types, running=True)
+        found = resolve(ident, types)
+        if found.offline is not None:  # not running: no tools to serve; say it as before
+            found = resolve(ident, types, running=True)
     except CntrError as exc:
         raise type(exc)(f"--tools {source}: {exc}") from None
     root = f"/proc/{found.pid}/root"
