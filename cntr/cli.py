@@ -212,10 +212,14 @@ def capture(pid: int | None, fmt: str | None, tools: str | None) -> None:
             record = context.read_any(_read_stdin_record("capture"), "stdin")
             if isinstance(record, context.Context):
                 resolved = context.Resolved(record.engine, record.container_id,
-                                            record.name, record.pid, record.start_time)
+                                            record.name, record.pid, record.start_time,
+                                            record.offline)
             else:
                 resolved = record
             target = resolved.pid
+            if resolved.offline is not None:  # a container that is not running
+                _write_record(do_capture(0, resolved), fmt)
+                return
         if target <= 0:
             raise BadInput(f"invalid pid {target}")
         _write_record(_with_tools(do_capture(target, resolved), tools), fmt)
@@ -273,11 +277,19 @@ def _recording(path: str | None, opts: Any) -> contextlib.AbstractContextManager
 
 
 def _enter_options(command: tuple[str, ...], effective_user: str | None,
-                   tty: bool | None) -> Any:
+                   tty: bool | None, read_only: bool = False, network: str = "none") -> Any:
     from stages.enter import EnterOptions
 
     return EnterOptions(command=list(command), effective_user=_effective_user(effective_user),
-                        tty=tty)
+                        tty=tty, read_only=read_only, network=network)
+
+
+def _offline_options(f: F) -> F:
+    f = click.option("--network", type=click.Choice(["none", "host"]), default="none",
+                     help="Offline sessions: a network namespace with only loopback "
+                     "(none, the default) or the host's.")(f)
+    return click.option("--read-only", is_flag=True, help="Offline sessions: throw the "
+                        "session's changes to the container's filesystem away.")(f)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -289,12 +301,15 @@ def _enter_options(command: tuple[str, ...], effective_user: str | None,
 @click.option("--dry-run", is_flag=True, help="Print the ordered plan; do none of it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="Format of the --dry-run plan.")
+@click.option("--offline", is_flag=True, help="When the context's process is gone, build "
+              "an offline session from it over the container's filesystem.")
+@_offline_options
 @_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def enter(*, context_file: str | None, effective_user: str | None, tty: bool | None,
-          dry_run: bool, fmt: str, tools: str | None, record: str | None,
-          command: tuple[str, ...]) -> None:
+          dry_run: bool, fmt: str, offline: bool, read_only: bool, network: str,
+          tools: str | None, record: str | None, command: tuple[str, ...]) -> None:
     """Build the nested container from a context and run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -311,7 +326,17 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
             if not dry_run:
                 _reopen_stdin()
         ctx = _with_tools(ctx, tools)
-        opts = _enter_options(command, effective_user, tty)
+        opts = _enter_options(command, effective_user, tty, read_only, network)
+        if offline and ctx.offline is None:
+            from cntr.errors import StaleContext
+            from stages.enter import verify
+
+            try:
+                verify(ctx)
+            except StaleContext:
+                from cntr.offline import replay
+
+                ctx = replay(ctx)
         if dry_run:
             from stages.enter import describe, verify
 
@@ -386,11 +411,15 @@ def _reopen_stdin() -> None:
 @_effective_user_option
 @click.option("--tty/--no-tty", default=None, help="Force or refuse a pty (default: when "
               "stdin and stdout are terminals).")
+@click.option("--image", is_flag=True, help="ID is an image of docker or podman: an offline "
+              "session over its layers, with a throwaway writable layer.")
+@_offline_options
 @_tools_option
 @_record_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bool | None,
-           tools: str | None, record: str | None, command: tuple[str, ...]) -> None:
+           image: bool, read_only: bool, network: str, tools: str | None,
+           record: str | None, command: tuple[str, ...]) -> None:
     """Attach to container ID with the host's tools; run COMMAND (default: $SHELL)."""
 
     def run() -> int:
@@ -398,8 +427,12 @@ def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bo
         from stages.attach import attach as do_attach
 
         audit.STAGE = "attach"
-        opts = _enter_options(command, effective_user, tty)
+        opts = _enter_options(command, effective_user, tty, read_only, network)
         with _recording(record, opts):
+            if image:
+                from stages.attach import attach_image
+
+                return attach_image(ident, _types(types), opts)
             return do_attach(ident, _types(types), opts, tools)
 
     _run("attach", run)
@@ -408,13 +441,15 @@ def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bo
 @main.command("ps")
 @_types_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per container.")
-def ps_(types: str | None, as_json: bool) -> None:
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Also containers that are not running, with their state.")
+def ps_(types: str | None, as_json: bool, show_all: bool) -> None:
     """List every attachable container on the host, across all engines."""
 
     def run() -> None:
         from stages.ps import ps, table
 
-        found = ps(_types(types))
+        found = ps(_types(types), show_all)
         if as_json:
             import json
 
@@ -422,7 +457,7 @@ def ps_(types: str | None, as_json: bool) -> None:
 
             click.echo(json.dumps([asdict(m) for m in found], indent=2))
         else:
-            click.echo(table(found), nl=False)
+            click.echo(table(found, show_all), nl=False)
 
     _run("ps", run)
 

@@ -26,6 +26,46 @@ MAX_RECORD = 16 << 20
 
 
 @record(frozen=True)
+class Offline:
+    """A container (or image) that runs no process: what an offline session is built on.
+
+    Engines fill it from their configuration (``docker inspect``, LXC's config, ...);
+    capture turns it into a context, enter builds a session over ``lower``/``upper``
+    (an overlay) or ``path`` (a directory) in fresh namespaces."""
+
+    state: str
+    """created, exited, dead, restarting, stopped, or image (for ``attach --image``)."""
+    exit_code: int
+    """the last exit status the engine recorded (0 if it never ran)."""
+    rootfs: str
+    """"overlay" (lower/upper/work) or "dir" (path)."""
+    lower: list[str]
+    """the overlay's read-only layers, topmost first."""
+    upper: str
+    """the container's own writable layer ("" for an image or a directory)."""
+    work: str
+    """overlayfs's work directory next to ``upper``."""
+    path: str
+    """the root directory (rootfs "dir"), or the engine's mount point of the overlay."""
+    env: dict[str, str]
+    """the configured environment."""
+    cwd: str
+    """the configured working directory ("/" when none)."""
+    user: str
+    """the configured user as the engine has it: "", "name", "uid", "name:group", ..."""
+    hostname: str
+    """the configured hostname."""
+    caps: int
+    """the capability set the engine would give the container's first process."""
+    image: str
+    """the image the container was made from (the reference, for ``attach --image``)."""
+    uid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    """the user namespace's uid map the root filesystem is owned for (LXD), [] for none."""
+    gid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    """the same for gids."""
+
+
+@record(frozen=True)
 class Resolved:
     """The process a container id or name resolved to."""
 
@@ -42,6 +82,9 @@ class Resolved:
     """host pid of the container's main process."""
     start_time: int
     """field 22 of /proc/PID/stat, to detect a reused pid."""
+    offline: Offline | None = None
+    """the container runs no process (pid and start_time are 0): what it is made of.
+    Records carrying it are version 2."""
 
 
 @record(frozen=True)
@@ -118,9 +161,13 @@ class Context:
     """where the session's ``/`` comes from; None: the host's ``/``.  A context with
     tools is written as version 2 (``schemas/context.v2.json``), one without as version 1,
     so the stages of an older cntr still read what they can act on."""
+    offline: Offline | None = None
+    """the container runs no process (pid 0, no namespaces): enter builds an offline
+    session over this filesystem in fresh namespaces (``cntr.offline``).  A context with
+    it is written as version 3 (``schemas/context.v3.json``, tools optional there)."""
 
 
-VERSIONS = {Resolved.KIND: (1,), Context.KIND: (1, 2)}
+VERSIONS = {Resolved.KIND: (1, 2), Context.KIND: (1, 2, 3)}
 """The record versions this cntr reads, per kind; each has ``schemas/SCHEMA.vN.json``."""
 
 
@@ -132,6 +179,10 @@ def to_dict(record: Resolved | Context) -> dict[str, Any]:
             del out["tools"]
         else:
             out["version"] = 2
+    if record.offline is None:
+        del out["offline"]
+    else:  # a container that runs no process: resolve version 2, context version 3
+        out["version"] = 2 if isinstance(record, Resolved) else 3
     return out
 
 
@@ -154,6 +205,11 @@ def from_dict(cls: type[R], data: Any) -> R:
     except schema.SchemaError as exc:
         raise BadInput(f"invalid {cls.KIND} record: {exc}") from None
     values = {name: data[name] for name in fields(cls) if name in data}
+    if values.get("offline") is not None:
+        off = dict(values["offline"])
+        off["uid_map"] = [tuple(x) for x in off["uid_map"]]
+        off["gid_map"] = [tuple(x) for x in off["gid_map"]]
+        values["offline"] = Offline(**off)
     if cls is Context:
         if values.get("tools") is not None:
             values["tools"] = Tools(**values["tools"])

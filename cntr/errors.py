@@ -9,6 +9,7 @@ Exit codes (documented in README.md):
   6  permission: cntr needs root (or a capability it does not have)
   7  unsupported: the kernel or machine lacks something cntr needs (/dev/fuse, a syscall)
   8  ambiguous: a name matches containers in more than one engine
+  9  an offline session was ended: its container was started or removed meanwhile
   125 the session could not be built: nothing ran
   126 the command was found but could not be executed (as sh reports it)
   127 the command was not found (as sh reports it)

@@ -31,6 +31,7 @@ EXIT_CODES = [
      "missing (e.g. /dev/fuse)"),
     (str(errors.Ambiguous.exit_code), "ambiguous: the id matches containers of more than "
      "one engine"),
+    ("9", "an offline session was ended: its container was started or removed meanwhile"),
     (str(errors.SessionSetupError.exit_code), "the session could not be built; nothing ran"),
     ("126", "the command could not be executed"),
     ("127", "the command was not found"),
@@ -38,6 +39,8 @@ EXIT_CODES = [
 ]
 
 ENVIRONMENT = [
+    ("CNTR_OFFLINE_WATCH", "seconds between two questions to the engine about a stopped "
+     "container during its offline session (default 1)"),
     ("CNTR_BASE_DIR", "where the container's root appears in a session (default "
      "/var/lib/cntr)"),
     ("CNTR_SETUP_TIMEOUT", "seconds a session may take to be built before cntr gives up "

@@ -2,7 +2,8 @@
 ``cntr resolve ID | cntr capture | cntr enter -- CMD`` does through pipes.
 
 serve-fs is started first, so its start-up runs while the container is resolved and
-captured; it is ended again if either fails.
+captured; it is ended again if either fails.  A container that is not running gets an
+offline session (``cntr.offline``); ``attach_image`` gives one over an image.
 """
 
 from __future__ import annotations
@@ -26,3 +27,14 @@ def attach(ident: str, types: list[str] | None, opts: EnterOptions,
 
             ctx = replace(ctx, tools=capture_tools(tools))
         return enter(ctx, opts, server)
+
+
+def attach_image(ref: str, types: list[str] | None, opts: EnterOptions) -> int:
+    """``cntr attach --image REF``: an offline session over an image of docker or podman
+    (the first of ``types`` that has it), with a throwaway writable layer."""
+    from cntr.offline import resolve_image
+
+    check_host()
+    with open_server(opts.base_dir) as server:
+        resolved = resolve_image(ref, types)
+        return enter(capture(0, resolved), opts, server)

@@ -43,7 +43,12 @@ def read_container_file(root_fd: int, rel: str) -> bytes | None:
 
 
 def capture(pid: int, resolved: Resolved | None = None, proc: str = "/proc") -> Context:
-    """Read the context of ``pid`` (optionally as named by a resolve record)."""
+    """Read the context of ``pid`` (optionally as named by a resolve record); a record
+    of a container that is not running (``offline``) gives its offline context instead."""
+    if resolved is not None and resolved.offline is not None:
+        from cntr import offline
+
+        return offline.context_of(resolved)
     try:
         start_time = procfs.read_start_time(pid, proc)
     except FileNotFoundError:
@@ -143,6 +148,8 @@ def capture_tools(source: str) -> Tools:
         ident = f"k8s:{rest}" if word == "kubernetes" and not rest.startswith("k8s:") else rest
     try:
         found = resolve(ident, types)
+        if found.offline is not None:  # not running: no tools to serve; say it as before
+            found = resolve(ident, types, running=True)
     except CntrError as exc:
         raise type(exc)(f"--tools {source}: {exc}") from None
     root = f"/proc/{found.pid}/root"

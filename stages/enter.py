@@ -45,7 +45,7 @@ import signal
 import sys
 import termios
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from cntr import audit, launch
 from cntr.context import Context
@@ -55,7 +55,18 @@ from cntr.errors import (
     os_error,
 )
 from cntr.launch import DEFAULT_BASE_DIR, SessionServer, check_host
-from cntr.linux import caps, cgroups, lsm, mounts, namespaces, procfs, pty, seccomp, syscalls
+from cntr.linux import (
+    caps,
+    cgroups,
+    fresh,
+    lsm,
+    mounts,
+    namespaces,
+    procfs,
+    pty,
+    seccomp,
+    syscalls,
+)
 from cntr.record import field, record
 from stages.capture import BOUND_FILES, verify_tools
 
@@ -88,10 +99,17 @@ class EnterOptions:
     """allocate a pty; None: when stdin and stdout are terminals."""
     container_root: bool = False
     """run in the container's own root instead of the host's served tree (``cntr exec``)."""
+    read_only: bool = False
+    """offline sessions (``cntr.offline``): throw the session's changes away."""
+    network: str = "none"
+    """offline sessions: "none" (a new network namespace, loopback only) or "host"."""
 
 
 def verify(ctx: Context, proc: str = "/proc") -> None:
-    """Refuse a context whose process is gone or replaced; the message says which field."""
+    """Refuse a context whose process is gone or replaced; the message says which field.
+    An offline context has no process (``cntr.offline`` checks the engine instead)."""
+    if ctx.offline is not None:
+        return
     pid = ctx.pid
     try:
         start = procfs.read_start_time(pid, proc)
@@ -271,6 +289,12 @@ def _reaper(plan: _Plan, ended_w: int) -> None:
     ctx, slave, status_w = plan.ctx, plan.slave, plan.status_w
     step = "set up the session"
     try:
+        if ctx.offline is not None:
+            step = "mount /proc, /sys and /dev"
+            from cntr import offline
+
+            offline.session_init(ctx, plan.opts.base_dir)  # returns in a child
+            step = "set up the session"
         # Taken with sigwaitinfo in the loop below: a signal that arrives before the
         # command exists waits, and reaches the command once it does.
         signal.pthread_sigmask(signal.SIG_BLOCK, _REAPER_WAITS)
@@ -508,7 +532,10 @@ def _setup_child(plan: _Plan) -> None:
         cgroups.join(ctx.cgroups, os.getpid())
         step = "open the container's mount namespace"
         mnt_fd = nsfds.fds.pop("mnt")
-        if opts.container_root:
+        if opts.container_root and ctx.offline is not None:
+            step = "enter the container's root"
+            fresh.private_root(mnt_fd, root_fd)
+        elif opts.container_root:
             step = "enter the container's root"
             syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
             os.fchdir(root_fd)
@@ -524,13 +551,14 @@ def _setup_child(plan: _Plan) -> None:
                 _send(status_w, b"M")
 
             mounts.build(spec, mnt_fd, root_fd, mounted)
-            for item in spec.skipped:
+            # offline: no container /proc, /dev, /sys to bind; the session mounts its own
+            for item in spec.skipped if ctx.offline is None else ():
                 _send(status_w, b"W", f"not bound in the session: {item}")
         os.close(root_fd)
         step = "join the container's namespaces"
         late = namespaces.JOIN_ORDER.index("time")
         namespaces.join(nsfds, namespaces.JOIN_ORDER[:late])
-        if spec is not None:
+        if spec is not None and ctx.offline is None:  # offline: the session's pid 1 does
             # In the container's pid and net namespaces, still with the host's privileges.
             step = "mount the session's own /proc and /sys"
             for item in mounts.mount_kernel_fs(spec):
@@ -538,6 +566,9 @@ def _setup_child(plan: _Plan) -> None:
             step = "join the container's namespaces"
         namespaces.join(nsfds, namespaces.JOIN_ORDER[late:])
         nsfds.close()
+        if ctx.offline is not None:
+            step = "create the session's namespaces"
+            fresh.unshare_namespaces(ctx.offline.hostname, network=opts.network != "host")
         step = "fork the reaper"
         # SIGTERM waits until `reaper` is set, so stop() always knows what to kill.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -578,6 +609,8 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
     """
     opts = opts or EnterOptions()
     check_host()
+    if ctx.offline is not None:  # no process to join: cntr.offline holds its filesystem
+        return _enter_offline(ctx, opts, server)
     verify(ctx)
     if ctx.tools is not None and not opts.container_root:
         verify_tools(ctx.tools)
@@ -587,19 +620,40 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
     return _enter(ctx, opts, server)
 
 
-def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
+def _enter_offline(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> int:
+    from cntr import offline
+
+    def build(root_fd: int, started: Callable[[int], None]) -> int:
+        # Our own mount namespace stands for the container's: build() setns()es into it.
+        target = (os.dup(root_fd), namespaces.open_own_mnt(), started)
+        if server is None and not opts.container_root:
+            with open_server(opts.base_dir) as own:
+                return _enter(ctx, opts, own, target)
+        return _enter(ctx, opts, server, target)
+
+    return offline.run(ctx, opts.read_only, build)
+
+
+def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None,
+           target: tuple[int, namespaces.NamespaceFds, Callable[[int], None]] | None = None,
+           ) -> int:
     argv = list(opts.command) or default_command()
     interactive = wants_tty(opts)
     env = session_env(ctx, opts, interactive)
-    try:
-        root_fd = os.open(f"/proc/{ctx.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    started: Callable[[int], None] | None = None
+    if target is not None:  # an offline session: its root and only its mount namespace
+        root_fd, nsfds, started = target
+    else:
         try:
-            nsfds = namespaces.open_namespaces(ctx.pid)
-        except BaseException:
-            os.close(root_fd)
-            raise
-    except FileNotFoundError:
-        raise StaleContext(f"process {ctx.pid} exited") from None
+            root_fd = os.open(f"/proc/{ctx.pid}/root",
+                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                nsfds = namespaces.open_namespaces(ctx.pid)
+            except BaseException:
+                os.close(root_fd)
+                raise
+        except FileNotFoundError:
+            raise StaleContext(f"process {ctx.pid} exited") from None
 
     guard, warning = session_guard(ctx)
     if warning:
@@ -615,6 +669,8 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None) -> in
         os.close(status_r)
         _setup_child(_Plan(ctx, opts, argv, env, nsfds, root_fd, fuse_fd, slave, status_w,
                            supervisor, guard, master))
+    if started is not None:
+        started(child)
     os.close(status_w)
     os.close(root_fd)
     nsfds.close()
@@ -776,7 +832,7 @@ def _supervise(child: int, *, server: SessionServer | None, params: dict[str, An
             raise SessionSetupError(errors[0])
         if errors and code in (126, 127):
             print(f"cntr: {errors[0]}", file=sys.stderr)
-        if code == 128 + signal.SIGKILL and container_gone():
+        if code == 128 + signal.SIGKILL and pid and container_gone():
             print(f"cntr: the container exited (process {pid} is gone): the session ended",
                   file=sys.stderr)
         return code
@@ -835,7 +891,8 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
             {"step": "bind", "source": f"{ctx.root} (container /)", "target": base,
              "recursive": True},
         ]
-        fresh = mounts.fresh_dirs(ctx.pid, ctx.namespaces.get("pid"))
+        fresh = (list(mounts.MOUNT_DIRS) if ctx.offline is not None  # nothing to bind
+                 else mounts.fresh_dirs(ctx.pid, ctx.namespaces.get("pid")))
         steps += [{"step": "bind", "source": f"container /{d}", "target": f"/{d}",
                    "recursive": True} for d in mounts.MOUNT_DIRS if d not in fresh]
         if "dev" in fresh:
@@ -872,4 +929,8 @@ def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, A
         {"step": "chdir", "path": session_cwd(ctx, opts)},
         {"step": "exec", "argv": argv, "env": env, "pty": interactive},
     ]
+    if ctx.offline is not None:
+        from cntr import offline
+
+        steps = offline.plan(steps, ctx, opts.read_only, opts.network, opts.base_dir)
     return steps

@@ -1,4 +1,5 @@
-"""``cntr ps``: every attachable container on the host, across all engines."""
+"""``cntr ps``: every attachable container on the host, across all engines (with
+``--all`` also those that are not running, which attach reaches offline)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from cntr import engines
 from cntr.engines.base import Match
 
 
-def ps(types: list[str] | None = None) -> list[Match]:
-    """Running containers of every engine (or of ``types``), each process once."""
-    return sorted(engines.list_all(types), key=lambda m: (m.engine, m.name, m.pid))
+def ps(types: list[str] | None = None, stopped: bool = False) -> list[Match]:
+    """Running containers of every engine (or of ``types``), each process once; with
+    ``stopped`` also the containers that are not running (pid 0 and their state)."""
+    return sorted(engines.list_all(types, stopped),
+                  key=lambda m: (m.engine, m.name, m.pid, m.container_id))
 
 
 def _short(cid: str) -> str:
@@ -18,10 +21,12 @@ def _short(cid: str) -> str:
     return cid
 
 
-def table(matches: list[Match]) -> str:
-    rows = [("ENGINE", "ID", "NAME", "PID")]
-    rows += [(m.engine, _short(m.container_id), m.name, str(m.pid)) for m in matches]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+def table(matches: list[Match], states: bool = False) -> str:
+    """The listing as aligned columns; ``states`` adds a STATE column (``ps --all``)."""
+    rows = [("ENGINE", "ID", "NAME", "PID") + (("STATE",) if states else ())]
+    rows += [(m.engine, _short(m.container_id), m.name, str(m.pid))
+             + ((m.state,) if states else ()) for m in matches]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join(
-        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}\n"
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths, strict=False)) + f"  {r[-1]}\n"
         for r in rows)

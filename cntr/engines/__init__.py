@@ -17,9 +17,11 @@ Caveats:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 
+from cntr.context import Offline
 from cntr.engines.base import (
     Engine,
     EngineError,
@@ -65,6 +67,7 @@ __all__ = [
     "EngineError",
     "Match",
     "NotRunning",
+    "StoppedContainer",
     "list_all",
     "make",
     "parse_types",
@@ -99,9 +102,16 @@ def make(type_name: str) -> Engine:
 
 
 def _ask(engine: Engine, ident: str) -> tuple[list[Match], str]:
-    """(matches, what the engine answered) without raising."""
+    """(matches, what the engine answered) without raising; a container that is not
+    running is a match with pid 0 (its NotRunning is kept in ``_stopped``)."""
     try:
         found = engine.lookup(ident)
+    except NotRunning as exc:
+        if exc.match is None:
+            return [], str(exc).removeprefix(f"{engine.name}: ")
+        with _stopped_lock:
+            _stopped[id(exc.match)] = exc
+        return [exc.match], ""
     except EngineError as exc:
         return [], str(exc).removeprefix(f"{engine.name}: ")
     except Exception as exc:  # noqa: BLE001 (a bug in one engine must not hide the others')
@@ -109,10 +119,25 @@ def _ask(engine: Engine, ident: str) -> tuple[list[Match], str]:
     return found, "" if found else engine.reason
 
 
+class StoppedContainer(NotFound):
+    """The one container called so exists but runs no process: ``match`` names it (pid 0,
+    its state), ``offline`` is what the engine keeps of it (None: nothing cntr can use)."""
+
+    def __init__(self, message: str, match: Match | None = None,
+                 offline: Offline | None = None) -> None:
+        super().__init__(message)
+        self.match = match
+        self.offline = offline
+
+
+_stopped: dict[int, NotRunning] = {}
+_stopped_lock = threading.Lock()
+
+
 def _describe(m: Match) -> str:
     ident = m.name or m.container_id[:12]
     extra = f"id {m.container_id[:12]}" if m.name and m.container_id != m.name else ""
-    pid = f"pid {m.pid}" if m.pid else ""
+    pid = f"pid {m.pid}" if m.pid else ("" if m.state == "running" else m.state)
     details = ", ".join(x for x in (extra, pid) if x)
     return f"{m.engine}:{ident}" + (f" ({details})" if details else "")
 
@@ -120,10 +145,15 @@ def _describe(m: Match) -> str:
 def resolve(ident: str, types: list[str] | None = None) -> Match:
     """The one running container (or process) called `ident` among the engines of `types`.
 
-    Raises NotFound (what every engine answered, on one line) or Ambiguous.
+    Raises NotFound (what every engine answered, on one line) or Ambiguous; its subclass
+    StoppedContainer (with the engine's description) when the one container is not running.
     """
     with shared_process_scan():
-        return _resolve(ident, types)
+        try:
+            return _resolve(ident, types)
+        finally:
+            with _stopped_lock:
+                _stopped.clear()
 
 
 def _resolve(ident: str, types: list[str] | None) -> Match:
@@ -148,6 +178,8 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
     results: dict[str, list[Match]] = {}
     if names:
         engines = [make(t) for t in names]
+        if names == ["containerd"]:  # asked alone: containers without a task too
+            engines[0].ask_ctr = True  # type: ignore[attr-defined]  # ContainerdEngine
         asked = in_threads([partial(_ask, engine, ident) for engine in engines])
         for t, (found, answer) in zip(names, asked, strict=True):
             results[t], answers[t] = found, answer
@@ -162,6 +194,12 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
             matches.append(m)
     if len(matches) == 1 and matches[0].pid:
         return matches[0]
+    running = [m for m in matches if m.pid]
+    if len(running) == 1 and all(m.pid or id(m) in _stopped for m in matches):
+        return running[0]  # a stopped namesake in another engine does not compete
+    if len(matches) == 1 and id(matches[0]) in _stopped:
+        exc = _stopped[id(matches[0])]
+        raise StoppedContainer(f"no container '{ident}': {exc}", exc.match, exc.offline)
     if matches:
         listed = "; ".join(_describe(m) for m in matches)
         narrow = " (narrow it with --type or give a longer id)"
@@ -170,13 +208,15 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
     raise NotFound(f"no container '{ident}': {said}")
 
 
-def list_all(types: list[str] | None = None) -> list[Match]:
-    """Every running container of the engines of `types` (default TYPES), each process once."""
+def list_all(types: list[str] | None = None, stopped: bool = False) -> list[Match]:
+    """Every running container of the engines of `types` (default TYPES), each process
+    once; with `stopped`, also those that are not running (pid 0, their state) of the
+    engines that can list them."""
     with shared_process_scan():
-        return _list_all(types)
+        return _list_all(types, stopped)
 
 
-def _list_all(types: list[str] | None) -> list[Match]:
+def _list_all(types: list[str] | None, stopped: bool = False) -> list[Match]:
     names = [t for t in (types or TYPES) if t != "process_id"]
     # A pod's containers are containerd tasks too: name them as pods, the more useful name.
     if "kubernetes" in names:
@@ -184,8 +224,13 @@ def _list_all(types: list[str] | None) -> list[Match]:
         names.insert(0, "kubernetes")
 
     def one(t: str) -> list[Match]:
+        engine = make(t)
         try:
-            return make(t).list()
+            found = engine.list()
+            lister = getattr(engine, "stopped", None)
+            if stopped and lister is not None:
+                found = found + [m for m in lister() if m.pid == 0]
+            return found
         except EngineError:
             return []
 
@@ -194,7 +239,7 @@ def _list_all(types: list[str] | None) -> list[Match]:
     seen: set[int] = set()
     for found in lists:
         for m in found:
-            if m.pid not in seen:
+            if m.pid == 0 or m.pid not in seen:
                 seen.add(m.pid)
                 out.append(m)
     return out

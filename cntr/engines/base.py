@@ -22,6 +22,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 
+from cntr.context import Offline
 from cntr.errors import CntrError
 from cntr.linux.procfs import split_stat
 from cntr.record import record
@@ -57,7 +58,9 @@ class Match:
     name: str
     """The container's name as the engine shows it ("" if it has none)."""
     pid: int
-    """Host pid of the container's main process."""
+    """Host pid of the container's main process (0 for a container that is not running)."""
+    state: str = "running"
+    """"running", or what the engine says of a stopped one: created, exited, dead, ..."""
 
 
 class EngineError(CntrError):
@@ -65,7 +68,16 @@ class EngineError(CntrError):
 
 
 class NotRunning(EngineError):
-    """The engine knows the container, but it has no running process (pid 0)."""
+    """The engine knows the container, but it has no running process (pid 0).
+
+    ``match`` names it (pid 0, its state); ``offline`` describes its filesystem and
+    configuration when the engine keeps them (None when it does not: no offline session)."""
+
+    def __init__(self, message: str, match: Match | None = None,
+                 offline: Offline | None = None) -> None:
+        super().__init__(message)
+        self.match = match
+        self.offline = offline
 
 
 class Engine(Protocol):

@@ -35,6 +35,7 @@ import socket
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from cntr.context import Offline
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
     NOT_INSTALLED,
@@ -314,6 +315,60 @@ class Ctr:
         return parse_info_labels(self.ok("containers", "info", cid, namespace=namespace))
 
 
+def parse_snapshot_mount(text: str) -> tuple[list[str], str, str] | None:
+    """(lower dirs topmost first, upperdir, workdir) from the `mount -t overlay ... -o
+    OPTIONS` line `ctr snapshots mounts` prints; None for another kind of snapshot."""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:3] == ["mount", "-t", "overlay"] and "-o" in words:
+            opts = dict(o.partition("=")[::2]
+                        for o in words[words.index("-o") + 1].split(","))
+            lower = [d for d in opts.get("lowerdir", "").split(":") if d]
+            return lower, opts.get("upperdir", ""), opts.get("workdir", "")
+    return None
+
+
+def offline_from_info(info: dict[str, object], layers: tuple[list[str], str, str],
+                      name: str) -> Offline:
+    """An Offline from `ctr containers info` (its OCI spec) and its snapshot's layers."""
+    from cntr.engines.docker import _dict, cap_mask
+
+    spec = _dict(info.get("Spec"))
+    process = _dict(spec.get("process"))
+    user = _dict(process.get("user"))
+    bounding = _dict(process.get("capabilities")).get("bounding") or []
+    env = {}
+    for item in process.get("env") or ():
+        key, _, value = str(item).partition("=")
+        env[key] = value
+    lower, upper, work = layers
+    return Offline(
+        state="stopped", exit_code=0, rootfs="overlay", lower=lower, upper=upper, work=work,
+        path="", env=env, cwd=str(process.get("cwd") or "/"),
+        user=f"{int(user.get('uid') or 0)}:{int(user.get('gid') or 0)}",
+        hostname=str(spec.get("hostname") or name), caps=cap_mask(bounding),
+        image=str(info.get("Image") or ""))
+
+
+def describe_stopped(ctr: Ctr, namespace: str, cid: str) -> Offline | None:
+    """What an offline session over container `cid` needs: its OCI spec and the layers of
+    its snapshot (`ctr snapshots mounts` only prints them); None when unreadable."""
+    try:
+        info = json.loads(ctr.ok("containers", "info", cid, namespace=namespace))
+        key, snapshotter = str(info.get("SnapshotKey") or ""), str(info.get("Snapshotter"))
+        if not key or snapshotter not in ("overlayfs", "native"):
+            return None
+        # The target is only printed, never mounted.
+        layers = parse_snapshot_mount(ctr.ok("snapshots", "--snapshotter", snapshotter,
+                                             "mounts", "/nonexistent", key,
+                                             namespace=namespace))
+    except (EngineError, ValueError, AttributeError):
+        return None
+    if layers is None or not isinstance(info, dict):
+        return None
+    return offline_from_info(info, layers, cid)
+
+
 def id_matches(ident: str, cid: str) -> bool:
     """`ident` names container `cid`: equal, or a prefix of a 64-hex id (docker's style)."""
     return ident == cid or (len(cid) == 64 and is_hex(cid) and is_hex(ident)
@@ -356,6 +411,9 @@ class ContainerdEngine(BaseEngine):
         super().__init__()
         self._sockets = sockets
         self.proc = proc
+        #: ask ctr even when the task state directories say nothing runs: only it knows
+        #: containers without a task (set when containerd is the only type asked)
+        self.ask_ctr = False
 
     def sockets(self) -> list[str]:
         return self._sockets if self._sockets is not None else find_sockets(self.proc)
@@ -372,7 +430,8 @@ class ContainerdEngine(BaseEngine):
 
     def lookup(self, ident: str) -> list[Match]:
         self.reason = NO_SUCH_CONTAINER
-        if self._sockets is None and "CONTAINERD_ADDRESS" not in os.environ:
+        if (self._sockets is None and "CONTAINERD_ADDRESS" not in os.environ
+                and not self.ask_ctr):
             task_dirs = find_state_dirs(self.proc)
             if task_dirs is not None:
                 # A stopped container has no task directory: it reads as "no such
@@ -394,22 +453,38 @@ class ContainerdEngine(BaseEngine):
             else:
                 pairs += [(ctr, ns) for ns in result]
         found: list[Match] = []
-        stopped: list[str] = []
+        stopped: list[tuple[Ctr, str, str]] = []
         calls = [partial(_find_in, ctr, ns, ident) for ctr, ns in pairs]
-        for (_, ns), answer in zip(pairs, _parallel(calls), strict=True):
+        for (ctr, ns), answer in zip(pairs, _parallel(calls), strict=True):
             if isinstance(answer, EngineError):
                 errors.append(str(answer).removeprefix("containerd: "))
                 continue
             running, known = answer
             found += [Match(self.name, t.id, t.id, t.pid) for t in running]
-            stopped += [f"{ns}/{cid}" for cid in known]
+            stopped += [(ctr, ns, cid) for cid in known]
         if found:
             return found
         if stopped:
-            raise NotRunning(f"containerd: container '{stopped[0]}' is not running")
+            ctr, ns, cid = stopped[0]
+            offline = describe_stopped(ctr, ns, cid)
+            raise NotRunning(f"containerd: container '{ns}/{cid}' is not running",
+                             Match(self.name, cid, cid, 0, "stopped"), offline)
         if errors:
             raise EngineError("containerd: " + "; ".join(errors))
         return self._none(NO_SUCH_CONTAINER)
+
+    def stopped(self) -> list[Match]:
+        """Containers of every namespace without a running task (pid 0, "stopped")."""
+        if self.name != "containerd":
+            return []  # a pod's containers are listed as containerd's
+        out = []
+        for ctr in self._ctrs() or []:
+            for ns in ctr.namespaces():
+                running = {t.id for t in ctr.tasks(ns)
+                           if t.pid > 0 and t.status in ("RUNNING", "PAUSED")}
+                out += [Match(self.name, cid, cid, 0, "stopped")
+                        for cid in ctr.containers(ns) if cid not in running]
+        return out
 
     def list(self) -> list[Match]:
         try:

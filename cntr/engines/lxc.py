@@ -6,6 +6,8 @@ LXC containers have names only; they live in the lxcpath (`lxc-config lxc.lxcpat
 Caveats:
 - Only the default lxcpath is searched: containers made with `-P DIR` are not found.
 - LXD's containers are LXC containers too, but in LXD's own lxcpath: the lxd engine finds them.
+- A stopped container raises NotRunning with its configuration (``describe_stopped``),
+  for an offline session over its directory root.
 - Unprivileged containers of other users (lxc-start as a user) are in that user's lxcpath and
   are not found.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from cntr.context import Offline
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
     NOT_INSTALLED,
@@ -31,6 +34,51 @@ from cntr.engines.base import (
 )
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
+
+
+def parse_config(text: str) -> dict[str, list[str]]:
+    """The keys of an LXC config file, each with its values in order (includes are not
+    followed)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.strip().startswith("#"):
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def describe_stopped(config_path: str, name: str) -> Offline | None:
+    """What an offline session over a stopped LXC container needs, from its config: its
+    directory root (``lxc.rootfs.path``), ``lxc.environment``, ``lxc.init.cwd``,
+    ``lxc.init.uid``/``gid``, ``lxc.uts.name`` and every capability but ``lxc.cap.drop``
+    (or only ``lxc.cap.keep``); None when the root is not a plain directory or the
+    container maps its ids (a user namespace: not offline yet)."""
+    from cntr.engines.docker import cap_mask
+
+    try:
+        with open(config_path, encoding="utf-8", errors="replace") as f:
+            conf = parse_config(f.read())
+    except OSError:
+        return None
+    root = (conf.get("lxc.rootfs.path") or [""])[-1]
+    if root.startswith("dir:"):
+        root = root[4:]
+    if not root.startswith("/") or ":" in root or not os.path.isdir(root) or \
+            conf.get("lxc.idmap"):
+        return None
+    env = {}
+    for item in conf.get("lxc.environment", []):
+        key, _, value = item.partition("=")
+        env[key] = value
+    keep = " ".join(conf.get("lxc.cap.keep", [])).split()
+    caps = cap_mask(keep) if keep else (
+        cap_mask(["ALL"]) & ~cap_mask(" ".join(conf.get("lxc.cap.drop", [])).split()))
+    uid = (conf.get("lxc.init.uid") or [""])[-1]
+    gid = (conf.get("lxc.init.gid") or [""])[-1]
+    return Offline(state="stopped", exit_code=0, rootfs="dir", lower=[], upper="", work="",
+                   path=root, env=env, cwd=(conf.get("lxc.init.cwd") or ["/"])[-1],
+                   user=f"{uid}:{gid}" if uid and gid else uid,
+                   hostname=(conf.get("lxc.uts.name") or [name])[-1], caps=caps, image="")
 
 
 def lxcpath(conf: str = "/etc/lxc/lxc.conf") -> str:
@@ -97,8 +145,18 @@ class LxcEngine(BaseEngine):
             raise EngineError(f"lxc: {first_line(err) or f'lxc-info exit {rc}'}")
         state, pid = parse_info(out)
         if pid <= 0:
-            raise NotRunning(f"lxc: container '{ident}' is not running (state {state or '?'})")
+            offline = describe_stopped(os.path.join(path, ident, "config"), ident)
+            raise NotRunning(f"lxc: container '{ident}' is not running (state {state or '?'})",
+                             Match(self.name, ident, ident, 0, "stopped"), offline)
         return [Match(self.name, ident, ident, pid)]
+
+    def stopped(self) -> list[Match]:
+        """Every container of the lxcpath that is not running (state stopped)."""
+        res = run_tool(["lxc-ls", "--fancy", "-F", "NAME,STATE,PID"])
+        if res is None or res[0] != 0:
+            return []
+        return [Match(self.name, n, n, 0, "stopped") for n, state, pid in parse_ls(res[1])
+                if state == "STOPPED"]
 
     def list(self) -> list[Match]:
         res = run_tool(["lxc-ls", "--fancy", "-F", "NAME,STATE,PID"])

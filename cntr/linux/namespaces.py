@@ -66,6 +66,11 @@ def open_namespaces(pid: int, kinds: tuple[str, ...] = tuple(FLAGS)) -> Namespac
     return NamespaceFds(fds)
 
 
+def open_own_mnt() -> NamespaceFds:
+    """Only the caller's own mount namespace (an offline session has no other to join)."""
+    return NamespaceFds({"mnt": os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)})
+
+
 def join(nsfds: NamespaceFds, kinds: tuple[str, ...]) -> None:
     """setns(2) into each of ``kinds`` that is open, in the given order."""
     for kind in kinds:

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from cntr import context, schema
-from cntr.context import Caps, Context, Resolved, Tools
+from cntr.context import Caps, Context, Offline, Resolved, Tools
 from cntr.errors import BadInput
 from cntr.record import fields, replace
 
@@ -60,7 +60,7 @@ def _mutations() -> list[tuple[str, Any, str]]:
     """(field, bad value, words the error must contain) for every field of the schema."""
     return [
         ("kind", "cntr.other", "cntr.context"),
-        ("version", 3, "version 3"),
+        ("version", 4, "version 4"),
         ("engine", 5, "engine"),
         ("container_id", ["x"], "container_id"),
         ("name", None, "name"),
@@ -96,7 +96,7 @@ def test_every_field_is_checked(name: str, value: Any, words: str) -> None:
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("name", [f for f in fields(Context) if f != "tools"])
+@pytest.mark.parametrize("name", [f for f in fields(Context) if f not in ("tools", "offline")])
 def test_missing_field_is_named(name: str) -> None:
     data = context.to_dict(sample_context())
     del data[name]
@@ -136,15 +136,21 @@ def test_oversized_record_is_refused() -> None:
 
 
 def test_schemas_use_only_supported_keywords() -> None:
-    for name, version in (("resolve.v1", 1), ("context.v1", 1), ("context.v2", 2)):
+    for name, version in (("resolve.v1", 1), ("context.v1", 1), ("context.v2", 2),
+                          ("resolve.v2", 2), ("context.v3", 3)):
         assert schema.load(name)["properties"]["version"]["const"] == version
 
 
 def test_schema_documents_every_field() -> None:
-    for cls, name, missing in ((Context, "context.v1", {"tools"}), (Context, "context.v2", set()),
-                               (Resolved, "resolve.v1", set())):
+    for cls, name, missing in ((Context, "context.v1", {"tools", "offline"}),
+                               (Context, "context.v2", {"offline"}),
+                               (Resolved, "resolve.v1", {"offline"})):
         props = schema.load(name)["properties"]
         assert set(props) == set(fields(cls)) - missing | {"kind", "version"}
+    for cls, name in ((Context, "context.v3"), (Resolved, "resolve.v2")):
+        loaded = schema.load(name)
+        assert set(loaded["properties"]) == set(fields(cls)) | {"kind", "version"}
+        assert set(loaded["definitions"]["offline"]["properties"]) == set(fields(Offline))
 
 
 SAMPLE_TOOLS = Tools("docker:toolbox", "/proc/77/root", "docker", "b" * 64, "toolbox", 77, 5)
