@@ -406,10 +406,21 @@ def _changed(value: object) -> object:
     raise AssertionError(f"no change for {value!r}")
 
 
+#: fields only newer record versions carry: (version, a value) for each
+OPTIONAL: dict[str, tuple[int, dict[str, object]]] = {
+    "tools": (2, {"source": "/opt/tools", "root": "/opt/tools", "engine": "",
+                  "container_id": "", "name": "", "pid": 0, "start_time": 0}),
+    "offline": (3, {"state": "exited", "exit_code": 0, "rootfs": "dir", "lower": [],
+                    "upper": "", "work": "", "path": "/srv/root", "env": {}, "cwd": "/",
+                    "user": "", "hostname": "h", "caps": 0, "image": "",
+                    "uid_map": [[0, 0, 4294967295]], "gid_map": [[0, 0, 4294967295]]}),
+}
+
+
 def _variants(data: dict[str, object]) -> Iterator[tuple[str, dict[str, object]]]:
     """(what, a copy of ``data`` with exactly that changed), for every field of Context."""
     for name in fields(Context):
-        if name == "tools":  # absent in a version 1 context: the base gets tools, version 2
+        if name in OPTIONAL:  # absent from a running container's context: see below
             continue
         value = data[name]
         if isinstance(value, dict):
@@ -445,15 +456,16 @@ def test_diff_reports_each_field_in_one_line(demo: Container, tmp_path: Path) ->
     captured = run_cntr("capture", demo.ident, "--format", "json")
     assert captured.returncode == 0, captured.stderr.decode()
     data = json.loads(captured.stdout)
-    data.update(version=2, tools={"source": "/opt/tools", "root": "/opt/tools", "engine": "",
-                                  "container_id": "", "name": "", "pid": 0, "start_time": 0})
-    base = tmp_path / "base.json"
-    base.write_text(json.dumps(data))
     seen = []
-    tools = json.loads(json.dumps(data))
-    tools["tools"]["source"] = "/opt/other"
-    variants = [*_variants(data), ("tools", tools)]
-    for what, changed in variants:
+    variants = [(data, what, changed) for what, changed in _variants(data)]
+    for name, (version, value) in OPTIONAL.items():
+        with_it = {**json.loads(json.dumps(data)), "version": version, name: value}
+        changed = json.loads(json.dumps(with_it))
+        changed[name]["cwd" if name == "offline" else "source"] = "/elsewhere"
+        variants.append((with_it, name, changed))
+    for before, what, changed in variants:
+        base = tmp_path / f"base-{what.replace('/', '_')}.json"
+        base.write_text(json.dumps(before))
         other = tmp_path / (what.replace("/", "_") + ".json")
         other.write_text(json.dumps(changed))
         out = run_cntr("diff", str(base), str(other))
