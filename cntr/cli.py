@@ -248,6 +248,10 @@ def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
         from stages.serve_fs import serve_fs as do_serve
 
         check_host()
+        if fs_debug:  # the request log goes to stderr (no handler: only warnings would)
+            import logging
+
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
         return do_serve(root, mountpoint=mountpoint, fuse_fd=fuse_fd,
                         effective_user=_effective_user(effective_user),
                         allowed_mnt_ns=allowed_mnt_ns, debug=fs_debug)

@@ -1,9 +1,10 @@
 """Markers decided by feature checks, shared fixtures, and the CI rule: no silent skips.
 
-A test marked ``root``, ``fuse``, ``engine``, ``docker`` or ``podman`` is skipped with a
-precise reason when this machine lacks what it needs, except when ``CI`` (or
-``CNTR_MUST_WORK``) is set: then the missing requirement is a failure, so CI can never
-pass by skipping (as bubblewrap's BWRAP_MUST_WORK).
+A test marked ``root``, ``fuse``, ``engine``, ``docker`` or ``podman`` (every marker
+pyproject.toml declares has a check in `CHECKS`) is skipped with a precise reason when this
+machine lacks what it needs, except when ``CI`` (or ``CNTR_MUST_WORK``) is set: then the
+missing requirement is a failure, so CI can never pass by skipping (as bubblewrap's
+BWRAP_MUST_WORK).  Tests skip only through `require`.
 """
 
 from __future__ import annotations
@@ -38,18 +39,52 @@ def _fuse_missing() -> str | None:
     return None
 
 
-CHECKS = {"root": _root_missing, "fuse": _fuse_missing}
+def _tool_missing(*tools: str) -> str | None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/setup --engines installs it)"
+    return None
+
+
+def _engine_missing() -> str | None:
+    return _root_missing() or (None if (REPO / "scripts/engines").exists()
+                               else "scripts/engines is missing")
+
+
+def _docker_missing() -> str | None:
+    return _engine_missing() or _tool_missing("dockerd", "docker")
+
+
+def _podman_missing() -> str | None:
+    return _engine_missing() or _tool_missing("podman")
+
+
+CHECKS = {"root": _root_missing, "fuse": _fuse_missing, "engine": _engine_missing,
+          "docker": _docker_missing, "podman": _podman_missing}
+"""Every marker pyproject.toml declares, and what its tests need."""
+
+#: fixtures that start an engine's test container: their tests get the engine's markers
+ENGINE_FIXTURES = {"docker_container": "docker", "podman_container": "podman"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses docker or podman carries the marker (so ``-m "not docker"`` and
+    the checks below see it), whether it asks for the fixture or a ``container`` param."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("container") if callspec is not None else None
+        for fixture, engine in ENGINE_FIXTURES.items():
+            if fixture in names or param == engine:
+                item.add_marker(getattr(pytest.mark, engine))
+                item.add_marker(pytest.mark.engine)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for name, check in CHECKS.items():
         if item.get_closest_marker(name) is None:
             continue
-        reason = check()
-        if reason:
-            if MUST_WORK:
-                pytest.fail(f"{reason} (CI: a skip here would hide a failure)")
-            pytest.skip(reason)
+        require(check())
 
 
 def require(reason: str | None) -> None:
@@ -97,7 +132,7 @@ def demo() -> Iterator[Container]:
 
 def engine_container(engine: str) -> Container:
     """Start ``engine`` and its test container through scripts/engines."""
-    require(_root_missing())
+    require(_engine_missing())
     if shutil.which({"docker": "dockerd"}.get(engine, engine)) is None and engine != "nspawn":
         require(f"{engine} is not installed (scripts/setup --engines installs it)")
     start = subprocess.run([REPO / "scripts/engines", "start", engine], capture_output=True,

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import stat
 import struct
@@ -64,6 +65,8 @@ from collections import OrderedDict
 from typing import NewType
 
 from cntr.linux import syscalls as sc
+
+log = logging.getLogger("cntr.fs")
 
 InodeT = NewType("InodeT", int)
 
@@ -473,5 +476,33 @@ class InodeTable:
                     mount = candidate
                 except OSError:
                     os.close(mfd)
+        if mount is None:
+            _report_no_handles(mnt_id)
         self.mounts[mnt_id] = mount
         return mount
+
+
+#: kernel filesystems that never have file handles: their fallback is expected, not news
+_PSEUDO_FS = frozenset({"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "debugfs",
+                        "tracefs", "securityfs", "bpf", "pstore", "configfs", "fusectl",
+                        "binfmt_misc", "hugetlbfs", "efivarfs", "nsfs", "autofs"})
+
+
+def _report_no_handles(mnt_id: int) -> None:
+    """Say once per mount that its files are found again by name (slower, and a file
+    renamed on the host is lost), unless it is a kernel filesystem where that is normal."""
+    where, fstype = "?", "?"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                parts = pre.split()
+                if parts and parts[0] == str(mnt_id):
+                    where, fstype = parts[4], post.split()[0]
+                    break
+    except OSError:
+        pass
+    if fstype in _PSEUDO_FS:
+        return
+    log.warning("serve-fs: no file handles on %s (%s, mount %d): its files are found again "
+                "by name", where, fstype, mnt_id)

@@ -581,6 +581,10 @@ class Session:
                 self._uring_start = uring.start
         log.debug("serve-fs: FUSE %d.%d, flags %#x, passthrough %s, io_uring %s", major,
                   minor, got, self.passthrough, bool(got & OVER_IO_URING))
+        if self.want_passthrough and not self.passthrough:
+            # Not silent: every read and write now costs a round trip through serve-fs.
+            log.warning("serve-fs: the kernel refused FUSE passthrough (FUSE %d.%d): file "
+                        "contents go through serve-fs", major, minor)
         self.ops.init()
         return _INIT_OUT.pack(KERNEL_MAJOR, min(minor, KERNEL_MINOR), max_readahead,
                               got & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1, MAX_PAGES_WANTED, 0,

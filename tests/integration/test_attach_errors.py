@@ -34,8 +34,9 @@ def test_dead_pid(demo: Container) -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()
     out = run_cntr("attach", str(proc.pid), "-t", "process_id", "--", "true")
-    assert out.returncode == 4
-    one_line(out.stderr, str(proc.pid))
+    assert (out.returncode, out.stdout) == (4, b"")
+    assert one_line(out.stderr) == (
+        f"cntr: attach: no container '{proc.pid}': process_id: no such process\n")
 
 
 def test_not_root(demo: Container) -> None:
@@ -44,8 +45,9 @@ def test_not_root(demo: Container) -> None:
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
          "--bounding-set=-all", *CNTR, "attach", demo.ident, "--", "true"],
         capture_output=True, cwd=REPO, timeout=60)
-    assert out.returncode == 6
-    one_line(out.stderr, "root")
+    assert (out.returncode, out.stdout) == (6, b"")
+    assert one_line(out.stderr) == ("cntr: attach: cntr must run as root: it joins namespaces "
+                                    "and mounts a FUSE filesystem\n")
     assert snapshot(demo) == before
 
 
@@ -57,15 +59,17 @@ def test_missing_dev_fuse(demo: Container) -> None:
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
          *CNTR, "attach", demo.ident, "--", "true"],
         capture_output=True, cwd=REPO, timeout=60)
-    assert out.returncode == 7
-    one_line(out.stderr, "/dev/fuse")
+    assert (out.returncode, out.stdout) == (7, b"")
+    assert one_line(out.stderr) == ("cntr: attach: /dev/fuse is missing: load the fuse module "
+                                    "(modprobe fuse) or, in a container, pass the device in\n")
     assert snapshot(demo) == before
 
 
 def test_command_not_found(demo: Container) -> None:
     out = run_cntr("attach", demo.ident, "--", "no-such-command-x")
-    assert out.returncode == 127
-    one_line(out.stderr, "no-such-command-x")
+    assert (out.returncode, out.stdout) == (127, b"")
+    assert one_line(out.stderr) == (
+        "cntr: cannot run 'no-such-command-x': No such file or directory\n")
 
 
 @pytest.mark.parametrize("data", [b"", b"garbage\n", b"\x92\x01\x02", b'{"kind": "x"}'])
@@ -91,5 +95,7 @@ def test_enter_refuses_a_context_of_a_dead_process(demo: Container) -> None:
 
 def test_usage_error_exit_code() -> None:
     out = subprocess.run([*CNTR, "attach"], capture_output=True, cwd=REPO)
-    assert out.returncode == 2
-    assert b"Missing argument" in out.stderr
+    assert (out.returncode, out.stdout) == (2, b"")
+    assert out.stderr.decode().splitlines() == [
+        "Usage: python -m cntr attach [OPTIONS] ID [COMMAND]...",
+        "Try 'python -m cntr attach --help' for help.", "", "Error: Missing argument 'ID'."]

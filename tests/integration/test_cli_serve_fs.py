@@ -36,4 +36,7 @@ def test_serve_fs_on_a_mountpoint_until_sigterm(tmp_path: Path) -> None:
 def test_serve_fs_needs_exactly_one_target(tmp_path: Path) -> None:
     out = run_cntr("serve-fs", str(tmp_path))
     assert out.returncode == 2
-    assert b"exactly one of --mountpoint and --fuse-fd" in out.stderr
+    assert out.stderr.decode().splitlines() == [
+        "Usage: python -m cntr serve-fs [OPTIONS] [ROOT]",
+        "Try 'python -m cntr serve-fs --help' for help.", "",
+        "Error: give exactly one of --mountpoint and --fuse-fd"]

@@ -4,6 +4,7 @@ the demo are covered in test_attach.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_resolves_to_the_engines_pid(engine: tuple[Container, str, str | None]) 
     c, ident, _ = engine
     out = run_cntr("resolve", ident, "--format", "json")
     assert out.returncode == 0, out.stderr.decode()
-    assert f'"pid": {c.pid}' in out.stdout.decode()
+    record = json.loads(out.stdout)
+    assert (record["kind"], record["version"], record["pid"]) == ("cntr.resolve", 1, c.pid)
+    start_time = int(Path(f"/proc/{c.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert record["start_time"] == start_time
 
 
 def test_attach_sees_the_container(engine: tuple[Container, str, str | None]) -> None:
@@ -102,9 +106,9 @@ def test_lxd_session_sees_sensible_owners() -> None:
         host_made.unlink()
 
 
+@pytest.mark.docker
+@pytest.mark.podman
 def test_ps_lists_every_engines_container() -> None:
-    import json
-
     started = {e: engine_container(e) for e in ("docker", "podman", "containerd", "lxc",
                                                  "lxd", "nspawn")}
     out = run_cntr("ps", "--json")

@@ -164,6 +164,8 @@ def test_signal_during_setup_leaves_nothing(demo: Container, delay: float) -> No
     wait_clean(demo, before)
 
 
+@pytest.mark.engine
+@pytest.mark.docker
 def test_read_only_container_root() -> None:
     engine_container("docker")
     name = "cntr-test-readonly"
@@ -203,19 +205,17 @@ def test_hung_engine_fails_fast(tmp_path: Path) -> None:
     t = threading.Thread(target=accept)
     t.start()
     try:
-        start = time.monotonic()
         out = run_cntr("resolve", "-t", "docker", "anything",
                        env={**os.environ, "DOCKER_HOST": f"unix://{path}", "PATH": "/nonexist"})
-        took = time.monotonic() - start
     finally:
         stop.set()
         t.join()
         for s in held:
             s.close()
         server.close()
-    assert out.returncode != 0
-    assert out.stderr.decode().count("\n") == 1
-    assert took < 15
+    # (a resolve that waited for ever would end in run_cntr's timeout, a failure)
+    assert (out.returncode, out.stderr.decode()) == (
+        4, f"cntr: resolve: no container 'anything': docker: {path}: timed out\n")
 
 
 def test_twenty_sessions_at_once(demo: Container) -> None:
@@ -357,10 +357,8 @@ def test_serve_fs_that_never_answers_times_out(demo: Container) -> None:
                 server = _serve_fs_of(proc.pid)
         assert server is not None
         os.kill(server, signal.SIGSTOP)
-        start = time.monotonic()
         _, err = proc.communicate(timeout=60)
-        took = time.monotonic() - start
     assert proc.returncode == 125
-    assert err.decode().count("\n") == 1 and "not ready within 3 s" in err.decode()
-    assert took < 20
+    assert err.decode() == ("cntr: attach: the session was not ready within 3 s (serve-fs did "
+                            "not answer); nothing ran\n")
     wait_clean(demo, before)

@@ -23,6 +23,7 @@ import pytest
 from pyfuse3 import FUSEError
 
 from cntr.fs.operations import MountNsGate
+from tests.conftest import require
 from tests.integration.fsutil import PYTHON, REPO
 
 pytestmark = [pytest.mark.root]
@@ -135,8 +136,7 @@ def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
     started: list[tuple[subprocess.Popen[bytes], int, BinaryIO]] = []
 
     def start(gated: bool) -> Session:
-        if not os.path.exists("/dev/fuse"):
-            pytest.skip("needs /dev/fuse")
+        require(None if os.path.exists("/dev/fuse") else "needs /dev/fuse")
         info_r, info_w = os.pipe()
         go_r, go_w = os.pipe()
         proc = subprocess.Popen(

@@ -191,10 +191,8 @@ def test_docker_list_through_api(api_server: Callable[..., str], no_tools: None)
 
 def test_docker_hanging_api_fails_fast(api_server: Callable[..., str], no_tools: None) -> None:
     eng = docker.DockerEngine(socket_path=api_server(_docker_routes(), delay=3), timeout=0.3)
-    t0 = time.monotonic()
     with pytest.raises(EngineError, match="timed out"):
         eng.lookup("cntr-test-docker")
-    assert time.monotonic() - t0 < 2
 
 
 def test_docker_not_installed(tmp_path: Path, no_tools: None) -> None:
@@ -276,11 +274,21 @@ def test_option_value_forms() -> None:
     assert base.option_value(argv, "-q") is None
 
 
-def test_run_tool_timeout_kills_fast() -> None:
-    t0 = time.monotonic()
-    with pytest.raises(EngineError, match="no answer within"):
-        base.run_tool(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.3)
-    assert time.monotonic() - t0 < 3
+def test_run_tool_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    with pytest.raises(EngineError, match=r"no answer within 0\.3 s"):
+        base.run_tool(["sh", "-c", f"sleep 300 & echo $$ $! > {pids}; wait"], timeout=0.3)
+    for pid in pids.read_text().split():
+        # SIGKILLed: gone, or a zombie its new parent has not reaped yet, once the kernel
+        # has delivered the signal (a wait, not a timing limit: a hang ends in the timeout)
+        while True:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state in "ZX":
+                break
+            time.sleep(0.01)
     assert base.run_tool(["cntr-no-such-tool-xyz"]) is None
 
 
@@ -528,10 +536,8 @@ def test_containerd_not_running_or_not_installed(bindir: Path, tmp_path: Path) -
     s = socket.socket(socket.AF_UNIX)
     s.bind(dead)  # bound, not listening: as after a crash
     try:
-        t0 = time.monotonic()
         with pytest.raises(EngineError, match="refused"):
             containerd.ContainerdEngine(sockets=[dead]).lookup("x")
-        assert time.monotonic() - t0 < 1
     finally:
         s.close()
 
@@ -644,10 +650,8 @@ def test_lxd_lookup_through_api(api_server: Callable[..., str]) -> None:
 
 def test_lxd_hanging_api_fails_fast(api_server: Callable[..., str]) -> None:
     sock = api_server({"/1.0/instances/x/state": (200, data("lxd-state.json"))}, delay=3)
-    t0 = time.monotonic()
     with pytest.raises(EngineError, match="timed out"):
         lxd.LxdEngine(socket_path=sock, timeout=0.3).lookup("x")
-    assert time.monotonic() - t0 < 2
 
 
 # --------------------------------------------------------------------------- nspawn
