@@ -14,7 +14,6 @@ Caveats:
 
 from __future__ import annotations
 
-import os
 import threading
 
 DEADLINE = 0.4
@@ -34,25 +33,8 @@ def _containerd() -> list[tuple[str, str, str]]:
     dirs = containerd.find_state_dirs()
     if dirs is None:
         return _engine("containerd")
-    out = []
-    for tasks in dirs:
-        for ns in _listdir(tasks):
-            for cid in _listdir(os.path.join(tasks, ns)):
-                try:
-                    with open(os.path.join(tasks, ns, cid, "init.pid")) as f:
-                        pid = int(f.read().strip() or 0)
-                except (OSError, ValueError):
-                    continue
-                if pid > 0 and os.path.exists(f"/proc/{pid}"):
-                    out.append(("containerd", cid, cid))
-    return out
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
+    tasks = sorted(containerd.running_tasks(dirs, None))
+    return [("containerd", cid, cid) for _ns, cid, _pid in tasks]
 
 
 def _engine(type_name: str) -> list[tuple[str, str, str]]:
