@@ -844,11 +844,6 @@ def _supervise(child: int, *, server: SessionServer | None, params: dict[str, An
             os.close(master)
 
 
-def run_in_container(ctx: Context, command: Sequence[str]) -> int:
-    """``cntr exec ID -- CMD``: the command in the container's own root and environment."""
-    return enter(ctx, EnterOptions(command=command, container_root=True))
-
-
 def describe(ctx: Context, opts: EnterOptions | None = None) -> list[dict[str, Any]]:
     """The ordered plan ``enter`` would carry out, without doing any of it (--dry-run)."""
     opts = opts or EnterOptions()

@@ -41,10 +41,6 @@ class Status:
     """the command name (``comm``)."""
 
 
-def pid_dir(pid: int, proc: str = "/proc") -> str:
-    return f"{proc}/{pid}"
-
-
 def read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
