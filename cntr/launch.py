@@ -215,14 +215,15 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
         # Imports first: they are what this early start overlaps with the caller's work.
         import json
 
-        from stages.serve_fs import serve_fs
+        from cntr.fs.tree import serve_tree
 
         with os.fdopen(start_fd, "rb") as start:
             line = start.readline()
         if not line.startswith(b"G"):
             os._exit(0)
         params = json.loads(line[1:])
-        code = serve_fs(params.pop("root", "/"), fuse_fd=fuse_fd, ready_fd=ready_fd, **params)
+        code = serve_tree(params.pop("root", "/"), loop=serve_fs_loop(), fuse_fd=fuse_fd,
+                          ready_fd=ready_fd, **params)
     except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
         import traceback
 

@@ -149,7 +149,7 @@ def session_env(ctx: Context, opts: EnterOptions, interactive: bool) -> dict[str
     cpath = env.get("PATH") or DEFAULT_PATH
     parts = cpath.split(":")
     # Last, where cntr itself lives (its virtualenv), so `cntr exec` works in the session;
-    # in a --tools session, the /.cntr that serve-fs shows there (stages.serve_fs).
+    # in a --tools session, the /.cntr that serve-fs shows there (cntr.fs.tree).
     extra = ["/.cntr"] if ctx.tools else [os.path.dirname(sys.executable)]
     for p in [*os.environ.get("PATH", DEFAULT_PATH).split(":"), *extra]:
         if p and p not in parts:

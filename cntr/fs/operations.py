@@ -309,7 +309,7 @@ class Operations(pyfuse3.Operations):
         #: mount ids of serve-fs's own mount(s): never served back into themselves
         self.self_mount_ids: set[int] = set()
         #: (parent node id, name) -> a directory descriptor holding ``name``: entries
-        #: shown in a directory that does not have them (``stages.serve_fs`` makes them in
+        #: shown in a directory that does not have them (`cntr.fs.tree` makes them in
         #: a detached tmpfs, so nothing is written into the served tree)
         self.grafts: dict[tuple[int, bytes], int] = {}
         self._dirs: dict[int, _Dir] = {}
