@@ -209,11 +209,14 @@ def in_namespace(ns_fd: int) -> Callable[[], None]:
 
 
 def run_quiet(argv: Sequence[str], *, what: str, preexec: Callable[[], None] | None = None,
-              env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    """Run ``argv``; return its stdout, raise BenchError (with its stderr) on failure."""
+              env: dict[str, str] | None = None, timeout: float = 600,
+              **popen: Any) -> str:
+    """Run ``argv`` (``popen``: more of subprocess.run's arguments, such as ``user``);
+    return its stdout, raise BenchError (with its stderr) on failure."""
     try:
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                             preexec_fn=preexec, env=env, timeout=timeout)
+        res: subprocess.CompletedProcess[str] = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            preexec_fn=preexec, env=env, timeout=timeout, **popen)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BenchError(f"{what}: {exc}") from exc
     if res.returncode != 0:
@@ -887,16 +890,8 @@ def pg_bindir() -> Path | None:
 
 def run_as_postgres(argv: Sequence[str], *, what: str, timeout: float = 900) -> str:
     """``argv`` as the postgres user (its server refuses to run as root); its stdout."""
-    try:
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                             user=PG_USER, group=PG_USER, extra_groups=[], cwd="/",
-                             env={**EXEC_ENV, "HOME": "/tmp"}, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchError(f"{what}: {exc}") from exc
-    if res.returncode != 0:
-        err = res.stderr.strip().splitlines()
-        raise BenchError(f"{what}: exit {res.returncode}: {err[-1] if err else ''}")
-    return res.stdout
+    return run_quiet(argv, what=what, env={**EXEC_ENV, "HOME": "/tmp"}, timeout=timeout,
+                     user=PG_USER, group=PG_USER, extra_groups=[], cwd="/")
 
 
 def pg_template(ctx: FsContext) -> Path:
