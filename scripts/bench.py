@@ -1271,14 +1271,7 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
         for t, err in s["errors"].items():
             rows.append([s["name"] if first else "", t, "FAILED", "", "", "", err[:60]])
             first = False
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5}
-    for n, r in enumerate(rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
-        print("  ".join(cells).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print_rows(rows, {2, 3, 4, 5}, out)
     if memory:
         m = memory
         rss_ok = m["rss_kib"] < 100 * 1024
