@@ -459,7 +459,7 @@ def _descendants(proc_fd: int, root: int) -> list[int]:
             continue
         finally:
             os.close(fd)
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
+        ppid = int(procfs.split_stat(data)[1][1])
         parent.setdefault(ppid, []).append(int(entry))
     out: list[int] = []
     todo = [root]

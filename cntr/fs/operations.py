@@ -117,6 +117,7 @@ from cntr.fs.inodes import (
     InodeTable,
     StatT,
 )
+from cntr.linux import procfs
 from cntr.linux import syscalls as sc
 
 log = logging.getLogger("cntr.fs")
@@ -411,17 +412,12 @@ class Operations(pyfuse3.Operations):
         if uid == 0 or pid == 0:
             return True
         try:
-            with open(b"/proc/%d/status" % pid, "rb") as f:
-                status = f.read()
+            status = procfs.read_status(pid)
         except OSError:
             return False
-        for line in status.splitlines():
-            if line.startswith(b"Groups:"):
-                if file_gids and any(int(g) in file_gids for g in line.split()[1:]):
-                    return True
-            elif line.startswith(b"CapEff:"):
-                return bool(int(line.split()[1], 16) >> _CAP_FSETID & 1)
-        return False
+        if file_gids and any(g in file_gids for g in status.groups):
+            return True
+        return bool(status.cap_effective >> _CAP_FSETID & 1)
 
     def open_dir_handle(self, fh: int) -> int:
         """A new O_RDONLY descriptor of the directory open as ``fh`` (an opendir
