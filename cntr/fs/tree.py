@@ -27,6 +27,7 @@ from cntr.fs.inodes import MODE
 from cntr.fs.operations import IdMap, Operations
 from cntr.fs.server import serve
 from cntr.linux import syscalls
+from cntr.linux.mounts import detached_mount
 
 HELPER_DIR = ".cntr"
 """Where a ``--tools`` session finds its ``cntr`` (``exec_helper``): ``/.cntr``."""
@@ -104,15 +105,8 @@ def serve_tree(root: str = "/", *, loop: str = "wire", mountpoint: str | None = 
 
 def _detached_tmpfs() -> int:
     """A small tmpfs that is mounted nowhere: its mount descriptor."""
-    fs = syscalls.fsopen("tmpfs")
-    try:
-        for key, value in (("size", "8m"), ("nr_inodes", "256"), ("mode", "755")):
-            syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
-        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
-        return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC,
-                                syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV)
-    finally:
-        os.close(fs)
+    return detached_mount("tmpfs", syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV,
+                          (("size", "8m"), ("nr_inodes", "256"), ("mode", "755")))
 
 
 def graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) -> None:

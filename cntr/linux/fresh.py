@@ -26,7 +26,7 @@ import socket
 import stat
 import struct
 
-from cntr.linux import syscalls
+from cntr.linux import mounts, syscalls
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -64,13 +64,7 @@ def loopback_up() -> None:
 
 def tmpfs(mode: str = "755") -> int:
     """A detached tmpfs; its mount descriptor."""
-    fs = syscalls.fsopen("tmpfs")
-    try:
-        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "mode", mode)
-        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
-        return syscalls.fsmount(fs)
-    finally:
-        os.close(fs)
+    return mounts.detached_mount("tmpfs", strings=(("mode", mode),))
 
 
 def overlay(lower: list[str], upper: str = "", work: str = "") -> int:

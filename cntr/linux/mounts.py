@@ -136,9 +136,10 @@ def fuse_mount(fuse_fd: int) -> int:
         os.close(fs)
 
 
-def _fs_mount(fstype: str, attrs: int, strings: tuple[tuple[str, str], ...] = (),
+def detached_mount(fstype: str, attrs: int = 0, strings: tuple[tuple[str, str], ...] = (),
               flags: tuple[str, ...] = ()) -> int:
-    """A detached mount of a new ``fstype`` filesystem; returns its mount descriptor."""
+    """A detached mount of a new ``fstype`` filesystem (in no mount table until it is
+    moved somewhere); returns its mount descriptor."""
     fs = syscalls.fsopen(fstype)
     try:
         for key, value in (("source", fstype), *strings):
@@ -157,7 +158,7 @@ def dev_mounts() -> list[tuple[int, str]]:
     nosuid = syscalls.MOUNT_ATTR_NOSUID
     out: list[tuple[int, str]] = []
     try:
-        dev = _fs_mount("tmpfs", nosuid, (("mode", "755"), ("size", "65536k")))
+        dev = detached_mount("tmpfs", nosuid, (("mode", "755"), ("size", "65536k")))
         out.append((dev, "dev"))
         # Privileged (CAP_MKNOD): the nodes live on our own tmpfs, never in the container.
         for name, major, minor in DEV_NODES:
@@ -168,10 +169,10 @@ def dev_mounts() -> list[tuple[int, str]]:
         for name in ("pts", "shm"):
             os.mkdir(name, 0o755, dir_fd=dev)
         # newinstance: the session's ptys are its own, not the host's (devpts(5)).
-        out.append((_fs_mount("devpts", nosuid | MOUNT_ATTR_NOEXEC,
+        out.append((detached_mount("devpts", nosuid | MOUNT_ATTR_NOEXEC,
                               (("ptmxmode", "0666"), ("mode", "0620")), ("newinstance",)),
                     "dev/pts"))
-        out.append((_fs_mount("tmpfs", nosuid | syscalls.MOUNT_ATTR_NODEV,
+        out.append((detached_mount("tmpfs", nosuid | syscalls.MOUNT_ATTR_NODEV,
                               (("mode", "1777"), ("size", "65536k"))), "dev/shm"))
     except BaseException:
         for fd, _ in out:
@@ -321,7 +322,7 @@ def _mount_proc() -> None:
     """A procfs of the caller's pid namespace over ``/proc``, with ``PROC_READ_ONLY``
     read-only."""
     attrs = syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
-    fd = _fs_mount("proc", attrs)
+    fd = detached_mount("proc", attrs)
     try:
         syscalls.move_mount(fd, "", syscalls.AT_FDCWD, "/proc",
                             syscalls.MOVE_MOUNT_F_EMPTY_PATH)
@@ -382,7 +383,7 @@ def mount_kernel_fs(spec: SessionRoot) -> list[str]:
     if "sys" not in spec.provided and spec.sysfs_dev is None:
         return failed
     try:
-        fd = _fs_mount("sysfs", MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
+        fd = detached_mount("sysfs", MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
                        | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
     except OSError as exc:
         if "sys" in spec.provided:
