@@ -6,6 +6,14 @@ The schemas are JSON Schema documents restricted to the keywords implemented her
 ``minItems``/``maxItems``, ``minimum``/``maximum``, ``maxLength``, ``maxProperties`` and
 ``$ref`` to ``#/definitions/NAME``.  A keyword outside this list is an error when the
 schema is loaded, so a schema can never silently check less than it says.
+
+Why a checker of its own rather than the ``jsonschema`` package: cntr depends on the
+four packages its design names (pyfuse3, trio, msgpack, click) and nothing else; a context
+is checked on every attach, where this module's import costs nothing measurable and a
+validator package would add its own dependency tree to the start-up; and records are
+msgpack, with ``bytes`` that JSON Schema has no type for (``binary`` above).  Apart from
+``binary`` the schemas are plain JSON Schema (draft-07 keywords), readable by any
+validator.
 """
 
 from __future__ import annotations
