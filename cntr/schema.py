@@ -9,7 +9,7 @@ schema is loaded, so a schema can never silently check less than it says.
 
 Why a checker of its own rather than the ``jsonschema`` package: cntr depends on the
 four packages its design names (pyfuse3, trio, msgpack, click) and nothing else; a context
-is checked on every attach, where this module's import costs nothing measurable and a
+is checked on every attach, where this module needs only the standard ``json`` and a
 validator package would add its own dependency tree to the start-up; and records are
 msgpack, with ``bytes`` that JSON Schema has no type for (``binary`` above).  Apart from
 ``binary`` the schemas are plain JSON Schema (draft-07 keywords), readable by any
