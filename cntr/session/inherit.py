@@ -16,8 +16,6 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signa
              signal.SIGUSR2)
 """Signals the supervisor forwards to the reaper, which forwards them to the command's
 process group (the setup child ignores them)."""
-PLAN_LOG = "CNTR_PLAN_LOG"
-"""The environment variable naming the file each process appends its operations to."""
 
 
 @record
@@ -56,7 +54,7 @@ class Inherited:
 
 def open_log() -> int | None:
     """``CNTR_PLAN_LOG``'s file, opened for appending (inherited by fork, not by exec)."""
-    path = os.environ.get(PLAN_LOG)
+    path = os.environ.get("CNTR_PLAN_LOG")
     if not path:
         return None
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
