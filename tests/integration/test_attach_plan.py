@@ -1,7 +1,7 @@
 """``enter --dry-run`` prints what the session does: the plan it prints is, exactly, the
 list of operations the session's processes log as they carry them out
 (``CNTR_PLAN_LOG``), on the demo, docker and podman containers, for a command that runs
-and one that cannot be found."""
+and one that cannot be found, and a --tools session."""
 
 from __future__ import annotations
 
@@ -54,3 +54,21 @@ def test_a_command_not_found_is_tried_as_planned(demo: Container, tmp_path: Path
     assert (code, err) == (127, b"cntr: cannot run '/no/such/cmd': No such file or directory\n")
     assert done == plan
     assert plan[-1]["argv"] == ["/no/such/cmd"]
+
+
+def test_a_tools_session_does_what_the_dry_run_prints(demo: Container,
+                                                      tmp_path: Path) -> None:
+    """``--tools DIR``: the tree served and the binds onto names it lacks (serve-fs shows
+    them) are as planned."""
+    from tests.integration.test_tools import make_toolbox
+
+    tools = tmp_path / "toolbox"
+    make_toolbox(tools)
+    ctx = context_of(demo)
+    plan, done, code, err = planned_and_done(ctx, tmp_path / "log", "--tools", str(tools),
+                                             "--", "tools-only")
+    assert (code, err) == (0, b"")
+    assert done == plan
+    assert [s["root"] for s in plan if s["step"] == "serve-fs"] == [str(tools)]
+    assert {"step": "bind", "source": "container /etc/hostname",
+            "target": "/etc/hostname"} in plan
