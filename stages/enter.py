@@ -38,6 +38,7 @@ __all__ = ["EnterOptions", "default_command", "describe", "enter", "open_server"
            "wants_tty"]
 """The stage; the options and the command's defaults are ``cntr.session.plan``'s."""
 
+
 def verify(ctx: Context, proc: str = "/proc") -> None:
     """Refuse a context whose process is gone or replaced; the message says which field.
     An offline context has no process (``cntr.offline`` checks the engine instead)."""

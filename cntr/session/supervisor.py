@@ -25,7 +25,7 @@ from cntr import audit, launch
 from cntr.context import Context
 from cntr.errors import SessionSetupError
 from cntr.launch import SessionServer
-from cntr.linux import procfs, pty, syscalls
+from cntr.linux import procfs, pty
 from cntr.linux.namespaces import NamespaceFds
 from cntr.session import messages, plan
 from cntr.session.inherit import FORWARDED, Inherited, open_log
@@ -163,7 +163,7 @@ def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any
                 server.kill()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
-            pidfd = syscalls.pidfd_open(child)
+            pidfd = os.pidfd_open(child)
             try:
                 if not select.select([pidfd], [], [], 10)[0]:
                     os.kill(child, signal.SIGKILL)
