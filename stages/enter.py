@@ -155,7 +155,7 @@ def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None,
         nsfds.close()
         raise
     caps_op = session.find(plan.Capabilities)
-    if isinstance(caps_op, plan.Capabilities) and caps_op.unguarded:
+    if caps_op is not None and caps_op.unguarded:
         print(f"cntr: warning: {caps_op.unguarded}", file=sys.stderr)
     return supervisor.run(ctx, opts, session, server=server, root_fd=root_fd, nsfds=nsfds,
                           started=started)

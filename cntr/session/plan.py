@@ -35,7 +35,9 @@ from cntr.record import field, record
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, TypeVar
+
+    OpT = TypeVar("OpT", bound="Op")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REAPER_COMM = b"cntr-reaper"
@@ -526,7 +528,8 @@ class Plan:
         """The operations ``where`` carries out, in order."""
         return [op for op in self.ops if op.where == where]
 
-    def find(self, cls: type[Op]) -> Op | None:
+    def find(self, cls: type[OpT]) -> OpT | None:
+        """The first operation of type ``cls``, or None."""
         return next((op for op in self.ops if isinstance(op, cls)), None)
 
     def show(self) -> list[dict[str, Any]]:

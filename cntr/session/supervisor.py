@@ -64,7 +64,7 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     ``started(pid)`` is called with the setup child's pid."""
     serve = session.find(plan.ServeFs)
     exe = session.find(plan.Exec)
-    assert isinstance(exe, plan.Exec)
+    assert exe is not None
     master = slave = None
     if exe.pty:
         master, slave = pty.open_pty(0)
@@ -89,7 +89,7 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     if log_fd is not None:
         os.close(log_fd)
     params: dict[str, Any] = {}
-    if isinstance(serve, plan.ServeFs) and fuse_fd is not None:
+    if serve is not None and fuse_fd is not None:
         params = serve_fs_params(serve)
     if server is not None:
         server.release_fuse_fd()
