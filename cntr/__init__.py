@@ -9,6 +9,9 @@ Layers, bottom up:
   (it speaks the kernel's FUSE protocol itself; pyfuse3's libfuse session is an alternative);
 - ``cntr.context`` and ``cntr.schema``: the records passed between stages, checked
   against ``schemas/``; ``cntr.errors``: what can go wrong and its exit code;
+- ``cntr.session``: a session inside a container: its plan (the ordered set-up operations)
+  and the processes that carry it out; ``cntr.offline``: sessions over a container's
+  filesystem when it runs no process;
 - ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;
 - ``cntr.cli``: the command line, the only user of click; for operators around it:
   ``cntr.audit`` (session records to the system log), ``cntr.asciicast`` (--record),

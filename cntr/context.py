@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 MAX_RECORD = 16 << 20
 """Largest record a stage accepts (a context with a huge environment is ~1 MiB)."""
+BOUND_FILES = (
+    "etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
+    "etc/localtime",
+)
+"""Container files captured in a context (``files``) and bound over the host's in a
+session, so names and resolution match."""
 
 
 @record(frozen=True)

@@ -45,6 +45,9 @@ ENVIRONMENT = [
      "/var/lib/cntr)"),
     ("CNTR_SETUP_TIMEOUT", "seconds a session may take to be built before cntr gives up "
      "(default 30)"),
+    ("CNTR_PLAN_LOG", "file each process of a session appends the operations of its plan "
+     "to as it carries them out, one JSON line each, as enter --dry-run --format json "
+     "prints them (for tests)"),
     ("CNTR_SERVE_FS_LOG", "file that keeps a session's serve-fs messages (default: "
      "discarded)"),
     ("CNTR_SERVE_FS_LOOP", "how serve-fs takes FUSE requests: wire (default), uring (FUSE "

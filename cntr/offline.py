@@ -568,27 +568,3 @@ def hold_step(ctx: Context, read_only: bool) -> dict[str, object]:
            "podman": f"podman mount {ctx.container_id}"}.get(ctx.engine, "unsupported")
     return {"step": "hold", "engine": ctx.engine, "how": how, "path": off.path or off.upper,
             "watch": f"every {WATCH_INTERVAL:g} s"}
-
-
-def plan(steps: list[dict[str, object]], ctx: Context, read_only: bool, network: str,
-         base_dir: str) -> list[dict[str, object]]:
-    """``enter --dry-run`` of an offline context: the plan of a session, with the hold of
-    the filesystem instead of the process check, and the namespaces made, not joined."""
-    off = ctx.offline
-    assert off is not None
-    out: list[dict[str, object]] = [hold_step(ctx, read_only)]
-    kinds = ["uts", "ipc", "cgroup", "pid"] + (["net"] if network != "host" else [])
-    for step in steps[1:]:
-        if step["step"] == "fork":
-            out.append({"step": "unshare", "namespaces": kinds, "hostname": off.hostname,
-                        "loopback": "up" if network != "host" else "host network"})
-            out.append(step)
-            base = base_dir.rstrip("/")
-            out.append({"step": "mount", "what": "proc, sysfs (by pid 1), /dev bound",
-                        "targets": ["/proc", "/sys", f"{base}/proc", f"{base}/sys",
-                                    f"{base}/dev"]})
-        elif step["step"] in ("bind", "mount") and step.get("target") in ("/proc", "/sys"):
-            continue  # the session's pid 1 mounts its own (below)
-        elif step["step"] != "join-cgroups":
-            out.append(step)
-    return out

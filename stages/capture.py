@@ -15,15 +15,9 @@ from __future__ import annotations
 import os
 import stat
 
-from cntr.context import Caps, Context, Resolved, Tools
+from cntr.context import BOUND_FILES, Caps, Context, Resolved, Tools
 from cntr.errors import CntrError, NotFound, PermissionDenied, StaleContext, os_error
 from cntr.linux import lsm, mounts, procfs
-
-BOUND_FILES = (
-    "etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
-    "etc/localtime",
-)
-"""Container files bound over the host's in a session, so names and resolution match."""
 
 _MAX_FILE = 1 << 20
 

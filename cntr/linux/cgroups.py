@@ -13,8 +13,7 @@ Caveats:
 from __future__ import annotations
 
 import os
-
-from cntr.linux.procfs import read_bytes
+from collections.abc import Sequence
 
 
 def cgroup_mounts(mountinfo: str) -> dict[str, str]:
@@ -68,10 +67,10 @@ def cgroup_dirs(
     return dirs
 
 
-def join(memberships: list[tuple[int, str, str]], pid: int) -> None:
-    """Move ``pid`` into every cgroup of ``memberships``; OSError names the file."""
-    mounts = cgroup_mounts(read_bytes("/proc/self/mountinfo").decode())
-    for d in cgroup_dirs(memberships, mounts):
+def join(dirs: Sequence[str], pid: int) -> None:
+    """Move ``pid`` into each cgroup directory of ``dirs`` (``cgroup_dirs``); OSError
+    names the file."""
+    for d in dirs:
         path = os.path.join(d, "cgroup.procs")
         try:
             with open(path, "w") as f:

@@ -11,8 +11,8 @@ Caveats:
 - ``overlay`` creates a detached mount (fsopen/fsmount): it is in no mount table and goes
   away with its last descriptor.  Layers are given one by one (``lowerdir+``, Linux 6.8+)
   because fsconfig limits a string to 256 bytes, less than two docker layer paths.
-- /dev: the fresh one ``cntr.linux.mounts.build`` gives a session whose container has
-  none, bound into the container's root as well; where there is none (``cntr exec``), a
+- /dev: the fresh one ``cntr.linux.mounts.assemble`` gives a session whose container
+  has none, bound into the container's root as well; where there is none (``cntr exec``), a
   tmpfs with null, zero, full, random, urandom and tty, a devpts instance of its own and
   /dev/shm, as runc gives a container.
 """
@@ -139,14 +139,13 @@ def _make_dev(target: str) -> None:
                    "mode=1777,size=65536k")
 
 
-def private_root(mnt_ns_fd: int, root_fd: int) -> None:
-    """``cntr exec`` of an offline container: a private copy of the mount namespace of
-    ``mnt_ns_fd`` with a copy of ``root_fd``'s tree mounted over its ``/`` and chrooted
+def chroot_private_copy() -> None:
+    """``cntr exec`` of an offline container, once in the mount namespace standing for
+    its own with the working directory at its root (``mounts.enter_root``): a private copy
+    of that namespace with a copy of the root's tree mounted over its ``/`` and chrooted
     into, so the session's /proc, /sys and /dev are mounted there and nowhere else."""
-    syscalls.setns(mnt_ns_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
-    os.fchdir(root_fd)
     # The kernel moves the working directory into the copy (a mount of the old namespace
-    # could not be cloned from the new one), as mounts.build relies on.
+    # could not be cloned from the new one), as mounts.assemble relies on.
     syscalls.unshare(syscalls.CLONE_NEWNS)
     # Privileged: nothing mounted below may propagate back to the host's namespace.
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)

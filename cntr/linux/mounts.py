@@ -2,24 +2,26 @@
 root at the base directory, and the container's ``/proc``, ``/dev``, ``/sys`` and a few
 files bound over the host's.
 
-The sequence runs in a single-threaded child that has opened, while still in the host's
-mount namespace, a descriptor of the container's root (``/proc/PID/root``) and of its
-mount namespace:
+What to bind is decided beforehand (``container_mounts``, ``regular_files``, read through
+the container's root from the host: ``cntr.session.plan``).  The sequence runs in a
+single-threaded child that has opened, while still in the host's mount namespace, a
+descriptor of the container's root (``/proc/PID/root``) and of its mount namespace:
 
-1. ``setns(mnt)``, then ``fchdir(root)``: the working directory is the container's root
-   (for a chroot-style container it is not the namespace's root).
-2. ``unshare(CLONE_NEWNS)``: a private copy; the kernel moves root and cwd into the copy.
-   Everything is made private at once, so nothing done afterwards propagates back into
-   the container (mount_namespaces(7), "shared subtrees").
+1. ``setns(mnt)``, then ``fchdir(root)`` (``enter_root``): the working directory is the
+   container's root (for a chroot-style container it is not the namespace's root).
+2. ``unshare(CLONE_NEWNS)`` (``unshare_private``): a private copy; the kernel moves root
+   and cwd into the copy.  Everything is made private at once, so nothing done afterwards
+   propagates back into the container (mount_namespaces(7), "shared subtrees").
 3. ``open_tree(OPEN_TREE_CLONE)`` takes detached copies of the container's root, its
    ``proc``/``dev``/``sys`` mounts and the bound files, resolved with ``RESOLVE_IN_ROOT``
-   so a symlink in the container cannot name a host path.
+   so a symlink in the container cannot name a host path (``assemble``, as are 4 and 5).
 4. The FUSE filesystem is created with fsopen/fsconfig/fsmount on the ``/dev/fuse``
    descriptor serve-fs will read; nothing shows in any mount table but the session's.
 5. It is attached over ``/`` of the private namespace, the copies are moved onto it (onto
    the host's names themselves: a host ``/etc/localtime`` that is a symlink is covered, its
    target is not looked up), and ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)``
-   make it the root with the old root gone, as runc does (pivot_root(2), "NOTES").
+   (``pivot``) make it the root with the old root gone, as runc does (pivot_root(2),
+   "NOTES").
 
 A container whose ``/proc``, ``/dev`` or ``/sys`` is not a mount of its own (a chroot-style
 container, a sandboxed process attached by pid), or whose ``/proc`` shows another pid
@@ -27,21 +29,22 @@ namespace than its own (a ``/sys`` of another net namespace), gets fresh ones, a
 runtime would give it, in the session's namespace only (nothing is mounted or written in
 the container):
 
-- ``/dev`` (step 3, in ``build``): a tmpfs (``mode=755,nosuid``) holding ``null``, ``zero``,
-  ``full``, ``random``, ``urandom`` and ``tty``, a new devpts instance at ``pts`` with
-  ``ptmx -> pts/ptmx``, a tmpfs ``shm`` (1777) and the ``fd``, ``stdin``, ``stdout``,
+- ``/dev`` (step 3, ``dev_mounts``): a tmpfs (``mode=755,nosuid``) holding ``null``,
+  ``zero``, ``full``, ``random``, ``urandom`` and ``tty``, a new devpts instance at ``pts``
+  with ``ptmx -> pts/ptmx``, a tmpfs ``shm`` (1777) and the ``fd``, ``stdin``, ``stdout``,
   ``stderr`` links to ``/proc/self/fd``: the served host's ``/dev`` is ``nodev``, so its
   nodes would not open.  It is made and filled while detached, before serve-fs serves
   anything (filling it needs no FUSE round trip, and a failure is known before serve-fs
   starts), and moved onto the FUSE mount with the copies: its mount point, the host's
   ``/dev`` in the served tree, exists only once the FUSE mount is attached;
-- ``/proc`` and ``/sys`` (``mount_kernel_fs``, after the pid and net namespaces are
-  joined, before the user namespace): a procfs shows the pid namespace of the process that
-  creates it and a sysfs the mounter's net namespace, so they cannot be made in step 3.
-  A container ``/sys`` of another net namespace than the container's is covered too.
-  ``/proc`` is read-write (``ps``, ``gdb``'s ``/proc/PID/mem`` work) with the paths docker
-  makes read-only (``sys``, ``sysrq-trigger``, ``irq``, ``bus``, ``fs``) read-only; ``/sys``
-  is read-only, as docker mounts it, and has no cgroup hierarchies below it.
+- ``/proc`` and ``/sys`` (``mount_fresh_proc``, ``mount_fresh_sys``, after the pid and net
+  namespaces are joined, before the user namespace): a procfs shows the pid namespace of
+  the process that creates it and a sysfs the mounter's net namespace, so they cannot be
+  made in step 3.  A container ``/sys`` of another net namespace than the container's is
+  covered too.  ``/proc`` is read-write (``ps``, ``gdb``'s ``/proc/PID/mem`` work) with the
+  paths docker makes read-only (``sys``, ``sysrq-trigger``, ``irq``, ``bus``, ``fs``)
+  read-only; ``/sys`` is read-only, as docker mounts it, and has no cgroup hierarchies
+  below it.
 
 Caveats:
 - the bound files are skipped where the host lacks them.
@@ -52,13 +55,13 @@ Caveats:
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
 from collections.abc import Callable
 
 from cntr.linux import syscalls
-from cntr.record import field, record
 
 RESOLVE_CONTAINER = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 MOUNT_DIRS = ("proc", "dev", "sys")
@@ -74,27 +77,6 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 """Paths of a fresh /proc made read-only, as docker does: writes there change the host
 (sysctls are checked against the writer's uid only, not its capabilities)."""
-
-
-@record
-class SessionRoot:
-    """What to assemble; every path is relative (no leading slash)."""
-
-    fuse_fd: int
-    """the open /dev/fuse descriptor serve-fs serves."""
-    base_dir: str
-    """where the container's root goes, e.g. ``var/lib/cntr``."""
-    files: tuple[str, ...]
-    """container files to bind over the host's, e.g. ``etc/hostname``."""
-    pid_ns: int | None = None
-    """inode of the container's pid namespace: a ``/proc`` of another one is not bound."""
-    skipped: list[str] = field(default_factory=list)
-    """what could not be bound (reported as warnings)."""
-    provided: list[str] = field(default_factory=list)
-    """the ``MOUNT_DIRS`` the session gets fresh instances of (the container has none)."""
-    sysfs_dev: int | None = None
-    """device of the container's own ``/sys`` when it looks like a sysfs (it has
-    ``class/net``): ``mount_kernel_fs`` checks it shows the container's net namespace."""
 
 
 def _clone(fd: int, recursive: bool) -> int:
@@ -217,97 +199,135 @@ FRESH = {
 """What a session gets for each of ``MOUNT_DIRS`` the container has none of (dry-run)."""
 
 
-def fresh_dirs(pid: int, pid_ns: int | None) -> list[str]:
-    """The ``MOUNT_DIRS`` a session of process ``pid`` gets fresh ones of, seen from the
-    host through ``/proc/PID/root`` (a ``/sys`` of another net namespace is only found
-    once its namespace is joined)."""
-    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        root_dev = os.fstat(root).st_dev
-        fresh = []
-        for rel in MOUNT_DIRS:
-            fd = open_in_container(root, rel, os.O_PATH | os.O_DIRECTORY)
-            if fd is None:
+def container_mounts(root_fd: int, pid_ns: int | None) -> tuple[list[str], bool]:
+    """What the container at ``root_fd`` (its root, opened in the host's mount namespace)
+    has of ``MOUNT_DIRS``: those a session gets fresh ones of (not a mount of its own, or
+    a /proc of another pid namespace than ``pid_ns``), and whether its own /sys is a sysfs
+    (it has ``class/net``), whose net namespace ``mount_fresh_sys`` checks once it is
+    joined."""
+    root_dev = os.fstat(root_fd).st_dev
+    fresh = []
+    sysfs = False
+    for rel in MOUNT_DIRS:
+        fd = open_in_container(root_fd, rel, os.O_PATH | os.O_DIRECTORY)
+        if fd is None:
+            fresh.append(rel)
+            continue
+        try:
+            if not _own_mount(fd, rel, root_dev, pid_ns):
                 fresh.append(rel)
-                continue
-            try:
-                if not _own_mount(fd, rel, root_dev, pid_ns):
-                    fresh.append(rel)
-            finally:
-                os.close(fd)
-        return fresh
-    finally:
-        os.close(root)
+            elif rel == "sys":
+                sysfs = _is_dir("class/net", fd)
+        finally:
+            os.close(fd)
+    return fresh, sysfs
 
 
-def build(spec: SessionRoot, mnt_ns_fd: int, root_fd: int,
-          on_mounted: Callable[[], None]) -> None:
-    """Run steps 1-5 of the module docstring in the calling (single-threaded) process.
+def regular_files(root_fd: int, rels: tuple[str, ...]) -> list[str]:
+    """The ``rels`` that are regular files in the container at ``root_fd`` (resolved as
+    the container resolves them)."""
+    out = []
+    for rel in rels:
+        fd = open_in_container(root_fd, rel, os.O_PATH)
+        if fd is None:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                out.append(rel)
+        finally:
+            os.close(fd)
+    return out
 
-    ``on_mounted`` is called once the FUSE filesystem exists, so the caller can start
-    serving it; the moves that follow look paths up through it and wait for serve-fs.
-    """
+
+def enter_root(mnt_ns_fd: int, root_fd: int) -> None:
+    """Step 1: setns into the mount namespace ``mnt_ns_fd``, then fchdir to ``root_fd``."""
     syscalls.setns(mnt_ns_fd, syscalls.CLONE_NEWNS, "setns(mnt)")
     os.fchdir(root_fd)
+
+
+def unshare_private() -> None:
+    """Step 2: a private copy of the mount namespace (root and cwd move into it)."""
     syscalls.unshare(syscalls.CLONE_NEWNS)
     # Privileged: our copy must not share propagation with the container's mounts.
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+
+
+Item = tuple[str | None, str, bool]
+"""What ``assemble`` mounts: (source relative to the container's root, "" for the root
+itself, None for a fresh /dev; target relative to the served tree; recursive)."""
+
+
+def assemble(fuse_fd: int, items: list[Item], on_mounted: Callable[[], None],
+             attached: Callable[[int], None]) -> list[str]:
+    """Steps 3-5 of the module docstring but the pivot, in the calling (single-threaded)
+    process, whose working directory is the container's root in the private copy.
+
+    Every item is copied (or made) first, in order, then the FUSE filesystem is created
+    and ``on_mounted`` called, so the caller can start serving it: the moves that follow
+    look paths up through it and wait for serve-fs.  ``attached(i)`` is called once item
+    ``i`` is in place (-1: the FUSE mount over ``/``).  Returns what was skipped: a fresh
+    /dev that could not be made, a directory the served tree lacks.  A file gone from
+    the container since the caller looked, or from the served tree, is skipped silently;
+    a directory gone from the container is an error.
+    """
     croot = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    clones: list[tuple[int, str]] = []
+    clones: list[tuple[int, str, int]] = []
+    skipped: list[str] = []
     try:
-        root_dev = os.fstat(croot).st_dev
-        clones.append((_clone(croot, recursive=True), spec.base_dir))
-        for rel in MOUNT_DIRS:
-            fd = open_in_container(croot, rel, os.O_PATH | os.O_DIRECTORY)
+        for i, (source, target, recursive) in enumerate(items):
+            if source is None:
+                try:
+                    clones += [(fd, t, i) for fd, t in dev_mounts()]
+                except OSError as exc:
+                    skipped.append(f"/{target} (a fresh one: {exc.strerror})")
+                continue
+            if not source:
+                clones.append((_clone(croot, recursive=True), target, i))
+                continue
+            flags = os.O_PATH | (os.O_DIRECTORY if recursive else 0)
+            fd = open_in_container(croot, source, flags)
             if fd is None:
-                spec.provided.append(rel)
+                if recursive:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), source)
                 continue
             try:
-                if not _own_mount(fd, rel, root_dev, spec.pid_ns):
-                    spec.provided.append(rel)
-                    continue
-                if rel == "sys" and _is_dir("class/net", fd):
-                    spec.sysfs_dev = os.fstat(fd).st_dev
-                clones.append((_clone(fd, recursive=True), rel))
+                if recursive or stat.S_ISREG(os.fstat(fd).st_mode):
+                    clones.append((_clone(fd, recursive), target, i))
             finally:
                 os.close(fd)
-        if "dev" in spec.provided:
-            try:
-                clones += dev_mounts()
-            except OSError as exc:
-                spec.skipped.append(f"/dev (a fresh one: {exc.strerror})")
-        for rel in spec.files:
-            fd = open_in_container(croot, rel, os.O_PATH)
-            if fd is None:
-                continue
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    clones.append((_clone(fd, recursive=False), rel))
-            finally:
-                os.close(fd)
-        mnt = fuse_mount(spec.fuse_fd)
+        mnt = fuse_mount(fuse_fd)
         on_mounted()
         # Over "/" of our private copy: nothing outside this namespace sees it.
         syscalls.move_mount(mnt, "", syscalls.AT_FDCWD, "/", syscalls.MOVE_MOUNT_F_EMPTY_PATH)
-        for fd, target in clones:
+        attached(-1)
+        failed = set()
+        for n, (fd, target, i) in enumerate(clones):
             try:
                 # Onto the host's name itself, never where a host symlink points: its target
                 # would be looked up from the container's root (ours until pivot_root), and
                 # /etc/localtime is a symlink on most hosts.
                 syscalls.move_mount(fd, "", mnt, target, syscalls.MOVE_MOUNT_F_EMPTY_PATH)
             except FileNotFoundError:
-                if target == spec.base_dir:
+                if items[i][0] == "":
                     raise
+                failed.add(i)
                 if target in MOUNT_DIRS:
-                    spec.skipped.append(f"/{target} (absent on the host)")
+                    skipped.append(f"/{target} (absent on the host)")
                 # A file the host lacks (/etc/localtime on a minimal host) is not needed
                 # to show the container's: it stays at /var/lib/cntr/etc.
+            if i not in failed and (n + 1 == len(clones) or clones[n + 1][2] != i):
+                attached(i)
         os.fchdir(mnt)
         os.close(mnt)
     finally:
-        for fd, _ in clones:
+        for fd, _, _ in clones:
             os.close(fd)
         os.close(croot)
+    return skipped
+
+
+def pivot() -> None:
+    """The working directory (the served tree) becomes the root, the old one detached."""
     try:
         syscalls.pivot_root(".", ".")
         syscalls.umount2(".", syscalls.MNT_DETACH)
@@ -367,39 +387,37 @@ def _in_child(fn: Callable[[], None]) -> str | None:
     return why or f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def mount_kernel_fs(spec: SessionRoot) -> list[str]:
-    """Give the session the fresh ``/proc`` and ``/sys`` ``build`` found it needs; call
-    after joining the container's pid and net namespaces and before its user namespace
-    (the mounts need the host's privileges).  Returns what could not be done.
+def mount_fresh_proc() -> str | None:
+    """A procfs of the caller's pid namespace over ``/proc``; call after joining the
+    container's pid namespace and before its user namespace (it needs the host's
+    privileges).  None when done, else what failed.
 
     procfs shows the pid namespace of the process creating it (not the one its children
     get), so a short-lived child, which is in the container's pid namespace, mounts it in
-    the session's (shared) mount namespace.  sysfs shows the creator's net namespace."""
-    failed = []
-    if "proc" in spec.provided:
-        why = _in_child(_mount_proc)
-        if why is not None:
-            failed.append(f"/proc (a fresh procfs: {why})")
-    if "sys" not in spec.provided and spec.sysfs_dev is None:
-        return failed
+    the session's (shared) mount namespace."""
+    why = _in_child(_mount_proc)
+    return None if why is None else f"/proc (a fresh procfs: {why})"
+
+
+def mount_fresh_sys(only_if_other: bool) -> str | None:
+    """A sysfs of the caller's net namespace over ``/sys``; call after joining the
+    container's net namespace and before its user namespace.  ``only_if_other``: only
+    when the ``/sys`` there (the container's own) shows another net namespace; all sysfs
+    mounts of one net namespace share a superblock, so a container's own /sys of another
+    one (a sandbox that kept the host's) shows other interfaces.  None when done (or not
+    needed), else what failed."""
     try:
         fd = detached_mount("sysfs", MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
-                       | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
+                            | syscalls.MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
     except OSError as exc:
-        if "sys" in spec.provided:
-            failed.append(f"/sys (a fresh sysfs: {exc.strerror})")
-        return failed
+        return None if only_if_other else f"/sys (a fresh sysfs: {exc.strerror})"
     try:
-        # All sysfs mounts of one net namespace share a superblock: a container's own /sys
-        # of another one (a sandbox that kept the host's) shows other interfaces.
-        if "sys" not in spec.provided and spec.sysfs_dev == os.fstat(fd).st_dev:
-            return failed
+        if only_if_other and os.stat("/sys").st_dev == os.fstat(fd).st_dev:
+            return None
         syscalls.move_mount(fd, "", syscalls.AT_FDCWD, "/sys",
                             syscalls.MOVE_MOUNT_F_EMPTY_PATH)
-        if "sys" not in spec.provided:
-            spec.provided.append("sys")
     except OSError as exc:
-        failed.append(f"/sys (a fresh sysfs: {exc.strerror})")
+        return f"/sys (a fresh sysfs: {exc.strerror})"
     finally:
         os.close(fd)
-    return failed
+    return None

@@ -19,6 +19,7 @@ import pytest
 
 from cntr.linux import caps
 from tests.conftest import CNTR, REPO, engine_container, run_cntr
+from tests.integration.test_attach_plan import planned_and_done
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.engine]
 
@@ -289,13 +290,17 @@ def test_a_stopped_lxc_container(lxc_stopped: tuple[str, Path]) -> None:
     assert str(root) not in host_mounts()
 
 
-def test_dry_run_of_an_offline_context(created: tuple[str, str]) -> None:
+def test_dry_run_of_an_offline_context(created: tuple[str, str], tmp_path: Path) -> None:
+    """The plan of an offline session, and the session carrying out exactly that plan."""
     engine, name = created
     resolved = run_cntr("resolve", name)
     ctx = run_cntr("capture", input=resolved.stdout)
     out = run_cntr("enter", "--dry-run", "--format", "json", "--", "true", input=ctx.stdout)
     assert out.returncode == 0, out.stderr.decode()
     steps = json.loads(out.stdout)
+    plan, done, code, err = planned_and_done(ctx.stdout, tmp_path / "log", "--", "true")
+    assert (code, done) == (0, plan), err.decode()
+    assert plan == steps
     kinds = [s["step"] for s in steps]
     assert kinds[0] == "hold" and steps[0]["engine"] == engine
     assert kinds.index("unshare", kinds.index("pivot_root")) < kinds.index("fork")

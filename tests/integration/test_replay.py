@@ -16,7 +16,7 @@ import pytest
 from cntr import context
 from cntr.engines.base import children
 from cntr.linux import caps, cgroups, seccomp
-from stages import enter
+from cntr.session import plan
 from tests.conftest import CNTR, REPO, Container, run_cntr
 from tests.integration.test_attach import snapshot
 
@@ -85,8 +85,8 @@ def _expected_plan(ctx: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]
     full = (1 << (int(Path("/proc/sys/kernel/cap_last_cap").read_text()) + 1)) - 1
     # The session's sets: the container's, with the guard capability (issue 19) added
     record = context.decode(context.Context, json.dumps(ctx).encode())
-    guard, warning = enter.session_guard(record)
-    bounding, effective, permitted, inheritable, ambient = enter._session_sets(record, guard)
+    guard, warning = plan.session_guard(record)
+    bounding, effective, permitted, inheritable, ambient = plan.session_sets(record, guard)
     env = dict(ctx["env"])
     cpath = env["PATH"]
     parts = cpath.split(":")
@@ -94,10 +94,16 @@ def _expected_plan(ctx: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]
         if p and p not in parts:
             parts.append(p)
     env.update(PATH=":".join(parts), CNTR_CONTAINER_PATH=cpath)
-    files = ["etc/passwd", "etc/group", "etc/hostname", "etc/hosts", "etc/resolv.conf",
-             "etc/localtime"]
-    joined = [k for k in ("uts", "ipc", "net", "cgroup", "pid", "user", "time")
+    # Bound where the container has the file and the host a name to bind it onto.
+    files = [f for f in ("etc/passwd", "etc/group", "etc/hostname", "etc/hosts",
+                         "etc/resolv.conf", "etc/localtime")
+             if ctx["files"].get(f) is not None and os.path.lexists("/" + f)]
+    joined = [k for k in ("uts", "ipc", "net", "cgroup", "pid", "time", "user")
               if k in ctx["namespaces"] and ctx["namespaces"][k] != own[k]]
+    early = [k for k in joined if k not in ("time", "user")]
+    # The demo's /sys is a sysfs of its own: which net namespace it shows is checked once
+    # the session is in the container's.
+    sysfs = Path(f"/proc/{ctx['pid']}/root/sys/class/net").is_dir()
     return [
         {"step": "verify", "pid": ctx["pid"], "start_time": ctx["start_time"],
          "boot_id": ctx["boot_id"], "namespaces": ctx["namespaces"]},
@@ -115,22 +121,28 @@ def _expected_plan(ctx: dict[str, Any], argv: list[str]) -> list[dict[str, Any]]
          "recursive": True},
         *({"step": "bind", "source": f"container /{d}", "target": f"/{d}", "recursive": True}
           for d in ("proc", "dev", "sys")),
-        *({"step": "bind", "source": f"container /{f}", "target": f"/{f}"}
-          for f in files if ctx["files"].get(f) is not None),
+        *({"step": "bind", "source": f"container /{f}", "target": f"/{f}"} for f in files),
         {"step": "pivot_root", "path": "/"},
-        *({"step": "setns", "namespace": k, "inode": ctx["namespaces"][k]} for k in joined),
-        {"step": "fork", "process": "reaper", "setsid": True, "subreaper": True,
-         "dumpable": False},
+        *({"step": "setns", "namespace": k, "inode": ctx["namespaces"][k]} for k in early),
+        *([{"step": "mount", "source": "sysfs (read-only, of the container's net namespace)",
+            "target": "/sys", "if": "the container's /sys shows another net namespace"}]
+          if sysfs else []),
+        *({"step": "setns", "namespace": k, "inode": ctx["namespaces"][k]} for k in joined
+          if k not in early),
+        {"step": "fork", "process": "reaper"},
+        {"step": "session", "setsid": True, "controlling_tty": False, "subreaper": True,
+         "name": "cntr-reaper"},
+        *([{"step": "no-new-privs"}] if ctx["no_new_privs"] else []),
         {"step": "capabilities", "drop_bounding": caps.names(full & ~bounding),
-         "effective": caps.names(effective), "permitted": caps.names(permitted),
-         "inheritable": caps.names(inheritable), "ambient": caps.names(ambient),
-         "no_new_privs": ctx["no_new_privs"],
          "guard": caps.names(1 << guard)[0] if guard is not None else None,
          "seccomp_refuses": list(seccomp.REFUSED[guard]) if guard is not None else [],
          "unguarded": warning},
         {"step": "ids", "uid": ctx["uid"], "gid": ctx["gid"], "groups": ctx["groups"]},
+        {"step": "capability-sets", "effective": caps.names(effective),
+         "permitted": caps.names(permitted), "inheritable": caps.names(inheritable),
+         "ambient": caps.names(ambient), "dumpable": False},
         {"step": "fork", "process": "command", "process_group": "own", "foreground": False},
-        {"step": "chdir", "path": "/var/lib/cntr/" + ctx["cwd"].lstrip("/")},
+        {"step": "chdir", "path": "/var/lib/cntr/" + ctx["cwd"].lstrip("/"), "otherwise": "/"},
         {"step": "exec", "argv": argv, "env": env, "pty": False},
     ]
 

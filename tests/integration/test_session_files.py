@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cntr.context import BOUND_FILES
 from cntr.linux.mounts import open_in_container
-from stages.capture import BOUND_FILES
 from tests.conftest import REPO, Container, engine_container, run_cntr
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]

@@ -32,6 +32,7 @@ import pytest
 from cntr.linux import caps
 from tests.conftest import CNTR, REPO, Container, engine_container, run_cntr
 from tests.integration.test_attach import mount_points, ns_pid
+from tests.integration.test_attach_plan import planned_and_done
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -710,22 +711,31 @@ def test_fresh_dev_needs_nothing_in_the_container() -> None:
 
 
 @pytest.mark.parametrize("name", FRESH)
-def test_dry_run_shows_the_fresh_mounts(name: str, request: pytest.FixtureRequest) -> None:
+def test_dry_run_shows_the_fresh_mounts(name: str, request: pytest.FixtureRequest,
+                                        tmp_path: Path) -> None:
     """``enter --dry-run`` plans the fresh mounts where enter makes them: /dev with the
-    copies, /proc and /sys once the pid and net namespaces are joined."""
+    copies, /proc and /sys once the pid and net namespaces are joined; the session
+    carries out exactly that plan."""
     s = _unshared_shape(name)
     request.addfinalizer(lambda: _stop(s))
     ctx = run_cntr("capture", s.c.ident).stdout
     out = run_cntr("enter", "--dry-run", "--format", "json", "--", "true", input=ctx)
     assert out.returncode == 0, out.stderr.decode()
+    plan, done, code, err = planned_and_done(ctx, tmp_path / "log", "--", "true")
+    assert (code, done) == (0, plan), err.decode()  # (it warns: the shape holds ptrace)
+    assert json.loads(out.stdout) == plan
     steps = [(st["step"], st.get("target") or st.get("namespace")) for st in
              json.loads(out.stdout)]
     kernel = [st for st in steps if st[1] in ("/proc", "/dev", "/sys")]
     if name == "chroot":
         assert kernel == [("mount", "/dev"), ("mount", "/proc"), ("mount", "/sys")]
-    else:  # the host's /dev and /sys are mounts of its own (a /sys of another net
-        # namespace is only seen once it is joined)
-        assert kernel == [("bind", "/dev"), ("bind", "/sys"), ("mount", "/proc")]
+    else:  # the host's /dev and /sys are mounts of its own; a /sys of another net
+        # namespace is only seen once it is joined: the plan says so
+        assert kernel == [("bind", "/dev"), ("bind", "/sys"), ("mount", "/proc"),
+                          ("mount", "/sys")]
+        assert [st.get("if") for st in json.loads(out.stdout)
+                if st["step"] == "mount" and st.get("target") == "/sys"] == [
+            "the container's /sys shows another net namespace"]
     assert (steps.index(("setns", "net")) < steps.index(("setns", "pid"))
             < steps.index(("mount", "/proc")) < steps.index(("fork", None)))
 

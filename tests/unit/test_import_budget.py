@@ -160,3 +160,62 @@ def test_serve_fs_imports_neither_trio_nor_importlib_metadata(
     assert "cntr.fs.tree" in names
     assert sorted(m for m in names if any(m == f or m.startswith(f + ".")
                                           for f in SERVE_FS_FORBIDDEN)) == []
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, at its top or inside a function (``from X import
+    Y``: X, and X.Y where that is a module of cntr or stages)."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            for a in node.names:
+                sub = REPO / (node.module.replace(".", "/") + f"/{a.name}.py")
+                if sub.exists():
+                    out.add(f"{node.module}.{a.name}")
+    return out
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def test_the_library_never_imports_a_stage() -> None:
+    """cntr/ is the floor the stages stand on: no module of it imports ``stages`` but the
+    command line above them (``cntr.cli`` and the console entry ``cntr.entry``)."""
+    upward = {module_name(p) for p in sorted((REPO / "cntr").rglob("*.py"))
+              if any(m.split(".")[0] == "stages" for m in imports_of(p))}
+    assert upward == {"cntr.cli", "cntr.entry"}
+
+
+SESSION_IMPORTS = {
+    "cntr.session": set(),
+    "cntr.session.plan": set(),
+    "cntr.session.messages": set(),
+    "cntr.session.inherit": {"cntr.session.plan"},
+    "cntr.session.reaper": {"cntr.session", "cntr.session.messages", "cntr.session.plan",
+                            "cntr.session.inherit"},
+    "cntr.session.setup": {"cntr.session", "cntr.session.messages", "cntr.session.plan",
+                           "cntr.session.inherit", "cntr.session.reaper"},
+    "cntr.session.supervisor": {"cntr.session", "cntr.session.messages",
+                                "cntr.session.plan", "cntr.session.inherit",
+                                "cntr.session.setup"},
+}
+"""What each module of ``cntr.session`` imports of it: the plan and the message pipe at
+the bottom, the supervisor on top, each process's module below the one that forks it; no
+circle."""
+
+
+def test_the_session_modules_import_one_way() -> None:
+    found = {module_name(p): {m for m in imports_of(p) if m.startswith("cntr.session")}
+             for p in sorted((REPO / "cntr/session").glob("*.py"))}
+    assert found == SESSION_IMPORTS
+    # and the stage is the only one above them: only stages.enter imports the supervisor
+    users = sorted(module_name(p) for p in sorted(REPO.glob("[cs]*/**/*.py"))
+                   if "cntr.session.supervisor" in imports_of(p))
+    assert users == ["stages.enter"]

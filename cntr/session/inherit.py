@@ -1,0 +1,60 @@
+"""What the session's processes inherit from the supervisor (by fork): the plan, the
+open descriptors it works on, the optional log of the operations carried out, and which
+signals are the session's."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from cntr.context import Context
+from cntr.linux.namespaces import NamespaceFds
+from cntr.record import record
+from cntr.session.plan import EnterOptions, Op, Plan
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+"""Signals the supervisor forwards to the reaper, which forwards them to the command's
+process group (the setup child ignores them)."""
+
+
+@record
+class Inherited:
+    """The setup child's, the reaper's and the command's starting point."""
+
+    ctx: Context
+    opts: EnterOptions
+    plan: Plan
+    nsfds: NamespaceFds
+    """the container's namespaces (an offline session: cntr's own mount namespace)."""
+    root_fd: int
+    """the container's root, opened in the host's mount namespace."""
+    fuse_fd: int | None
+    """the /dev/fuse descriptor serve-fs reads (none for ``cntr exec``)."""
+    slave: int | None
+    """the pty's slave, when interactive."""
+    status_w: int
+    """the write end of the message pipe (``cntr.session.messages``)."""
+    supervisor: int
+    """pid of the supervisor (the setup child's parent)."""
+    master: int | None = None
+    """the pty's master (the supervisor's: closed in the setup child)."""
+    log_fd: int | None = None
+    """``CNTR_PLAN_LOG``'s file, or None."""
+
+    def log(self, op: Op) -> None:
+        """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run
+        prints it)."""
+        if self.log_fd is None:
+            return
+        import json
+
+        os.write(self.log_fd, json.dumps(op.show()).encode() + b"\n")
+
+
+def open_log() -> int | None:
+    """``CNTR_PLAN_LOG``'s file, opened for appending (inherited by fork, not by exec)."""
+    path = os.environ.get("CNTR_PLAN_LOG")
+    if not path:
+        return None
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

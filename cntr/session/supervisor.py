@@ -1,0 +1,216 @@
+"""The supervisor: cntr's own process, in the host's namespaces, for the session's lifetime.
+
+``run`` forks the setup child (``cntr.session.setup``) with the plan, hands serve-fs its
+parameters once the setup child says the FUSE filesystem is mounted (``M``), relays the
+pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
+the reaper exists) and returns the command's exit status; a set-up that fails is a
+``SessionSetupError`` (exit 125), one that takes longer than ``SETUP_TIMEOUT`` too.
+
+Caveats:
+- ``--effective-user`` changes the owner of files the session creates on the host; the
+  session itself keeps the container's ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from cntr import audit, launch
+from cntr.context import Context
+from cntr.errors import SessionSetupError
+from cntr.launch import SessionServer
+from cntr.linux import procfs, pty
+from cntr.linux.namespaces import NamespaceFds
+from cntr.session import messages, plan
+from cntr.session.inherit import FORWARDED, Inherited, open_log
+from cntr.session.messages import Messages, SetupTimeout
+from cntr.session.setup import setup_child
+
+TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from typing import Any
+
+SETUP_TIMEOUT = float(os.environ.get("CNTR_SETUP_TIMEOUT") or 30)
+"""Seconds the session may take to be built (up to the command's execve) before enter
+gives up: a serve-fs that never answers would otherwise leave the setup blocked."""
+
+
+def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
+    """serve-fs's parameters; for a --tools session also the tree to serve, the mount
+    points the session needs, shown (not made: nothing is written into it) where the tree
+    lacks them, and a static busybox for `cntr exec`, which the tree does not have."""
+    params: dict[str, Any] = {"uid_map": op.uid_map, "gid_map": op.gid_map,
+                              "effective_user": op.effective_user}
+    if op.tools is None:
+        return params
+    helper = launch.static_busybox()
+    if helper is None:
+        print("cntr: warning: cntr exec does not work in this session: the host has no "
+              "static busybox (apt-get install busybox-static)", file=sys.stderr)
+    return params | {"root": op.root, "exec_helper": helper, "synthetic": list(op.synthetic)}
+
+
+def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
+        server: SessionServer | None, root_fd: int, nsfds: NamespaceFds,
+        started: Callable[[int], None] | None = None) -> int:
+    """Carry out ``session``: fork the setup child on ``root_fd`` and ``nsfds`` (both
+    closed here once it has them) and supervise it; the command's exit status.
+    ``started(pid)`` is called with the setup child's pid."""
+    serve = session.find(plan.ServeFs)
+    exe = session.find(plan.Exec)
+    assert exe is not None
+    master = slave = None
+    if exe.pty:
+        master, slave = pty.open_pty(0)
+    status_r, status_w = os.pipe()
+    fuse_fd = server.fuse_fd if server is not None and serve is not None else None
+    log_fd = open_log()
+    inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
+                    os.getpid(), master, log_fd)
+    for op in session.part("supervisor"):  # done: the context checked, serve-fs started
+        inh.log(op)
+    child = os.fork()
+    if child == 0:
+        os.close(status_r)
+        setup_child(inh)
+    if started is not None:
+        started(child)
+    os.close(status_w)
+    os.close(root_fd)
+    nsfds.close()
+    if slave is not None:
+        os.close(slave)
+    if log_fd is not None:
+        os.close(log_fd)
+    params: dict[str, Any] = {}
+    if serve is not None and fuse_fd is not None:
+        params = serve_fs_params(serve)
+    if server is not None:
+        server.release_fuse_fd()
+    return supervise(child, server=server if fuse_fd is not None else None, params=params,
+                     status_r=status_r, master=master, pid=ctx.pid)
+
+
+def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any],
+              status_r: int, master: int | None, pid: int) -> int:
+    """Read the setup child's and the reaper's messages until the command has ended (or
+    the set-up failed); its exit status.  Closes ``status_r`` and ``master``."""
+    reaper = 0
+
+    def container_gone() -> bool:
+        try:
+            fields = procfs.split_stat(procfs.read_bytes(f"/proc/{pid}/stat"))[1]
+        except OSError:
+            return True
+        # PF_EXITING (0x4, field 9 "flags"): its pid 1 is exiting and kills the namespace's
+        # processes; the command's end may be reported before it is a zombie.
+        return fields[0][0] in "ZX" or bool(int(fields[6]) & 0x4)
+
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            if reaper:
+                os.kill(reaper, signum)  # it forwards to the command's process group
+            else:  # still setting up: stop it (the setup child ends on SIGTERM)
+                os.kill(child, signal.SIGTERM)
+
+    def wait_child() -> int:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+    old = {s: signal.signal(s, forward) for s in FORWARDED}
+    msgs = Messages(status_r)
+    try:
+        errors: list[str] = []
+        started = False
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        try:
+            while not started and (msg := msgs.next(deadline)) is not None:
+                tag, text = msg
+                if tag == messages.MOUNTED and server is not None:
+                    if launch.SERVE_FS_ISOLATION:
+                        # The session's own mount namespace: serve-fs refuses requests
+                        # from processes outside it (the container's, via /proc/PID/root).
+                        params["allowed_mnt_ns"] = os.stat(f"/proc/{child}/ns/mnt").st_ino
+                    server.start(params)
+                elif tag == messages.REAPER:
+                    reaper = int(text)
+                    audit.SESSION_PID = reaper
+                elif tag == messages.WARNING:
+                    print(f"cntr: warning: {text}", file=sys.stderr)
+                elif tag == messages.ERROR:
+                    errors.append(text)
+                elif tag == messages.READY:
+                    started = True
+        except SetupTimeout:
+            # Ending serve-fs aborts the FUSE connection: whatever waits on it fails; the
+            # setup child then ends what it started (SIGTERM), else it is killed.
+            if server is not None:
+                server.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+            pidfd = os.pidfd_open(child)
+            try:
+                if not select.select([pidfd], [], [], 10)[0]:
+                    os.kill(child, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+            os.waitpid(child, 0)
+            raise SessionSetupError(
+                f"the session was not ready within {SETUP_TIMEOUT:g} s "
+                "(serve-fs did not answer); nothing ran") from None
+        code: int | None = None
+        left = False
+        if started:
+            if master is not None and not errors:
+                pty.relay(master, status_r)  # until the command's end is reported
+            while (msg := msgs.next()) is not None:
+                tag, text = msg
+                if tag == messages.EXITED:
+                    code = int(text)
+                elif tag == messages.LEFT:
+                    left = True
+                    break
+                elif tag == messages.ERROR:
+                    errors.append(text)
+        if code is None:
+            # Set-up failed, or the session was killed before the command's end was
+            # reported (the container exited): the setup child's status says which.
+            code = wait_child()
+        elif left and forwarded:
+            # cntr was told to stop: what the session left running (a job that ignores the
+            # signal, as background jobs of sh do) goes too, so nothing stays behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+            wait_child()
+        elif not left:
+            wait_child()  # it ends with the reaper, which has no child left
+        # else: processes are left; the setup child waits for them and init reaps it.
+        if errors and code == 125:
+            raise SessionSetupError(errors[0])
+        if errors and code in (126, 127):
+            print(f"cntr: {errors[0]}", file=sys.stderr)
+        if code == 128 + signal.SIGKILL and pid and container_gone():
+            print(f"cntr: the container exited (process {pid} is gone): the session ended",
+                  file=sys.stderr)
+        return code
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(status_r)
+        if master is not None:
+            os.close(master)
