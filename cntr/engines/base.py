@@ -259,11 +259,11 @@ def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int
     The command runs in its own session with stdin from /dev/null and LC_ALL=C (messages are
     matched in English); on timeout its whole process group is killed and EngineError raised.
     """
-    import subprocess  # ~4 ms to import: only when a tool runs
-
     exe = find_on_path(argv[0])
     if exe is None:
         return None
+    import subprocess  # ~4 ms to import: only when a tool runs
+
     env = dict(os.environ, LC_ALL="C")
     try:
         proc = subprocess.Popen(
@@ -402,12 +402,9 @@ def alive(pid: int, proc: str = "/proc") -> bool:
 
 def children(pid: int, proc: str = "/proc") -> list[int]:
     """Living children of `pid`, oldest first (from a scan of ppid: works without
-    CONFIG_PROC_CHILDREN and on fake trees)."""
-    found: list[tuple[int, int]] = []
-    for p in iter_pids(proc):
-        st = read_stat(p, proc)
-        if st is not None and st.ppid == pid and st.state not in ("Z", "X"):
-            found.append((st.starttime, p))
+    CONFIG_PROC_CHILDREN and on fake trees; the shared scan within `shared_process_scan`)."""
+    found = [(st.starttime, p) for p, st in processes(proc).items()
+             if st.ppid == pid and st.state not in ("Z", "X")]
     return [p for _, p in sorted(found)]
 
 
