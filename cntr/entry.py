@@ -1,7 +1,8 @@
 """The ``cntr`` console entry point.
 
 For ``cntr attach`` it starts serve-fs before anything else is imported, so serve-fs's own
-start-up overlaps cntr's (see ``cntr.launch``).  The plain forms of attach, ``cntr attach
+start-up overlaps cntr's (see ``cntr.launch``), and with it the wait of the session's first
+cgroup migration (``cntr.linux.cgroups.warm_up``).  The plain forms of attach, ``cntr attach
 [-t TYPES] ID [-- COMMAND...]``, then run without click: importing click costs ~30 ms, a
 third of an attach.  Every other command line, including any other attach option and
 every mistake, goes to the click CLI (`cntr.cli`), which parses and reports it.
@@ -9,6 +10,7 @@ every mistake, goes to the click CLI (`cntr.cli`), which parses and reports it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -16,8 +18,11 @@ def main() -> None:
     args = sys.argv[1:]
     if len(args) > 1 and args[0] == "attach" and "--help" not in args and "-h" not in args:
         from cntr import launch
+        from cntr.linux import cgroups
 
         launch.prestart()
+        if os.geteuid() == 0:
+            cgroups.warm_up()  # a session's cgroup join, ~30 ms later, then does not wait
         plain = plain_attach(args[1:])
         if plain is not None:
             _attach(*plain)

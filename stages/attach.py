@@ -2,13 +2,16 @@
 ``cntr resolve ID | cntr capture | cntr enter -- CMD`` does through pipes.
 
 serve-fs is started first, so its start-up runs while the container is resolved and
-captured; it is ended again if either fails.  A container that is not running gets an
-offline session (``cntr.offline``); ``attach_image`` gives one over an image.
+captured; it is ended again if either fails.  So is the wait of the first cgroup
+migration (`cntr.linux.cgroups.warm_up`): the setup child's join then does not wait.
+A container that is not running gets an offline session (``cntr.offline``);
+``attach_image`` gives one over an image.
 """
 
 from __future__ import annotations
 
 from cntr.launch import check_host
+from cntr.linux import cgroups
 from stages.capture import capture, capture_tools
 from stages.enter import EnterOptions, enter, open_server
 from stages.resolve import resolve
@@ -20,12 +23,16 @@ def attach(ident: str, types: list[str] | None, opts: EnterOptions,
     `stages.capture.capture_tools`); ``types`` applies to ``ident`` only."""
     check_host()
     with open_server(opts.base_dir) as server:
-        resolved = resolve(ident, types)
-        ctx = capture(resolved.pid, resolved)
-        if tools is not None:
-            from cntr.record import replace
+        cgroups.warm_up()  # the console entry started it already
+        try:
+            resolved = resolve(ident, types)
+            ctx = capture(resolved.pid, resolved)
+            if tools is not None:
+                from cntr.record import replace
 
-            ctx = replace(ctx, tools=capture_tools(tools))
+                ctx = replace(ctx, tools=capture_tools(tools))
+        finally:
+            cgroups.warmed()  # no thread may run when enter forks
         return enter(ctx, opts, server)
 
 
