@@ -24,9 +24,10 @@ pod has it, the database is being written, is elsewhere than its default place, 
 one this reader understands) goes to the CLI as before.  ``db_path`` says where the
 database is: ``<graphroot>/libpod/bolt_state.db``, with the graphroot of storage.conf;
 nowhere (the CLI decides) when not root, when ``CONTAINERS_CONF``,
-``CONTAINERS_STORAGE_CONF`` or ``CNTR_HOST_ROOT`` is set, when a containers.conf moves
-``static_dir`` or chooses a ``database_backend``, or when a SQLite database (``db.sql``,
-podman >= 4.8) is there too.
+``CONTAINERS_STORAGE_CONF``, ``CONTAINER_HOST`` (podman is then a client of that service),
+``CONTAINER_CONNECTION`` or ``CNTR_HOST_ROOT`` is set, when a containers.conf moves
+``static_dir``, chooses a ``database_backend`` or makes podman ``remote``, or when a SQLite
+database (``db.sql``, podman >= 4.8) is there too.
 
 Caveats:
 - Measured (podman 4.3, Debian 12, median of 20): API socket ~2 ms, `podman inspect` ~40-45 ms
@@ -73,8 +74,9 @@ CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/co
                     "/etc/containers/libpod.conf")
 """containers.conf files (and the older libpod.conf) that could move podman's database."""
 CONTAINERS_CONF_DIR = "/etc/containers/containers.conf.d"
-_MOVED_BY = ("static_dir", "database_backend")
-"""containers.conf keys that change where (or what) podman's database is."""
+_MOVED_BY = ("static_dir", "database_backend", "remote", "active_service")
+"""containers.conf keys that change where (or what) podman's database is, or make podman
+a client of a service elsewhere."""
 
 
 def _assigned(text: str, key: str) -> str | None:
@@ -109,7 +111,7 @@ def db_path() -> str | None:
     podman (see the module docstring); None: ask podman."""
     if os.geteuid() != 0 or any(os.environ.get(v) for v in (
             "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF_OVERRIDE",
-            "CNTR_HOST_ROOT")):
+            "CONTAINER_HOST", "CONTAINER_CONNECTION", "CNTR_HOST_ROOT")):
         return None
     graphroot: str | None = DEFAULT_GRAPHROOT
     for conf in STORAGE_CONFS:

@@ -150,8 +150,9 @@ def test_db_path_follows_storage_conf(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(podman, "STORAGE_CONFS", (str(storage),))
     monkeypatch.setattr(podman, "CONTAINERS_CONFS", (str(containers),))
     monkeypatch.setattr(podman, "CONTAINERS_CONF_DIR", str(tmp_path / "containers.conf.d"))
-    for var in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF_OVERRIDE",
-                "CNTR_HOST_ROOT"):
+    variables = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF_OVERRIDE",
+                 "CONTAINER_HOST", "CONTAINER_CONNECTION", "CNTR_HOST_ROOT")
+    for var in variables:
         monkeypatch.delenv(var, raising=False)
     assert podman.db_path() == "/var/lib/containers/storage/libpod/bolt_state.db"
     storage.write_text('[storage]\ndriver = "overlay"\n# graphroot = "/x"\n'
@@ -176,5 +177,11 @@ def test_db_path_follows_storage_conf(tmp_path: Path, monkeypatch: pytest.Monkey
     storage.write_text(f'graphroot = "{tmp_path}"\n')
     assert podman.db_path() is None
     storage.write_text("")
-    monkeypatch.setenv("CONTAINERS_CONF", str(containers))
+    containers.write_text("[engine]\nremote = true\n")  # podman is a client: its service says
     assert podman.db_path() is None
+    containers.write_text("")
+    assert podman.db_path() is not None
+    for var in variables:
+        monkeypatch.setenv(var, "unix:///elsewhere.sock")
+        assert podman.db_path() is None
+        monkeypatch.delenv(var)
