@@ -4,7 +4,8 @@ Several modules carry hand-written stand-ins whose only reason is start-up time:
 ``TYPE_CHECKING = False`` instead of importing typing (~9 ms), ``cntr.record`` instead of
 dataclasses (which imports inspect, ast, dis, ...), plain threads instead of
 concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of http.client
-(~16 ms) and urllib.parse/ipaddress (~5 ms), an attach that runs without click (~30 ms),
+(~16 ms) and urllib.parse/ipaddress (~5 ms), the C module _socket instead of socket
+(~3 ms), an attach that runs without click (~30 ms),
 and a serve-fs that imports pyfuse3 without trio in its own process.  These tests are
 what holds them to it: they name the modules the attach process must never load, and
 bound how many modules it loads at all.  Both are properties of the code, not timings:
@@ -39,6 +40,7 @@ FORBIDDEN = frozenset({
     "concurrent.futures",     # cntr.engines.base.in_threads
     "urllib.parse", "ipaddress",  # cntr.engines.base's unix-socket HTTP
     "http.client",            # idem
+    "socket", "selectors",    # _socket in cntr.engines.base and cntr.audit
     "importlib.metadata",     # cntr.fs imports pyfuse3 without it (and serve-fs is not here)
     "click",                  # cntr.entry's plain attach
     "trio", "pyfuse3",        # serve-fs's own process only
