@@ -83,10 +83,12 @@ def _assigned(text: str, key: str) -> str | None:
     """The value of the first uncommented ``key = "value"`` line of a TOML file ("" for a
     value that is not a plain quoted string: escapes, arrays, ...), None when no line
     assigns it."""
-    if key not in text:
-        return None
-    for raw in text.splitlines():
-        name, sep, value = raw.strip().partition("=")
+    at = text.find(key)
+    while at >= 0:  # only the lines the key is on (containers.conf is ~30 KB of comments)
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        name, sep, value = text[start:end if end >= 0 else None].strip().partition("=")
+        at = text.find(key, at + len(key))
         if not sep or name.strip() != key:
             continue
         value = value.split("#", 1)[0].strip()
