@@ -48,5 +48,8 @@ def attach_image(ref: str, types: list[str] | None, opts: EnterOptions) -> int:
 
     check_host()
     with open_server(opts.base_dir) as server:
-        resolved = resolve_image(ref, types)
+        try:
+            resolved = resolve_image(ref, types)
+        finally:
+            cgroups.warmed()  # the console entry started it
         return enter(capture(0, resolved), opts, server)

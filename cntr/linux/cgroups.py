@@ -102,6 +102,7 @@ WARM_FOR = 2.0
 """Seconds after which the warm-up stops by itself (a caller that never forks)."""
 
 _warm: tuple[Any, Callable[[], None]] | None = None  # (stop event, join) of the thread
+_hooked = False
 
 
 def warm_up() -> None:
@@ -148,11 +149,15 @@ def warm_up() -> None:
     thread = threading.Thread(target=move, name="cntr-cgroup-warm-up", daemon=True)
     thread.start()
     _warm = (stop, thread.join)
+    global _hooked
+    if not _hooked:  # whoever forks next (enter's setup child) forks without the thread
+        os.register_at_fork(before=warmed)
+        _hooked = True
 
 
 def warmed() -> None:
-    """End `warm_up`'s thread and wait for it (before forking: a fork must not copy a
-    process with other threads running)."""
+    """End `warm_up`'s thread and wait for it: before forking (a fork must not copy a
+    process with other threads running); every ``os.fork`` calls it first."""
     global _warm
     if _warm is not None:
         stop, join = _warm

@@ -28,6 +28,11 @@ print(threading.active_count())
 time.sleep(0.05)
 if sys.argv[2] == "stop":
     cgroups.warmed()
+elif sys.argv[2] == "fork":  # the thread ends before a fork copies the process
+    pid = os.fork()
+    if pid == 0:
+        os._exit(threading.active_count())
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), end=" ")
 else:
     time.sleep(cgroups.WARM_FOR + 0.1)
 print(threading.active_count(), cgroup() == before)
@@ -47,3 +52,7 @@ def test_warm_up_moves_nothing_and_its_thread_ends_when_told() -> None:
 
 def test_warm_up_ends_by_itself() -> None:
     assert probe(0.1, "wait") == ["2", "1", "True"]
+
+
+def test_warm_up_ends_before_a_fork() -> None:
+    assert probe(10.0, "fork") == ["2", "1", "1", "True"]
