@@ -3,7 +3,8 @@
 
 serve-fs is started first, so its start-up runs while the container is resolved and
 captured; it is ended again if either fails.  So is the wait of the first cgroup
-migration (`cntr.linux.cgroups.warm_up`): the setup child's join then does not wait.
+migration (`cntr.linux.cgroups.warm_up`, until enter forks the setup child): the setup
+child's join then does not wait.
 A container that is not running gets an offline session (``cntr.offline``);
 ``attach_image`` gives one over an image.
 """
@@ -28,16 +29,13 @@ def attach(ident: str, types: list[str] | None, opts: EnterOptions,
     `stages.capture.capture_tools`); ``types`` applies to ``ident`` only."""
     check_host()
     with open_server(opts.base_dir) as server:
-        cgroups.warm_up()  # the console entry started it already
-        try:
-            resolved = resolve(ident, types)
-            ctx = capture(resolved.pid, resolved)
-            if tools is not None:
-                from cntr.record import replace
+        cgroups.warm_up()  # the console entry started it already; enter's fork ends it
+        resolved = resolve(ident, types)
+        ctx = capture(resolved.pid, resolved)
+        if tools is not None:
+            from cntr.record import replace
 
-                ctx = replace(ctx, tools=capture_tools(tools))
-        finally:
-            cgroups.warmed()  # no thread may run when enter forks
+            ctx = replace(ctx, tools=capture_tools(tools))
         return enter(ctx, opts, server)
 
 
@@ -48,8 +46,5 @@ def attach_image(ref: str, types: list[str] | None, opts: EnterOptions) -> int:
 
     check_host()
     with open_server(opts.base_dir) as server:
-        try:
-            resolved = resolve_image(ref, types)
-        finally:
-            cgroups.warmed()  # the console entry started it
+        resolved = resolve_image(ref, types)
         return enter(capture(0, resolved), opts, server)

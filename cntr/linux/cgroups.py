@@ -106,12 +106,12 @@ _hooked = False
 
 
 def warm_up() -> None:
-    """Keep the cgroup migration lock ready (see the module docstring) until `warmed`:
-    a thread moves this process into the cgroup it is in (a migration that changes
-    nothing), at once and every WARM_INTERVAL, so that a `join` in a child forked
-    later does not wait.  Idempotent.  Nothing is done when the hierarchy is mounted
-    with ``favordynmods`` or there is nothing to write to; errors are ignored (this
-    only saves time)."""
+    """Keep the cgroup migration lock ready (see the module docstring) until `warmed`,
+    which the next ``os.fork`` calls: a thread moves this process into the cgroup it is
+    in (a migration that changes nothing), at once and every WARM_INTERVAL, so that a
+    `join` in the child forked next, a few ms later, does not wait.  Idempotent.
+    Nothing is done when the hierarchy is mounted with ``favordynmods`` or there is
+    nothing to write to; errors are ignored (this only saves time)."""
     global _warm
     if _warm is not None:
         return
