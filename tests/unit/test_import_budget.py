@@ -150,6 +150,8 @@ def test_real_attach_imports_nothing_forbidden(which: str,
     # os.execvpe's of warnings, is a round of FUSE requests before the command).
     later = names[names.index("stages.attach") + 1:]
     assert [m for m in later if not m.startswith("cntr.engines.")] == [], later
+    if container.ident.isdigit():  # by pid: process_id answers, no other engine is loaded
+        assert [m for m in later if m.startswith("cntr.engines.")] == ["cntr.engines.process_id"]
     stdlib = sorted({m for m in names if m.split(".")[0] not in ("cntr", "stages")})
     assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
