@@ -17,6 +17,12 @@ import sys
 def main() -> None:
     args = sys.argv[1:]
     if len(args) > 1 and args[0] == "attach" and "--help" not in args and "-h" not in args:
+        import gc
+
+        # No cyclic garbage collection while cntr imports, resolves and captures: its
+        # passes (~1.5 ms) only walk objects that all live on.  stages.attach turns it
+        # back on before the session, serve-fs once it has imported its modules.
+        gc.disable()
         from cntr import launch
         from cntr.linux import cgroups
 

@@ -213,10 +213,15 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
         os.closerange(lo, 65536)
         _set_comm(SERVE_FS_COMM)
         # Imports first: they are what this early start overlaps with the caller's work.
+        import gc
         import json
 
         from cntr.fs.tree import serve_tree
 
+        # The console entry turned garbage collection off for the start-up; serve-fs runs
+        # as long as the session: on again, without its start-up objects (gc.freeze).
+        gc.freeze()
+        gc.enable()
         with os.fdopen(start_fd, "rb") as start:
             line = start.readline()
         if not line.startswith(b"G"):

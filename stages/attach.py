@@ -11,6 +11,8 @@ A container that is not running gets an offline session (``cntr.offline``);
 
 from __future__ import annotations
 
+import gc
+
 # os.execvpe imports warnings when it is first called (os.get_exec_path): in the session's
 # command process, where / is the served tree, that import is ~10 FUSE requests (~4 ms) on
 # the way to the command; imported here, the forked processes have it already.
@@ -21,6 +23,14 @@ from cntr.linux import cgroups
 from stages.capture import capture, capture_tools
 from stages.enter import EnterOptions, enter, open_server
 from stages.resolve import resolve
+
+
+def _collect_again() -> None:
+    """Garbage collection back on for the session (the console entry turned it off for
+    the start-up), without the objects made so far: they live as long as the process,
+    and the processes forked next do not have to copy their pages for collections."""
+    gc.freeze()
+    gc.enable()
 
 
 def attach(ident: str, types: list[str] | None, opts: EnterOptions,
@@ -36,6 +46,7 @@ def attach(ident: str, types: list[str] | None, opts: EnterOptions,
             from cntr.record import replace
 
             ctx = replace(ctx, tools=capture_tools(tools))
+        _collect_again()
         return enter(ctx, opts, server)
 
 
@@ -47,4 +58,5 @@ def attach_image(ref: str, types: list[str] | None, opts: EnterOptions) -> int:
     check_host()
     with open_server(opts.base_dir) as server:
         resolved = resolve_image(ref, types)
+        _collect_again()
         return enter(capture(0, resolved), opts, server)

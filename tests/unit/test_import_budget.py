@@ -105,6 +105,32 @@ def test_attach_entry_stays_within_its_module_count() -> None:
     assert len(stdlib) <= MAX_STDLIB_MODULES, stdlib
 
 
+GC_PROBE = """
+import gc, os, sys
+from cntr import launch
+
+def stop():
+    print(gc.isenabled())
+    import stages.attach
+    stages.attach._collect_again()  # what attach does before enter
+    print(gc.isenabled(), gc.get_freeze_count() > 0)
+    os._exit(0)
+
+launch.prestart = lambda: None
+launch.check_host = stop
+sys.argv = ["cntr", "attach", "cntr-import-budget", "--", "true"]
+from cntr.entry import main
+main()
+"""
+
+
+def test_attach_starts_without_garbage_collection_and_enters_with_it() -> None:
+    out = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
 def test_forbidden_matches_packages_and_their_submodules() -> None:
     assert forbidden({"typing", "trio._core", "urllib", "cntr.errors", "clickhouse"}) == [
         "trio._core", "typing"]
