@@ -2,11 +2,10 @@
 ``cntr resolve ID | cntr capture | cntr enter -- CMD`` does through pipes.
 
 serve-fs is started first, so its start-up runs while the container is resolved and
-captured; it is ended again if either fails.  So is the wait of the first cgroup
-migration (`cntr.linux.cgroups.warm_up`, until enter forks the setup child): the setup
-child's join then does not wait.
-A container that is not running gets an offline session (``cntr.offline``);
-``attach_image`` gives one over an image.
+captured; it is ended again if either fails.  The kernel's wait before the first cgroup
+migration is started early too (`cntr.linux.cgroups.warm_up`, until enter forks the
+setup child), so the setup child's join does not wait.  A container that is not running
+gets an offline session (``cntr.offline``); ``attach_image`` gives one over an image.
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ from stages.resolve import resolve
 
 
 def _collect_again() -> None:
-    """Garbage collection back on for the session (the console entry turned it off for
-    the start-up), without the objects made so far: they live as long as the process,
+    """Garbage collection back on for the session when the console entry turned it off
+    for the start-up, without the objects made so far: they live as long as the process,
     and the processes forked next do not have to copy their pages for collections."""
-    gc.freeze()
-    gc.enable()
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def attach(ident: str, types: list[str] | None, opts: EnterOptions,
