@@ -1,7 +1,8 @@
 """The ``cntr`` console entry point.
 
 For ``cntr attach`` it starts serve-fs before anything else is imported, so serve-fs's own
-start-up overlaps cntr's (see ``cntr.launch``).  The plain forms of attach, ``cntr attach
+start-up overlaps cntr's (see ``cntr.launch``), and with it the wait of the session's first
+cgroup migration (``cntr.linux.cgroups.warm_up``).  The plain forms of attach, ``cntr attach
 [-t TYPES] ID [-- COMMAND...]``, then run without click: importing click costs ~30 ms, a
 third of an attach.  Every other command line, including any other attach option and
 every mistake, goes to the click CLI (`cntr.cli`), which parses and reports it.
@@ -9,15 +10,25 @@ every mistake, goes to the click CLI (`cntr.cli`), which parses and reports it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
     args = sys.argv[1:]
     if len(args) > 1 and args[0] == "attach" and "--help" not in args and "-h" not in args:
+        import gc
+
+        # No cyclic garbage collection while cntr imports, resolves and captures: its
+        # passes (~1.5 ms) only walk objects that all live on.  stages.attach turns it
+        # back on before the session, serve-fs once it has imported its modules.
+        gc.disable()
         from cntr import launch
+        from cntr.linux import cgroups
 
         launch.prestart()
+        if os.geteuid() == 0:
+            cgroups.warm_up()  # a session's cgroup join, ~30 ms later, then does not wait
         plain = plain_attach(args[1:])
         if plain is not None:
             _attach(*plain)

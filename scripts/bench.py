@@ -43,7 +43,10 @@ filesystem differs); each run is the mean of several launches after one untimed 
 Session path latency (commands run in the benchmark's original mount namespace):
   attach: ``cntr attach cntr-test-docker -- true`` against ``docker exec cntr-test-docker
   true`` (the reference) and ``nsenter -t PID -a true`` (the limit), plus ``cntr attach`` by
-  the docker container's pid and into the demo container (``scripts/demo start``);
+  the docker container's pid and into the demo container (``scripts/demo start``); by name
+  every engine is asked, as the user's attach asks them (podman over its API socket when
+  ``podman system service`` runs, else from its database: the figure does not depend on
+  which);
   resolve: ``cntr resolve cntr-test-docker [-t docker]`` against ``docker inspect``.
 
 Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of

@@ -1,9 +1,9 @@
 """Container engines: turn the name a user gave into the host pid of a container's main process.
 
 Each module holds one engine with the same small interface (base.Engine): `lookup(ident)` and
-`list()`.  `resolve()` asks the engines of the requested types (all by default, in TYPES' order)
-at once and returns the single match, or raises NotFound (saying what each engine answered) or
-Ambiguous (naming every candidate).
+`list()`.  `resolve()` asks the engines of the requested types (all by default, in TYPES' order;
+one after the other while that is quick, else at once) and returns the single match, or raises
+NotFound (saying what each engine answered) or Ambiguous (naming every candidate).
 
 Caveats:
 - An all-digits name is first taken as a host pid (process_id) when such a process exists, and
@@ -11,8 +11,10 @@ Caveats:
 - `k8s:...` names go to the kubernetes type only.
 - The same process reached through two engines (a docker container is also a task in
   containerd's `moby` namespace) counts once, for the engine that comes first in TYPES.
-- Engines are asked from a short-lived thread pool, joined before resolve() returns: callers
-  that later need a single-threaded process (setns of a mount namespace) are not affected.
+- Engines are asked one after the other while that is quick, the rest at once from
+  short-lived threads as soon as one has taken 20 ms (`base.inline_then_threads`); the
+  threads are joined before resolve() returns: callers that later need a single-threaded
+  process (setns of a mount namespace) are not affected.
 """
 
 from __future__ import annotations
@@ -28,31 +30,36 @@ from cntr.engines.base import (
     Match,
     NotRunning,
     in_threads,
+    inline_then_threads,
     shared_process_scan,
 )
-from cntr.engines.command import CommandEngine
-from cntr.engines.containerd import ContainerdEngine, KubernetesEngine
-from cntr.engines.docker import DockerEngine
-from cntr.engines.lxc import LxcEngine
-from cntr.engines.lxd import LxdEngine
-from cntr.engines.nspawn import NspawnEngine
-from cntr.engines.podman import PodmanEngine
-from cntr.engines.process_id import ProcessIdEngine
-from cntr.engines.rkt import RktEngine
 from cntr.errors import Ambiguous, NotFound
+
+
+def _engine(module: str, name: str) -> Callable[[], Engine]:
+    """A factory of ``cntr.engines.MODULE.NAME``, imported when first made: an attach by
+    pid asks process_id alone and never imports the other engines (~2 ms)."""
+    def make() -> Engine:
+        cls: Callable[[], Engine] = getattr(
+            __import__(f"cntr.engines.{module}", fromlist=[name]), name)
+        return cls()
+
+    make.__qualname__ = name
+    return make
+
 
 #: every type, in the order resolve() prefers them; "command" is only used when asked for
 ENGINES: dict[str, Callable[[], Engine]] = {
-    "process_id": ProcessIdEngine,
-    "docker": DockerEngine,
-    "podman": PodmanEngine,
-    "lxc": LxcEngine,
-    "lxd": LxdEngine,
-    "nspawn": NspawnEngine,
-    "containerd": ContainerdEngine,
-    "kubernetes": KubernetesEngine,
-    "rkt": RktEngine,
-    "command": CommandEngine,
+    "process_id": _engine("process_id", "ProcessIdEngine"),
+    "docker": _engine("docker", "DockerEngine"),
+    "podman": _engine("podman", "PodmanEngine"),
+    "lxc": _engine("lxc", "LxcEngine"),
+    "lxd": _engine("lxd", "LxdEngine"),
+    "nspawn": _engine("nspawn", "NspawnEngine"),
+    "containerd": _engine("containerd", "ContainerdEngine"),
+    "kubernetes": _engine("containerd", "KubernetesEngine"),
+    "rkt": _engine("rkt", "RktEngine"),
+    "command": _engine("command", "CommandEngine"),
 }
 #: the default types, in order
 TYPES: list[str] = [t for t in ENGINES if t != "command"]
@@ -180,7 +187,7 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
         engines = [make(t) for t in names]
         if names == ["containerd"]:  # asked alone: containers without a task too
             engines[0].ask_ctr = True  # type: ignore[attr-defined]  # ContainerdEngine
-        asked = in_threads([partial(_ask, engine, ident) for engine in engines])
+        asked = inline_then_threads([partial(_ask, engine, ident) for engine in engines])
         for t, (found, answer) in zip(names, asked, strict=True):
             results[t], answers[t] = found, answer
     # One process reached through two engines is one container: keep the first engine's.

@@ -29,9 +29,9 @@ Caveats:
 
 from __future__ import annotations
 
+import _socket  # not socket: see cntr.engines.base
 import json
 import os
-import socket
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -292,7 +292,7 @@ class Ctr:
 
     def probe(self) -> None:
         """Fail fast on a socket nobody listens on (ctr would retry for its whole timeout)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(2)
         try:
             sock.connect(self.socket_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cntr.engines import make, resolve
+from cntr.engines import bolt, make, podman, resolve
 from cntr.errors import NotFound
 from tests.conftest import require
 
@@ -162,3 +162,53 @@ def test_unknown_name_says_what_engines_answered(started: Callable[[str], int]) 
         resolve("cntr-test-no-such-container")
     msg = str(info.value)
     assert "docker: no such container" in msg and "podman:" in msg and "lxc:" in msg
+
+
+def _podman_listing() -> tuple[list[bytes], list[bytes]]:
+    """(container ids, names of containers and pods) as podman lists them."""
+    def lines(*args: str) -> list[str]:
+        out = subprocess.run(["podman", *args, "--no-trunc"], capture_output=True,
+                             text=True, check=False, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.split("\n") if line]
+
+    containers = [line.split() for line in lines("ps", "-a", "--format", "{{.ID}} {{.Names}}")]
+    pods = lines("pod", "ls", "--format", "{{.Name}}")
+    return (sorted(c[0].encode() for c in containers),
+            sorted([c[1].encode() for c in containers] + [p.encode() for p in pods]))
+
+
+@pytest.mark.podman
+def test_podman_database_holds_what_podman_lists(started: Callable[[str], int]) -> None:
+    started("podman")
+    path = podman.db_path()
+    assert path is not None, "root's podman database is where podman 4.3 keeps it"
+    for _ in range(5):  # other tests may create or remove podman containers meanwhile
+        before = bolt.read_bucket_keys(path, (b"ctr",), (b"name-registry",))
+        listed = _podman_listing()
+        if before == bolt.read_bucket_keys(path, (b"ctr",), (b"name-registry",)):
+            break
+    assert tuple(before) == listed
+
+
+@pytest.mark.podman
+def test_podman_is_not_run_for_a_name_it_does_not_know(started: Callable[[str], int],
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = started("podman")
+    real = shutil.which("podman")
+    assert real is not None
+    log = tmp_path / "podman.log"
+    wrapper = tmp_path / "bin" / "podman"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ.get('PATH', '')}")
+    # No API socket: the path of a machine where `podman system service` does not run.
+    eng = podman.PodmanEngine(socket_path=str(tmp_path / "none.sock"))
+    assert eng.lookup("cntr-test-no-such-container") == []
+    assert eng.reason == "no such container"
+    assert not log.exists()
+    (m,) = eng.lookup("cntr-test-podman")
+    assert (m.engine, m.name, m.pid) == ("podman", "cntr-test-podman", pid)
+    assert log.read_text().split("\n")[0] == "inspect --type container cntr-test-podman"

@@ -274,6 +274,21 @@ def test_option_value_forms() -> None:
     assert base.option_value(argv, "-q") is None
 
 
+def test_lookups_run_inline_until_one_is_slow_then_in_threads() -> None:
+    def where(delay: float = 0.0) -> Callable[[], str]:
+        def call() -> str:
+            time.sleep(delay)
+            return str(threading.get_ident())
+        return call
+
+    main = str(threading.get_ident())
+    assert base.inline_then_threads([where(), where(), where()], budget=60) == [main] * 3
+    out = base.inline_then_threads([where(0.1), where(), where()], budget=0.05)
+    assert out[0] == main and out[1] != main and out[2] != main
+    with pytest.raises(ZeroDivisionError):  # raised after every call ended, as in_threads
+        base.inline_then_threads([where(0.1), lambda: str(1 / 0), where()], budget=0.05)
+
+
 def test_run_tool_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     with pytest.raises(EngineError, match=r"no answer within 0\.3 s"):

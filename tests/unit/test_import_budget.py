@@ -4,7 +4,8 @@ Several modules carry hand-written stand-ins whose only reason is start-up time:
 ``TYPE_CHECKING = False`` instead of importing typing (~9 ms), ``cntr.record`` instead of
 dataclasses (which imports inspect, ast, dis, ...), plain threads instead of
 concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of http.client
-(~16 ms) and urllib.parse/ipaddress (~5 ms), an attach that runs without click (~30 ms),
+(~16 ms) and urllib.parse/ipaddress (~5 ms), the C module _socket instead of socket
+(~3 ms), an attach that runs without click (~30 ms),
 and a serve-fs that imports pyfuse3 without trio in its own process.  These tests are
 what holds them to it: they name the modules the attach process must never load, and
 bound how many modules it loads at all.  Both are properties of the code, not timings:
@@ -17,7 +18,8 @@ Three views of it:
   process's): needs no privileges;
 - a real ``cntr attach ID -- true`` into the demo and the docker test container, with
   ``PYTHONPROFILEIMPORTTIME=1``: every module the attach process and the setup child
-  import on the way, including the lazy imports of resolve, capture and enter.  serve-fs
+  import on the way, including the lazy imports of resolve, capture and enter (none but
+  the engines resolve asks may be imported after stages.attach).  serve-fs
   sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
 - serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never trio.
 """
@@ -39,6 +41,7 @@ FORBIDDEN = frozenset({
     "concurrent.futures",     # cntr.engines.base.in_threads
     "urllib.parse", "ipaddress",  # cntr.engines.base's unix-socket HTTP
     "http.client",            # idem
+    "socket", "selectors",    # _socket in cntr.engines.base and cntr.audit
     "importlib.metadata",     # cntr.fs imports pyfuse3 without it (and serve-fs is not here)
     "click",                  # cntr.entry's plain attach
     "trio", "pyfuse3",        # serve-fs's own process only
@@ -102,6 +105,32 @@ def test_attach_entry_stays_within_its_module_count() -> None:
     assert len(stdlib) <= MAX_STDLIB_MODULES, stdlib
 
 
+GC_PROBE = """
+import gc, os, sys
+from cntr import launch
+
+def stop():
+    print(gc.isenabled())
+    import stages.attach
+    stages.attach._collect_again()  # what attach does before enter
+    print(gc.isenabled(), gc.get_freeze_count() > 0)
+    os._exit(0)
+
+launch.prestart = lambda: None
+launch.check_host = stop
+sys.argv = ["cntr", "attach", "cntr-import-budget", "--", "true"]
+from cntr.entry import main
+main()
+"""
+
+
+def test_attach_starts_without_garbage_collection_and_enters_with_it() -> None:
+    out = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
 def test_forbidden_matches_packages_and_their_submodules() -> None:
     assert forbidden({"typing", "trio._core", "urllib", "cntr.errors", "clickhouse"}) == [
         "trio._core", "typing"]
@@ -141,6 +170,14 @@ def test_real_attach_imports_nothing_forbidden(which: str,
     names = run_imports(container.ident)
     assert "stages.attach" in names
     assert forbidden(set(names)) == []
+    # Nothing is imported once stages.attach is but the engines resolve asks (each is
+    # imported when it is first asked): not lazily by capture or enter, and not in the
+    # session's processes, whose / is the served tree (an import there, such as
+    # os.execvpe's of warnings, is a round of FUSE requests before the command).
+    later = names[names.index("stages.attach") + 1:]
+    assert [m for m in later if not m.startswith("cntr.engines.")] == [], later
+    if container.ident.isdigit():  # by pid: process_id answers, no other engine is loaded
+        assert [m for m in later if m.startswith("cntr.engines.")] == ["cntr.engines.process_id"]
     stdlib = sorted({m for m in names if m.split(".")[0] not in ("cntr", "stages")})
     assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
