@@ -26,7 +26,7 @@ from cntr.context import Context
 from cntr.errors import StaleContext
 from cntr.launch import SessionServer, check_host
 from cntr.linux import namespaces, procfs
-from cntr.session import plan
+from cntr.session import plan, supervisor
 from cntr.session.plan import EnterOptions, default_command, wants_tty
 from stages.capture import verify_tools
 
@@ -133,8 +133,6 @@ def _open_root(pid: int) -> int:
 def _enter(ctx: Context, opts: EnterOptions, server: SessionServer | None,
            target: tuple[int, namespaces.NamespaceFds, Callable[[int], None]] | None = None,
            ) -> int:
-    from cntr.session import supervisor
-
     started: Callable[[int], None] | None = None
     if target is not None:  # an offline session: its root and only its mount namespace
         root_fd, nsfds, started = target
