@@ -41,6 +41,9 @@ class Inherited:
     """the pty's master (the supervisor's: closed in the setup child)."""
     log_fd: int | None = None
     """``CNTR_PLAN_LOG``'s file, or None."""
+    exec_path: str | None = None
+    """where the command's PATH search ends in the host's tree, tried first
+    (`cntr.session.reaper.host_exec_path`); None: search."""
 
     def log(self, op: Op) -> None:
         """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run

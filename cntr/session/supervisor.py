@@ -30,6 +30,7 @@ from cntr.linux.namespaces import NamespaceFds
 from cntr.session import messages, plan
 from cntr.session.inherit import FORWARDED, Inherited, open_log
 from cntr.session.messages import Messages, SetupTimeout
+from cntr.session.reaper import host_exec_path
 from cntr.session.setup import setup_child
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
@@ -71,8 +72,11 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     status_r, status_w = os.pipe()
     fuse_fd = server.fuse_fd if server is not None and serve is not None else None
     log_fd = open_log()
+    exec_path = None
+    if serve is not None and serve.tools is None:  # the session's / is the host's tree
+        exec_path = host_exec_path(exe.argv, exe.env, session.mounted_over())
     inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
-                    os.getpid(), master, log_fd)
+                    os.getpid(), master, log_fd, exec_path)
     for op in session.part("supervisor"):  # done: the context checked, serve-fs started
         inh.log(op)
     child = os.fork()
