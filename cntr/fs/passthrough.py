@@ -321,7 +321,8 @@ class Passthrough:
         #: none) and whether the kernel took FUSE_PASSTHROUGH
         self.dev_fd = -1
         self.passthrough = False
-        #: set by the session: FUSE_NOTIFY_INVAL_INODE for a node's attributes
+        #: set by the session (`cntr.fs.session`, `cntr.fs.libfuse`): has the kernel drop
+        #: the attributes it cached for a node (FUSE_NOTIFY_INVAL_INODE)
         self.notify_inval: Callable[[int], None] | None = None
         self._dirs: dict[int, _Dir] = {}
         self._next_dir = 1
@@ -761,7 +762,6 @@ class Passthrough:
     def _created(self, node: Inode, st: StatT, fh: FileHandle, flags: int) -> bytes:
         """The reply of a file just created, open as ``fh``: its attributes not to be
         cached if it is open for writing in passthrough mode (`_pt_writers`)."""
-        node.nlookup += 1
         node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writers[fh] = node
@@ -769,7 +769,9 @@ class Passthrough:
             opened = self._opened(node.nodeid, fh, flags, FOPEN_KEEP_CACHE, new=True)
         except BaseException:
             self.release(fh)
+            self.table.drop_if_unused(node)  # the kernel never gets it
             raise
+        node.nlookup += 1
         return self._entry(node, st) + opened
 
     def _opened(self, nodeid: int, fh: FileHandle, flags: int, open_flags: int, *,
