@@ -1,4 +1,4 @@
-"""FUSE over io_uring for `cntr.fs.wire.Session`: one queue per CPU, one thread per queue.
+"""FUSE over io_uring for `cntr.fs.session.Session`: one queue per CPU, one thread per queue.
 
 Why: with requests read from ``/dev/fuse``, the thread serving them is woken on whatever
 CPU the scheduler picks; on a 2-vCPU VM (Firecracker, cpuidle haltpoll with
@@ -49,8 +49,8 @@ Design: one thread per possible CPU, pinned to it when the process may run there
 queues of CPUs outside the affinity mask are needed all the same and are served
 unpinned), each with its own ring (``SINGLE_ISSUER | DEFER_TASKRUN``: the kernel copies
 requests into our buffers only inside our own ``io_uring_enter`` calls; /dev/fuse as a
-registered file) and `DEPTH` entries.  The threads wait in ``io_uring_enter`` through
-ctypes' ``syscall``, which releases the GIL, and answer under the session's one lock
+registered file; `cntr.linux.io_uring.Ring`) and `DEPTH` entries.  The threads wait in
+``io_uring_enter`` (`Ring.enter` releases the GIL), and answer under the session's one lock
 (`Session` is not reentrant).  `Transport.stop` wakes them through an eventfd every ring
 polls; a thread closes its ring itself before it ends, and the entries' buffers are dropped
 only after every thread was joined.
@@ -70,7 +70,7 @@ Caveats:
   tars, but 14% slower alone); one thread for every queue, following the requester's CPU
   (0.95 s for the two tars, but 100 us per LOOKUP: the scheduler moves the requester).
 - x86_64 (and other TSO machines) only as written: the ring indices are read and written
-  with plain 32-bit loads and stores through ctypes, with no explicit barriers.
+  with plain 32-bit loads and stores (`cntr.linux.io_uring`), with no explicit barriers.
 - ``fuse.enable_uring`` is off by default; without it (or when io_uring is refused:
   ``kernel.io_uring_disabled``, a seccomp filter) the flag is not granted and everything
   goes through ``/dev/fuse`` as before.
@@ -84,7 +84,6 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import mmap
@@ -92,40 +91,51 @@ import os
 import signal
 import struct
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from cntr.fs.wire import Session
+from cntr.fs.protocol import (
+    FUSE_MIN_READ_BUFFER,
+    IN_HEADER,
+    OUT_HEADER,
+    U32,
+    URING_CMD_COMMIT_AND_FETCH,
+    URING_CMD_REGISTER,
+    URING_ENT_COMMIT_ID,
+    URING_ENT_PAYLOAD_SZ,
+    URING_HEADER_SIZE,
+    URING_OP_IN,
+    Request,
+)
+from cntr.linux import io_uring
+from cntr.linux.io_uring import (
+    CQE_SIZE,
+    ENTER_GETEVENTS,
+    OP_POLL_ADD,
+    OP_URING_CMD,
+    SETUP_DEFER_TASKRUN,
+    SETUP_SINGLE_ISSUER,
+    SETUP_SQE128,
+    SQE_FIXED_FILE,
+    SQE_SIZE,
+    U32_MASK,
+)
 
 log = logging.getLogger("cntr.fs")
 
-# --- <linux/io_uring.h> ---------------------------------------------------------------
-# The same numbers on every architecture (added after the syscall tables were unified).
-_NR_IO_URING_SETUP, _NR_IO_URING_ENTER, _NR_IO_URING_REGISTER = 425, 426, 427
-SETUP_SQE128 = 1 << 10
-SETUP_SINGLE_ISSUER = 1 << 12
-SETUP_DEFER_TASKRUN = 1 << 13
-FEAT_SINGLE_MMAP = 1 << 0
-ENTER_GETEVENTS = 1 << 0
-OFF_SQ_RING, OFF_CQ_RING, OFF_SQES = 0, 0x8000000, 0x10000000
-OP_POLL_ADD, OP_URING_CMD = 6, 46
-SQE_FIXED_FILE = 1 << 0
-REGISTER_FILES = 2
-SQE_SIZE = 128  # with IORING_SETUP_SQE128
-CQE_SIZE = 16
 
-# --- <linux/fuse.h> -------------------------------------------------------------------
-FUSE_OVER_IO_URING = 1 << 41
-CMD_REGISTER, CMD_COMMIT_AND_FETCH = 1, 2
-FUSE_MIN_READ_BUFFER = 8192
-#: struct fuse_uring_req_header: in_out[128], op_in[128], fuse_uring_ent_in_out (32)
-HEADER_SIZE = 288
-_OP_IN = 128
-_OP_IN_SIZE = 128
-_ENT_COMMIT_ID = 256 + 8  # ring_ent_in_out.commit_id, then payload_sz
-_ENT_PAYLOAD_SZ = 256 + 16
-_IN_HEADER_SIZE = 40
-_OUT_HEADER_SIZE = 16
+class Served(Protocol):
+    """What the transport needs of the session it carries requests for
+    (`cntr.fs.session.Session`)."""
+
+    spin_ns: int
+    settle_s: float
+    lock: threading.Lock
+
+    def answer(self, header: bytes | bytearray | memoryview, body: memoryview,
+               req: Request) -> tuple[int, bytes | None] | None:
+        """(0 or -errno, reply payload) for one request, None for no reply."""
+
 
 #: entries per queue: one being answered, one already fetched behind it
 DEPTH = 2
@@ -135,7 +145,6 @@ SETTLE_S = 0.02
 _PAYLOAD_AT = mmap.PAGESIZE
 _POLL_TAG = 0xFFFFFFFFFFFFFFFF
 _POLLIN = 0x001  # io_uring's poll32_events
-_U32_MASK = 0xFFFFFFFF
 #: command results that mean the connection (or the ring) is going away
 _GONE = frozenset((errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED, errno.ENODEV))
 #: asynchronous signals stay with the main thread (its poll wakes on them)
@@ -146,59 +155,9 @@ _SYNC_SIGNALS = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.
 # personality, file_index, then fuse_uring_cmd_req (flags, commit_id, qid) and padding
 _SQE = struct.Struct("=BBHiIIQIIQHHiQQH62x")
 _CQE = struct.Struct("=QiI")
-_IN_HEAD = struct.Struct("=IIQ")  # len, opcode, unique
-_OUT_HEAD = struct.Struct("=IiQ")
+_IN_HEAD = struct.Struct("=IIQ")  # fuse_in_header's len, opcode, unique
 _ENT_IN = struct.Struct("=QI")  # commit_id, payload_sz
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
-_EVENT = _U64.pack(1)
-
-
-class _SQOffsets(ctypes.Structure):
-    _fields_ = [("head", ctypes.c_uint32), ("tail", ctypes.c_uint32),
-                ("ring_mask", ctypes.c_uint32), ("ring_entries", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("dropped", ctypes.c_uint32),
-                ("array", ctypes.c_uint32), ("resv1", ctypes.c_uint32),
-                ("user_addr", ctypes.c_uint64)]
-
-
-class _CQOffsets(ctypes.Structure):
-    _fields_ = [("head", ctypes.c_uint32), ("tail", ctypes.c_uint32),
-                ("ring_mask", ctypes.c_uint32), ("ring_entries", ctypes.c_uint32),
-                ("overflow", ctypes.c_uint32), ("cqes", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("resv1", ctypes.c_uint32),
-                ("user_addr", ctypes.c_uint64)]
-
-
-class _Params(ctypes.Structure):
-    _fields_ = [("sq_entries", ctypes.c_uint32), ("cq_entries", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("sq_thread_cpu", ctypes.c_uint32),
-                ("sq_thread_idle", ctypes.c_uint32), ("features", ctypes.c_uint32),
-                ("wq_fd", ctypes.c_uint32), ("resv", ctypes.c_uint32 * 3),
-                ("sq_off", _SQOffsets), ("cq_off", _CQOffsets)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-# Separate function objects (``libc["syscall"]`` is not cached) with fixed argument types:
-# a CDLL call releases the GIL for the duration of the syscall.
-_setup = _libc["syscall"]
-_setup.argtypes = [ctypes.c_long, ctypes.c_uint, ctypes.POINTER(_Params)]
-_setup.restype = ctypes.c_long
-_enter = _libc["syscall"]
-_enter.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-                   ctypes.c_void_p, ctypes.c_size_t]
-_enter.restype = ctypes.c_long
-_register = _libc["syscall"]
-_register.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p,
-                      ctypes.c_uint]
-_register.restype = ctypes.c_long
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
+_EVENT = struct.pack("=Q", 1)
 
 
 def possible_cpus() -> list[int]:
@@ -225,24 +184,21 @@ class _Entry:
     """One ring entry: header and payload buffers in one anonymous mapping, payload at
     `_PAYLOAD_AT`, and the iovec[2] that describes them to the kernel."""
 
-    __slots__ = ("alive", "anchor", "cmd", "index", "iov", "iov_at", "mem", "view")
+    __slots__ = ("alive", "buffer", "cmd", "index", "iov", "iov_at", "mem", "view")
 
     def __init__(self, index: int, size: int) -> None:
         self.index = index
-        self.mem = mmap.mmap(-1, _PAYLOAD_AT + size)
-        self.view = memoryview(self.mem)
-        self.anchor = ctypes.c_char.from_buffer(self.mem)
-        base = ctypes.addressof(self.anchor)
-        self.iov = (ctypes.c_uint64 * 4)(base, HEADER_SIZE, base + _PAYLOAD_AT, size)
-        self.iov_at = ctypes.addressof(self.iov)
-        self.cmd = CMD_REGISTER
+        self.buffer = io_uring.Buffer(_PAYLOAD_AT + size)
+        self.mem = self.buffer.mem
+        self.view = self.buffer.view
+        base = self.buffer.address
+        self.iov = io_uring.Iovecs((base, URING_HEADER_SIZE), (base + _PAYLOAD_AT, size))
+        self.iov_at = self.iov.address
+        self.cmd = URING_CMD_REGISTER
         self.alive = True
 
     def release(self) -> None:
-        self.view.release()
-        del self.anchor
-        with contextlib.suppress(BufferError):  # a handler still holds a slice
-            self.mem.close()
+        self.buffer.release()
 
 
 class _Queue:
@@ -255,13 +211,15 @@ class _Queue:
         self.entries: list[_Entry] = []
         self.error: BaseException | None = None
         self.set_up = threading.Event()
-        self.ring_fd = -1
+        self.ring: io_uring.Ring | None = None
         self.fuse_fd = transport.fd
         self.sqe_flags = 0
         self.lock = transport.lock
-        self.answer = transport.session.answer
+        self.answer: Callable[[memoryview, memoryview, Request], tuple[
+            int, bytes | None] | None] = transport.session.answer
+        #: the requester of the request being answered (each queue fills its own)
+        self.req = Request()
         self.payload = transport.payload
-        self._maps: list[mmap.mmap] = []
         self.thread = threading.Thread(target=self._main, name=f"cntr-fuse-ring-{qid}",
                                        daemon=True)
 
@@ -291,59 +249,23 @@ class _Queue:
             except OSError as exc:  # offline, or outside our cpuset: serve it unpinned
                 log.debug("serve-fs: io_uring queue %d not pinned: %s", self.qid, exc)
         depth = self.transport.depth
-        params = _Params()
-        params.flags = SETUP_SQE128 | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN
-        self.ring_fd = _check(_setup(_NR_IO_URING_SETUP, depth + 1, ctypes.byref(params)),
-                              "io_uring_setup")
-        sq, cq = params.sq_off, params.cq_off
-        sq_size = sq.array + params.sq_entries * 4
-        cq_size = cq.cqes + params.cq_entries * CQE_SIZE
-        prot = mmap.PROT_READ | mmap.PROT_WRITE
-        flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
-        if params.features & FEAT_SINGLE_MMAP:
-            sq_map = cq_map = mmap.mmap(self.ring_fd, max(sq_size, cq_size), flags, prot,
-                                        offset=OFF_SQ_RING)
-            self._maps.append(sq_map)
-        else:
-            sq_map = mmap.mmap(self.ring_fd, sq_size, flags, prot, offset=OFF_SQ_RING)
-            self._maps.append(sq_map)
-            cq_map = mmap.mmap(self.ring_fd, cq_size, flags, prot, offset=OFF_CQ_RING)
-            self._maps.append(cq_map)
-        self.sqes = mmap.mmap(self.ring_fd, params.sq_entries * SQE_SIZE, flags, prot,
-                              offset=OFF_SQES)
-        self._maps.append(self.sqes)
-        self.cq_map = cq_map
-        # 32-bit loads and stores of the shared indices (one instruction each on x86_64)
-        self.sq_khead = ctypes.c_uint32.from_buffer(sq_map, sq.head)
-        self.sq_ktail = ctypes.c_uint32.from_buffer(sq_map, sq.tail)
-        self.cq_khead = ctypes.c_uint32.from_buffer(cq_map, cq.head)
-        self.cq_ktail = ctypes.c_uint32.from_buffer(cq_map, cq.tail)
-        self.sq_mask = ctypes.c_uint32.from_buffer(sq_map, sq.ring_mask).value
-        self.cq_mask = ctypes.c_uint32.from_buffer(cq_map, cq.ring_mask).value
-        self.cqes_at = cq.cqes
-        # SQ slot i always holds SQE i
-        for i in range(params.sq_entries):
-            _U32.pack_into(sq_map, sq.array + 4 * i, i)
-        self.sq_tail = self.sq_ktail.value
-        # /dev/fuse as a registered file: no file lookup per command
-        fds = (ctypes.c_int * 1)(self.fuse_fd)
-        if _register(_NR_IO_URING_REGISTER, self.ring_fd, REGISTER_FILES, fds, 1) == 0:
+        self.ring = ring = io_uring.Ring(
+            depth + 1, SETUP_SQE128 | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN)
+        self.sqes, self.sq_mask = ring.sqes, ring.sq_mask
+        self.sq_ktail = ring.sq_tail
+        self.sq_tail = ring.sq_tail.value
+        if ring.register_file(self.fuse_fd):  # no file lookup per command
             self.fuse_fd, self.sqe_flags = 0, SQE_FIXED_FILE
         self.entries = [_Entry(i, self.transport.payload) for i in range(depth)]
 
     def _close(self) -> None:
         """Close the ring (cancelling its commands); the entries' memory stays with the
         transport until every thread was joined."""
-        for name in ("sq_khead", "sq_ktail", "cq_khead", "cq_ktail"):
-            if hasattr(self, name):
-                delattr(self, name)
-        for m in self._maps:
-            with contextlib.suppress(BufferError):
-                m.close()
-        self._maps.clear()
-        if self.ring_fd >= 0:
-            os.close(self.ring_fd)
-            self.ring_fd = -1
+        if hasattr(self, "sq_ktail"):
+            del self.sq_ktail  # pins the ring's mapping
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
     # --- serving ----------------------------------------------------------------------
     def _push(self, entry: _Entry, cmd: int, commit_id: int) -> None:
@@ -353,7 +275,7 @@ class _Queue:
         _SQE.pack_into(self.sqes, (tail & self.sq_mask) * SQE_SIZE, OP_URING_CMD,
                        self.sqe_flags, 0, self.fuse_fd, cmd, 0, entry.iov_at, 2, 0,
                        entry.index, 0, 0, 0, 0, commit_id, self.qid)
-        self.sq_tail = tail = (tail + 1) & _U32_MASK
+        self.sq_tail = tail = (tail + 1) & U32_MASK
         self.sq_ktail.value = tail  # after the SQE: stores are not reordered on x86_64
 
     def _push_poll(self) -> None:
@@ -362,32 +284,33 @@ class _Queue:
         _SQE.pack_into(self.sqes, (tail & self.sq_mask) * SQE_SIZE, OP_POLL_ADD, 0, 0,
                        self.transport.event_fd, 0, 0, 0, 0, _POLLIN, _POLL_TAG,
                        0, 0, 0, 0, 0, 0)
-        self.sq_tail = tail = (tail + 1) & _U32_MASK
+        self.sq_tail = tail = (tail + 1) & U32_MASK
         self.sq_ktail.value = tail
 
     def _serve(self) -> None:
         transport = self.transport
         for entry in self.entries:
-            self._push(entry, CMD_REGISTER, 0)
+            self._push(entry, URING_CMD_REGISTER, 0)
         self._push_poll()
-        ring_fd = self.ring_fd
-        cq_map = self.cq_map
-        cqes_at, cq_mask = self.cqes_at, self.cq_mask
-        sq_khead, cq_khead, cq_ktail = self.sq_khead, self.cq_khead, self.cq_ktail
+        ring = self.ring
+        assert ring is not None  # set up by _setup
+        enter = ring.enter
+        cq_map = ring.cq
+        cqes_at, cq_mask = ring.cqes_at, ring.cq_mask
+        sq_khead, cq_khead, cq_ktail = ring.sq_head, ring.cq_head, ring.cq_tail
         entries = self.entries
         unpack_cqe = _CQE.unpack_from
         serve = self._answer
         live = len(entries)
         while live:
-            pending = (self.sq_tail - sq_khead.value) & _U32_MASK
-            if _enter(_NR_IO_URING_ENTER, ring_fd, pending, 1, ENTER_GETEVENTS, None, 0) < 0:
-                err = ctypes.get_errno()
-                if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                    raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+            pending = (self.sq_tail - sq_khead.value) & U32_MASK
+            ret = enter(pending, 1, ENTER_GETEVENTS)
+            if ret < 0 and -ret not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+                raise OSError(-ret, f"io_uring_enter: {os.strerror(-ret)}")
             head, tail = cq_khead.value, cq_ktail.value
             while head != tail:
                 user_data, res, _ = unpack_cqe(cq_map, cqes_at + (head & cq_mask) * CQE_SIZE)
-                head = (head + 1) & _U32_MASK
+                head = (head + 1) & U32_MASK
                 if user_data == _POLL_TAG:
                     live = 0  # Transport.stop
                     continue
@@ -409,12 +332,12 @@ class _Queue:
         if err in _GONE:
             log.debug("serve-fs: io_uring queue %d: %s", self.qid, os.strerror(err))
             return False
-        if entry.cmd == CMD_COMMIT_AND_FETCH and not self.transport.stopping:
+        if entry.cmd == URING_CMD_COMMIT_AND_FETCH and not self.transport.stopping:
             # The request was gone (commit id unknown): the kernel dropped our entry with
             # it, register the buffers again as a new one.
             log.debug("serve-fs: io_uring queue %d: commit failed: %s", self.qid,
                       os.strerror(err))
-            self._push(entry, CMD_REGISTER, 0)
+            self._push(entry, URING_CMD_REGISTER, 0)
             return True
         log.debug("serve-fs: io_uring queue %d: register failed: %s", self.qid,
                   os.strerror(err))
@@ -425,18 +348,18 @@ class _Queue:
         """Serve the request in ``entry`` and queue its commit."""
         mem = entry.mem
         length, _opcode, unique = _IN_HEAD.unpack_from(mem)
-        commit_id, size = _ENT_IN.unpack_from(mem, _ENT_COMMIT_ID)
-        op_size = length - _IN_HEADER_SIZE - size
+        commit_id, size = _ENT_IN.unpack_from(mem, URING_ENT_COMMIT_ID)
+        op_size = length - IN_HEADER.size - size
         result: tuple[int, bytes | None] | None
-        if 0 <= op_size <= _OP_IN_SIZE and size <= self.payload:
+        if 0 <= op_size <= URING_OP_IN and size <= self.payload:
             # The op struct goes right in front of the payload: the body Session.answer
             # takes (what follows the fuse_in_header on /dev/fuse), without a copy.
             start = _PAYLOAD_AT - op_size
             if op_size:
-                mem[start:_PAYLOAD_AT] = mem[_OP_IN:_OP_IN + op_size]
+                mem[start:_PAYLOAD_AT] = mem[URING_OP_IN:URING_OP_IN + op_size]
             view = entry.view  # answer reads the fuse_in_header at its start
             with self.lock:
-                result = self.answer(view, view[start:_PAYLOAD_AT + size])
+                result = self.answer(view, view[start:_PAYLOAD_AT + size], self.req)
         else:
             log.error("serve-fs: io_uring request of %d bytes with %d of payload", length,
                       size)
@@ -452,17 +375,17 @@ class _Queue:
                     err, n = -errno.EIO, 0
                 else:
                     mem[_PAYLOAD_AT:_PAYLOAD_AT + n] = reply
-        _OUT_HEAD.pack_into(mem, 0, _OUT_HEADER_SIZE + n, err, unique)
-        _U32.pack_into(mem, _ENT_PAYLOAD_SZ, n)
-        self._push(entry, CMD_COMMIT_AND_FETCH, commit_id)
+        OUT_HEADER.pack_into(mem, 0, OUT_HEADER.size + n, err, unique)
+        U32.pack_into(mem, URING_ENT_PAYLOAD_SZ, n)
+        self._push(entry, URING_CMD_COMMIT_AND_FETCH, commit_id)
 
 
 class Transport:
     """The rings of one `Session`: `prepare` before the INIT reply (grant
-    `FUSE_OVER_IO_URING` only if it returns True), `start` once the reply is written,
+    `cntr.fs.protocol.OVER_IO_URING` only if it returns True), `start` once the reply is written,
     `stop` when the session ends."""
 
-    def __init__(self, session: Session, fd: int, *, max_write: int,
+    def __init__(self, session: Served, fd: int, *, max_write: int,
                  max_pages: int, depth: int = DEPTH) -> None:
         self.session = session
         self.fd = fd
