@@ -43,7 +43,7 @@ class Inherited:
     """``CNTR_PLAN_LOG``'s file, or None."""
     exec_path: str | None = None
     """where the command's PATH search ends in the host's tree, tried first
-    (`cntr.session.reaper.host_exec_path`); None: search."""
+    (`cntr.session.supervisor.host_exec_path`); None: search."""
 
     def log(self, op: Op) -> None:
         """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run

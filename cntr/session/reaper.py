@@ -24,7 +24,6 @@ import errno
 import fcntl
 import os
 import signal
-import stat
 import termios
 
 from cntr.linux import caps, lsm, pty, seccomp, syscalls
@@ -213,10 +212,10 @@ def execute(argv: list[str], env: dict[str, str], first: str | None) -> None:
     a round of FUSE requests before the command.
 
     ``first``: where the supervisor found the search ends in the host's tree
-    (``host_exec_path``), tried first: every entry before it is absent there, and so in
-    the served tree, so a miss through FUSE is saved per entry.  If it does not run here
-    (the session's ids may not execute it, the tree changed), the search runs as
-    os.execvpe's, whose result it then is. Returns only by raising OSError."""
+    (`cntr.session.supervisor.host_exec_path`), tried first: every entry before it is
+    absent there, and so in the served tree, so a miss through FUSE is saved per entry.
+    If it does not run here (the session's ids may not execute it, the tree changed), the
+    search runs as os.execvpe's, whose result it then is. Returns only by raising OSError."""
     name = argv[0]
     if first is not None:
         with contextlib.suppress(OSError):
@@ -235,36 +234,6 @@ def execute(argv: list[str], env: dict[str, str], first: str | None) -> None:
             saved = saved or exc
     assert last is not None  # str.split gives at least one entry
     raise saved or last
-
-
-def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
-    """Where ``execute``'s search of ``argv[0]`` ends in the supervisor's tree (the host's,
-    which serve-fs serves as the session's /): the first PATH entry that holds a regular
-    file with an execute bit, as ``os.path.join(entry, argv[0])``; None when the search
-    cannot be decided here: ``argv[0]`` is a path, an entry before it is relative (the
-    session's working directory), or it or an entry before it is at or below one of
-    ``differs`` (the session's own mounts: the container's root, /proc, /dev, /sys, the
-    bound files), or not found.  Entries absent here are absent in the session too."""
-    name = argv[0]
-    if not name or "/" in name:
-        return None
-    for entry in env.get("PATH", os.defpath).split(os.pathsep):
-        if not entry.startswith("/"):
-            return None
-        path = os.path.join(entry, name)
-        for p in (os.path.normpath(path), os.path.realpath(path)):
-            if any(p == d or p.startswith(d.rstrip("/") + "/") for d in differs):
-                return None
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:
-            return None
-        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return path
-        # Not executable: execve fails with EACCES there and the search goes on.
-    return None
 
 
 def command(inh: Inherited, fork: plan.ForkCommand) -> None:

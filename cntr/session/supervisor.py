@@ -17,6 +17,7 @@ import contextlib
 import os
 import select
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,6 @@ from cntr.linux.namespaces import NamespaceFds
 from cntr.session import messages, plan
 from cntr.session.inherit import FORWARDED, Inherited, open_log
 from cntr.session.messages import Messages, SetupTimeout
-from cntr.session.reaper import host_exec_path
 from cntr.session.setup import setup_child
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
@@ -55,6 +55,36 @@ def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
         print("cntr: warning: cntr exec does not work in this session: the host has no "
               "static busybox (apt-get install busybox-static)", file=sys.stderr)
     return params | {"root": op.root, "exec_helper": helper, "synthetic": list(op.synthetic)}
+
+
+def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
+    """Where ``execute``'s search of ``argv[0]`` ends in the supervisor's tree (the host's,
+    which serve-fs serves as the session's /): the first PATH entry that holds a regular
+    file with an execute bit, as ``os.path.join(entry, argv[0])``; None when the search
+    cannot be decided here: ``argv[0]`` is a path, an entry before it is relative (the
+    session's working directory), or it or an entry before it is at or below one of
+    ``differs`` (the session's own mounts: the container's root, /proc, /dev, /sys, the
+    bound files), or not found.  Entries absent here are absent in the session too."""
+    name = argv[0]
+    if not name or "/" in name:
+        return None
+    for entry in env.get("PATH", os.defpath).split(os.pathsep):
+        if not entry.startswith("/"):
+            return None
+        path = os.path.join(entry, name)
+        for p in (os.path.normpath(path), os.path.realpath(path)):
+            if any(p == d or p.startswith(d.rstrip("/") + "/") for d in differs):
+                return None
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return path
+        # Not executable: execve fails with EACCES there and the search goes on.
+    return None
 
 
 def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cntr.session.reaper import execute, host_exec_path
+from cntr.session.reaper import execute
+from cntr.session.supervisor import host_exec_path
 
 PROG = "cntr-test-prog"
 
