@@ -101,6 +101,13 @@ class SessionServer:
         os.close(self.start_w)
         self.start_w = -1
 
+    def handed_over(self) -> None:
+        """Close this process's end of the parameter pipe: a forked child that holds it
+        (the setup child) calls ``start``; serve-fs ends if it exits first."""
+        if self.start_w >= 0:
+            os.close(self.start_w)
+            self.start_w = -1
+
     def release_fuse_fd(self) -> None:
         """Close this process's copy once the setup child has it (forked)."""
         if self.fuse_fd >= 0:

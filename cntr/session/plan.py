@@ -199,8 +199,8 @@ class MakeBaseDir(Op):
 
 @record(frozen=True)
 class ServeFs(Op):
-    """serve-fs's parameters: it starts serving once the setup child has mounted the
-    FUSE filesystem (message ``M``)."""
+    """serve-fs's parameters: the setup child hands them over once it has mounted the
+    FUSE filesystem, and serve-fs starts serving."""
 
     where = "supervisor"
     root: str

@@ -6,7 +6,7 @@ namespaces: it joins the container's cgroups, builds the session's mount namespa
 (``cntr.linux.mounts``), joins the container's namespaces (the user namespace last, so the
 others are joined with the host's privileges), mounts the fresh /proc and /sys it needs in
 between, and forks the reaper (``cntr.session.reaper``), in the container's pid namespace.
-Any failure is one ``E`` message and exit status 125.
+It hands serve-fs its parameters itself once the FUSE filesystem is mounted.  Any failure is one ``E`` message and exit status 125.
 
 SIGTERM (from the supervisor, or the parent-death signal when cntr dies) kills every
 process of the session, descendants first, found in the host's /proc; once the command has
@@ -86,8 +86,10 @@ class _Steps:
     """The setup child's interpreter over the plan's ``setup`` part; ``step`` is what an
     error names."""
 
-    def __init__(self, inh: Inherited) -> None:
+    def __init__(self, inh: Inherited, proc_fd: int) -> None:
         self.inh = inh
+        self.proc_fd = proc_fd
+        """the host's /proc"""
         self.step = "join the container's cgroups"
         self.root_open = True
 
@@ -169,7 +171,10 @@ class _Steps:
 
         def mounted() -> None:
             os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
-            send(inh.status_w, messages.MOUNTED)
+            if inh.start_serve_fs is not None:
+                # Here, not by the supervisor on a message: one wake-up less on the way
+                # to serve-fs's first answer, which every later step waits for.
+                inh.start_serve_fs(os.stat(f"{os.getpid()}/ns/mnt", dir_fd=self.proc_fd).st_ino)
 
         items: list[mounts.Item] = [
             (b.source, b.target, b.recursive) if isinstance(b, plan.Bind) else (None, "dev", True)
@@ -208,7 +213,7 @@ def setup_child(inh: Inherited) -> None:
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != inh.supervisor:
         os._exit(125)  # it died before the line above
-    steps = _Steps(inh)
+    steps = _Steps(inh, proc_fd)
     ops = inh.plan.part("setup")
     fork = ops.pop()
     assert isinstance(fork, plan.ForkReaper)

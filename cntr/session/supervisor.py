@@ -1,8 +1,8 @@
 """The supervisor: cntr's own process, in the host's namespaces, for the session's lifetime.
 
-``run`` forks the setup child (``cntr.session.setup``) with the plan, hands serve-fs its
-parameters once the setup child says the FUSE filesystem is mounted (``M``), relays the
-pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
+``run`` forks the setup child (``cntr.session.setup``) with the plan and serve-fs's
+parameters (the setup child hands them over once the FUSE filesystem is mounted), relays
+the pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
 the reaper exists) and returns the command's exit status; a set-up that fails is a
 ``SessionSetupError`` (exit 125), one that takes longer than ``SETUP_TIMEOUT`` too.
 
@@ -105,8 +105,20 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     exec_path = None
     if serve is not None and serve.tools is None:  # the session's / is the host's tree
         exec_path = host_exec_path(exe.argv, exe.env, session.mounted_over())
+    start: Callable[[int], None] | None = None
+    if server is not None and serve is not None and fuse_fd is not None:
+        params = serve_fs_params(serve)
+        fs = server
+
+        def start(mnt_ns: int) -> None:
+            if launch.SERVE_FS_ISOLATION:
+                # The session's own mount namespace: serve-fs refuses requests from
+                # processes outside it (the container's, via /proc/PID/root).
+                params["allowed_mnt_ns"] = mnt_ns
+            fs.start(params)
+
     inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
-                    os.getpid(), master, log_fd, exec_path)
+                    os.getpid(), master, log_fd, exec_path, start)
     for op in session.part("supervisor"):  # done: the context checked, serve-fs started
         inh.log(op)
     child = os.fork()
@@ -122,19 +134,19 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
         os.close(slave)
     if log_fd is not None:
         os.close(log_fd)
-    params: dict[str, Any] = {}
-    if serve is not None and fuse_fd is not None:
-        params = serve_fs_params(serve)
     if server is not None:
         server.release_fuse_fd()
-    return supervise(child, server=server if fuse_fd is not None else None, params=params,
+        if start is not None:
+            server.handed_over()
+    return supervise(child, server=server if fuse_fd is not None else None,
                      status_r=status_r, master=master, pid=ctx.pid)
 
 
-def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any],
-              status_r: int, master: int | None, pid: int) -> int:
+def supervise(child: int, *, server: SessionServer | None, status_r: int,
+              master: int | None, pid: int) -> int:
     """Read the setup child's and the reaper's messages until the command has ended (or
-    the set-up failed); its exit status.  Closes ``status_r`` and ``master``."""
+    the set-up failed); its exit status.  Closes ``status_r`` and ``master``.  ``server``
+    (the setup child starts it) is killed when the set-up times out."""
     reaper = 0
 
     def container_gone() -> bool:
@@ -175,13 +187,7 @@ def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any
         try:
             while not started and (msg := msgs.next(deadline)) is not None:
                 tag, text = msg
-                if tag == messages.MOUNTED and server is not None:
-                    if launch.SERVE_FS_ISOLATION:
-                        # The session's own mount namespace: serve-fs refuses requests
-                        # from processes outside it (the container's, via /proc/PID/root).
-                        params["allowed_mnt_ns"] = os.stat(f"/proc/{child}/ns/mnt").st_ino
-                    server.start(params)
-                elif tag == messages.REAPER:
+                if tag == messages.REAPER:
                     reaper = int(text)
                     audit.SESSION_PID = reaper
                 elif tag == messages.WARNING:
