@@ -45,6 +45,9 @@ class Inherited:
     exec_path: str | None = None
     """where the command's PATH search ends in the host's tree, tried first
     (`cntr.session.supervisor.host_exec_path`); None: search."""
+    prefetch: tuple[str, ...] = ()
+    """paths the command's execve will look up, the last one read, looked up ahead by
+    `cntr.session.setup.prefetch` (empty: none)."""
     start_serve_fs: Callable[[int], None] | None = None
     """hands serve-fs its parameters, given the inode of the session's mount namespace:
     the setup child calls it once the FUSE filesystem is mounted (None: no serve-fs)."""

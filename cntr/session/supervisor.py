@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import stat
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +88,35 @@ def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> 
     return None
 
 
+def exec_prefetch(path: str | None) -> tuple[str, ...]:
+    """What the execve of ``path`` (`host_exec_path`'s answer) looks up through FUSE that
+    is worth looking up ahead (`cntr.session.setup.prefetch`): the file, its ELF
+    interpreter (``PT_INTERP``, elf(5)) and the dynamic loader's cache, read last; nothing
+    for a static, non-ELF (a script) or unreadable file."""
+    if path is None:
+        return ()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":  # 64-bit, little-endian
+                return ()
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                at = i * phentsize
+                if struct.unpack_from("<I", table, at)[0] == 3:  # PT_INTERP
+                    offset, = struct.unpack_from("<Q", table, at + 8)
+                    size, = struct.unpack_from("<Q", table, at + 32)
+                    f.seek(offset)
+                    interp = f.read(min(size, 4096)).split(b"\0")[0].decode()
+                    return (path, interp, "/etc/ld.so.cache") if interp.startswith("/") else ()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return ()
+    return ()
+
+
 def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
         server: SessionServer | None, root_fd: int, nsfds: NamespaceFds,
         started: Callable[[int], None] | None = None) -> int:
@@ -118,7 +148,7 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
             fs.start(params)
 
     inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
-                    os.getpid(), master, log_fd, exec_path, start)
+                    os.getpid(), master, log_fd, exec_path, exec_prefetch(exec_path), start)
     for op in session.part("supervisor"):  # done: the context checked, serve-fs started
         inh.log(op)
     child = os.fork()
