@@ -133,8 +133,12 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     fuse_fd = server.fuse_fd if server is not None and serve is not None else None
     log_fd = open_log()
     exec_path = None
+    ahead: tuple[str, ...] = ()
     if serve is not None and serve.tools is None:  # the session's / is the host's tree
         exec_path = host_exec_path(exe.argv, exe.env, session.mounted_over())
+        # (a path such as $SHELL's is not searched, but looked up ahead all the same)
+        ahead = exec_prefetch(exec_path or (exe.argv[0] if exe.argv[0].startswith("/")
+                                            else None))
     start: Callable[[int], None] | None = None
     if server is not None and serve is not None and fuse_fd is not None:
         params = serve_fs_params(serve)
@@ -148,7 +152,7 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
             fs.start(params)
 
     inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
-                    os.getpid(), master, log_fd, exec_path, exec_prefetch(exec_path), start)
+                    os.getpid(), master, log_fd, exec_path, ahead, start)
     for op in session.part("supervisor"):  # done: the context checked, serve-fs started
         inh.log(op)
     child = os.fork()

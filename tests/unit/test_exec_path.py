@@ -1,6 +1,7 @@
 """The command's PATH search (`cntr.session.reaper.execute`) gives os.execvpe's result,
-and the supervisor's look-up in the host's tree (``host_exec_path``) finds what that
-search would, or declines.
+the supervisor's look-up in the host's tree (``host_exec_path``) finds what that search
+would, or declines, and ``exec_prefetch`` names what an execve looks up (the file, its ELF
+interpreter, the loader's cache).
 
 Each case runs in a forked child, once through os.execvpe and once through ``execute``
 (with and without the supervisor's answer tried first): the program that ran (it prints
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cntr.session.reaper import execute
-from cntr.session.supervisor import host_exec_path
+from cntr.session.supervisor import exec_prefetch, host_exec_path
 
 PROG = "cntr-test-prog"
 
@@ -126,3 +127,14 @@ def test_undecidable_on_the_host(tmp_path: Path) -> None:
     assert host_exec_path([PROG], {"PATH": str(link)}, []) == f"{link}/{PROG}"
     # A mount elsewhere does not matter.
     assert host_exec_path([PROG], env, ["/proc", f"{tmp_path}x"]) == f"{entries[1]}/{PROG}"
+
+
+def test_what_an_execve_looks_up_ahead(tmp_path: Path) -> None:
+    # Debian 12 on x86_64, the machine kind the suite runs on: /bin/true is dynamic.
+    assert exec_prefetch("/bin/true") == ("/bin/true", "/lib64/ld-linux-x86-64.so.2",
+                                          "/etc/ld.so.cache")
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    static = next(p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p))
+    for path in (str(script), static, str(tmp_path / "absent"), str(tmp_path), None):
+        assert exec_prefetch(path) == ()
