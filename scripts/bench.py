@@ -108,6 +108,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -340,6 +341,27 @@ def build_passthrough_ll() -> Path | None:
     return exe
 
 
+def serve_fs_env(kind: str) -> dict[str, str] | None:
+    """The environment of the serve-fs target ``kind``: ``serve-fs-LOOP`` sets
+    ``CNTR_SERVE_FS_LOOP``, ``serve-fs-tN`` N reader threads (``CNTR_SERVE_FS_THREADS``)."""
+    suffix = kind.removeprefix("serve-fs").removeprefix("-")
+    if not suffix:
+        return None
+    if suffix == "offload":
+        return {**os.environ, "CNTR_SERVE_FS_OFFLOAD": "1"}
+    m = re.fullmatch(r"t(\d+)(f?)(b?)(s?)", suffix)
+    if m is None:
+        return {**os.environ, "CNTR_SERVE_FS_LOOP": suffix}
+    env = {**os.environ, "CNTR_SERVE_FS_THREADS": m.group(1)}
+    if m.group(2):
+        env["CNTR_SERVE_FS_FINE"] = "1"
+    if m.group(3):
+        env["CNTR_SERVE_FS_MAIN_BLOCK"] = "1"
+    if m.group(4):
+        env["CNTR_SERVE_FS_SPIN_NS"] = "0"
+    return env
+
+
 def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
                 timeout: float = 30) -> Mount:
     """Serve ``root`` on ``mnt`` with the FUSE implementation ``kind``; wait for it."""
@@ -349,8 +371,7 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     rfd = wfd = -1
     env = None
     if kind.startswith("serve-fs"):
-        if kind != "serve-fs":
-            env = {**os.environ, "CNTR_SERVE_FS_LOOP": kind.removeprefix("serve-fs-")}
+        env = serve_fs_env(kind)
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
         argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
@@ -735,9 +756,10 @@ def wl_untar_parallel(n: int) -> Callable[[FsContext, Target], float]:
 
     def run(ctx: FsContext, t: Target) -> float:
         dests = [t.path / f"untar-p{n}-{i}" for i in range(n)]
-        for dest in dests:
-            if dest.exists():
-                shutil.rmtree(dest)
+        # Every untar-pN tree goes, not only this N's: passthrough_ll keeps a descriptor
+        # per inode the kernel holds, and 4 trees next to the 1-tree run's pass 20,000.
+        for old in t.path.glob("untar-p*-*"):
+            shutil.rmtree(old)
         os.sync()
         t0 = time.perf_counter()
         untar_parallel(ctx, dests)
@@ -1413,6 +1435,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--walk-files", type=int, metavar="N",
                    help="files walked for the memory figures, a multiple of 1,000 "
                         "(default 1,000,000, quick 20,000)")
+    p.add_argument("--targets", metavar="KIND[,KIND]",
+                   help="FUSE targets to mount (native always runs): serve-fs, "
+                        "serve-fs-uring, serve-fs-libfuse, serve-fs-tN (N reader threads), "
+                        "c-ll, c-ll-wb, bindfs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
@@ -1468,13 +1494,18 @@ def main(argv: list[str]) -> int:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
     kinds = ["serve-fs", "serve-fs-libfuse"]
-    uring_was = enable_fuse_uring()
+    # The module parameter is the machine's: turned on only when an io_uring target runs.
+    wanted = args.targets.split(",") if args.targets else None
+    uring_was = (enable_fuse_uring() if wanted is None or "serve-fs-uring" in wanted
+                 else None)
     if uring_was is not None:
         kinds.insert(1, "serve-fs-uring")
     if tools.passthrough_ll is not None:
         kinds += ["c-ll", "c-ll-wb"]
     if tools.bindfs is not None:
         kinds.append("bindfs")
+    if wanted is not None:
+        kinds = wanted
     work = Path(tempfile.mkdtemp(prefix="cntr-bench-", dir="/var/tmp"))
     (work / "logs").mkdir()
     mounts: list[Mount] = []
