@@ -768,6 +768,49 @@ def wl_untar_parallel(n: int) -> Callable[[FsContext, Target], float]:
     return run
 
 
+FSYNC_WRITES = 200
+FSYNC_REQUESTER = """\
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+block = b"x" * 4096
+for i in range(int(sys.argv[2])):
+    os.pwrite(fd, block, i * 4096)
+    os.fsync(fd)
+os.close(fd)
+"""
+
+
+def wl_fsync_parallel(n: int) -> Callable[[FsContext, Target], float]:
+    """``n`` requesters at once, each writing FSYNC_WRITES blocks of 4 KiB to a file of
+    its own with an fsync(2) after each (a database's log): the fsyncs of one requester
+    must not wait for another's."""
+
+    def run(ctx: FsContext, t: Target) -> float:
+        files = [t.path / f"fsync-p{n}-{i}" for i in range(n)]
+        for f in files:
+            f.unlink(missing_ok=True)
+        os.sync()
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", FSYNC_REQUESTER, str(f),
+                                   str(FSYNC_WRITES)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for f in files]
+        failed = []
+        for proc, f in zip(procs, files, strict=True):
+            _out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                failed.append(f"{f}: exit {proc.returncode}: {err.decode(errors='replace')}")
+        elapsed = time.perf_counter() - t0
+        if failed:
+            raise BenchError("fsync requester failed: " + "; ".join(failed))
+        for f in files:
+            if f.stat().st_size != FSYNC_WRITES * 4096:
+                raise BenchError(f"{f}: {f.stat().st_size} bytes written")
+        return elapsed
+
+    return run
+
+
 BUILD_HEADERS = 20
 BUILD_MAKEFILE = """\
 SRCS := $(sort $(wildcard src/*.c))
@@ -847,6 +890,11 @@ def concurrency_workloads(sizes: Sizes) -> list[Workload]:
     for n in REQUESTERS:
         goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
         out.append(Workload(
+            f"fsync-p{n}", f"{n} concurrent writers of {FSYNC_WRITES} x 4 KiB, fsync each",
+            "fs", "native", "c-ll", list(goals), run=wl_fsync_parallel(n)))
+    for n in REQUESTERS:
+        goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
+        out.append(Workload(
             f"build-j{n}", f"make -j{n} of {sizes.build_files} C files (gcc -O1)",
             "fs", "native", "c-ll", list(goals), run=wl_build(n)))
     return out
@@ -862,7 +910,7 @@ def scaling(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     nothing from 2 to 4 (the machine may have fewer cores than requesters)."""
     by_name = {s["name"]: s for s in summaries}
     out: list[dict[str, Any]] = []
-    for family, trees in (("untar-p", True), ("build-j", False)):
+    for family, trees in (("untar-p", True), ("fsync-p", True), ("build-j", False)):
         for n in REQUESTERS[1:]:
             one, half, many = (by_name.get(f"{family}{k}") for k in (1, n // 2, n))
             if one is None or half is None or many is None:

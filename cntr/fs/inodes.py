@@ -61,7 +61,6 @@ import logging
 import os
 import stat
 import struct
-import threading
 from collections import OrderedDict
 from typing import NewType
 
@@ -90,24 +89,18 @@ StatT = tuple[int, ...]
 class StatBuf:
     """A reusable statx(2) buffer; `at` returns the unpacked struct as a tuple."""
 
-    __slots__ = ("_local",)
+    __slots__ = ("_buf", "_ptr")
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._buf = bytearray(256)
+        self._ptr = ctypes.addressof((ctypes.c_char * 256).from_buffer(self._buf))
 
     def at(self, dirfd: int, name: bytes, flags: int, mask: int = STATX_MASK) -> StatT:
         """statx(dirfd, name, flags); raises OSError on failure."""
-        local = self._local
-        try:
-            buf, ptr = local.bp
-        except AttributeError:
-            buf = bytearray(256)
-            ptr = ctypes.addressof((ctypes.c_char * 256).from_buffer(buf))
-            local.bp = (buf, ptr)
-        if sc.statx_raw(dirfd, name, flags, mask, ptr) < 0:
+        if sc.statx_raw(dirfd, name, flags, mask, self._ptr) < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
-        return _STATX.unpack_from(buf)
+        return _STATX.unpack_from(self._buf)
 
 
 def key_of(st: StatT) -> int:
@@ -201,7 +194,6 @@ class InodeTable:
         #: the root's derived id, answered with ROOT_INODE
         self._root_alias = -1
         self._root_alias = self._id(st, create=True)
-        self.lock = threading.RLock()
         self._handle = sc.FileHandle()
         self._handle_ptr = ctypes.addressof(self._handle)
         self._mount_id = ctypes.c_int()
@@ -216,10 +208,6 @@ class InodeTable:
         return node
 
     def fd(self, node: Inode) -> int:
-        with self.lock:
-            return self._fd_unlocked(node)
-
-    def _fd_unlocked(self, node: Inode) -> int:
         """An O_PATH descriptor of ``node``, from the cache or reopened (then cached)."""
         fd = node.fd
         if fd >= 0:
@@ -241,10 +229,6 @@ class InodeTable:
         return os.open(b"/proc/self/fd/%d" % self.fd(node), flags | os.O_CLOEXEC)
 
     def learn(self, parent: Inode, parent_fd: int, name: bytes, st: StatT) -> Inode:
-        with self.lock:
-            return self._learn_unlocked(parent, parent_fd, name, st)
-
-    def _learn_unlocked(self, parent: Inode, parent_fd: int, name: bytes, st: StatT) -> Inode:
         """The inode for ``name`` in ``parent`` whose statx is ``st``; created if new.
 
         The lookup count is not changed: the caller adds one once the reply is sent.
@@ -351,10 +335,6 @@ class InodeTable:
             self._remove(node)
 
     def forget(self, nodeid: int, nlookup: int) -> None:
-        with self.lock:
-            return self._forget_unlocked(nodeid, nlookup)
-
-    def _forget_unlocked(self, nodeid: int, nlookup: int) -> None:
         """The kernel dropped ``nlookup`` references to ``nodeid``."""
         node = self.by_id.get(nodeid)
         if node is None or nodeid == ROOT_INODE:
@@ -471,10 +451,6 @@ class InodeTable:
         return fd
 
     def _name_to_handle(self, dirfd: int, name: bytes, flags: int) -> bytes | None:
-        with self.lock:
-            return self._name_to_handle_unlocked(dirfd, name, flags)
-
-    def _name_to_handle_unlocked(self, dirfd: int, name: bytes, flags: int) -> bytes | None:
         fh = self._handle
         fh.handle_bytes = sc.MAX_HANDLE_SZ
         ret = sc.name_to_handle_at_raw(dirfd, name, self._handle_ptr, self._mount_id_ptr,

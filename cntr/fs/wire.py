@@ -360,7 +360,7 @@ class Session:
     ``ops``.  `run` returns when the filesystem goes away or `stop` is called."""
 
     #: how long to poll /dev/fuse before sleeping (cntr.fs.server.DirectLoop explains)
-    spin_ns = int(os.environ.get("CNTR_SERVE_FS_SPIN_NS", "100000"))
+    spin_ns = 100_000
     #: once woken, how long to let requests pile up before reading them (io_uring mode:
     #: only forgets come this way then, and one BATCH_FORGET beats a wake-up per FORGET)
     settle_s = 0.0
@@ -395,10 +395,6 @@ class Session:
         self._pt_writer_files: set[int] = set()
         #: set by INIT: the kernel sends the extended fuse_setxattr_in
         self._setxattr_ext = False
-        #: prototype: extra reader threads on cloned descriptors, started after INIT
-        self.threads = int(os.environ.get("CNTR_SERVE_FS_THREADS", "1"))
-        self.fine = os.environ.get("CNTR_SERVE_FS_FINE") == "1"
-        self._readers_started = False
         self._poller: select.poll | None = None
         #: the fields of the request being served
         self._request = Request()
@@ -456,11 +452,6 @@ class Session:
         answer = self.answer
         lock = self.lock
         wait = self._wait
-        unpack_op = _U32.unpack_from
-        offload = None
-        if os.environ.get("CNTR_SERVE_FS_OFFLOAD") == "1":
-            from cntr.fs.threads import Offload
-            offload = Offload(self)
         while not self.stopping:
             wait()  # poll first: a read that finds nothing costs an exception
             try:
@@ -473,14 +464,8 @@ class Session:
                 if exc.errno == errno.ENODEV:
                     return  # unmounted
                 raise
-            if offload is not None and unpack_op(buf, 4)[0] in (FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, COPY_FILE_RANGE_64):
-                offload.submit(bytes(view[:n]), fd)
-                continue
-            if self.fine:
+            with lock:
                 result = answer(buf, view[_IN_SIZE:n])
-            else:
-                with lock:
-                    result = answer(buf, view[_IN_SIZE:n])
             if result is None:
                 continue
             err, reply = result
@@ -495,24 +480,16 @@ class Session:
                     return
                 if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
                     raise
-            if self.threads > 1 and not self._readers_started and self.passthrough is not None:
-                from cntr.fs.threads import start_readers
-                if unpack_unique(buf, 4)[0] & 0xFFFFFFFF == INIT:
-                    self._readers_started = True
-                    start_readers(self, self.threads - 1)
-                    if os.environ.get("CNTR_SERVE_FS_MAIN_BLOCK") == "1":
-                        self.spin_ns = 0
             if self._uring_start is not None:  # the INIT reply granting io_uring is out
                 start, self._uring_start = self._uring_start, None
                 start()
 
     def answer(self, header: bytes | bytearray | memoryview,
-               body: memoryview, fresh: bool = False) -> tuple[int, bytes | None] | None:
+               body: memoryview) -> tuple[int, bytes | None] | None:
         """Serve one request: ``(0 or -errno, reply payload)``, or None for a request that
         takes no reply (FORGET, INTERRUPT).  ``header`` starts with the fuse_in_header,
         ``body`` is what follows it.  Not reentrant: one request at a time."""
-        fields = Request() if self.fine or fresh else self._request
-        ctx = cast(RequestContext, fields)
+        fields = self._request
         _len, opcode, _unique, nodeid, fields.uid, fields.gid, fields.pid, _ext, _ = (
             _IN.unpack_from(header))
         handler = self._handlers.get(opcode)
@@ -520,11 +497,11 @@ class Session:
             if opcode in self._silent:
                 quiet = self._silent[opcode]
                 if quiet is not None:
-                    quiet(nodeid, ctx, body)
+                    quiet(nodeid, self._ctx, body)
                 return None
             return -errno.ENOSYS, None
         try:
-            return 0, handler(nodeid, ctx, body)
+            return 0, handler(nodeid, self._ctx, body)
         except FUSEError as exc:
             return -exc.errno, None
         except OSError as exc:
@@ -693,11 +670,11 @@ class Session:
 
     # --- namespace changes ------------------------------------------------------------
     def _mknod(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
-        mode, rdev, req.umask = _MKNOD_IN.unpack_from(body)
+        mode, rdev, self._request.umask = _MKNOD_IN.unpack_from(body)
         return pack_entry(_run(self.ops.mknod(nodeid, _name(body, 16), mode, rdev, req)))
 
     def _mkdir(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
-        mode, req.umask = _U32_PAIR.unpack_from(body)
+        mode, self._request.umask = _U32_PAIR.unpack_from(body)
         return pack_entry(_run(self.ops.mkdir(nodeid, _name(body, 8), mode, req)))
 
     def _symlink(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
@@ -846,7 +823,7 @@ class Session:
             raise
 
     def _create(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
-        flags, mode, req.umask, _ = _CREATE_IN.unpack_from(body)
+        flags, mode, self._request.umask, _ = _CREATE_IN.unpack_from(body)
         fi, entry = _run(self.ops.create(nodeid, _name(body, 16), mode, flags, req))
         try:
             return self._created(entry, fi, flags)
@@ -1047,7 +1024,7 @@ class Session:
             st[RDEV_MAJ], st[RDEV_MIN], st[DEV_MAJ], st[DEV_MIN], *(0,) * 14)
 
     def _tmpfile(self, nodeid: int, req: RequestContext, body: memoryview) -> bytes:
-        flags, mode, req.umask, _ = _CREATE_IN.unpack_from(body)
+        flags, mode, self._request.umask, _ = _CREATE_IN.unpack_from(body)
         fi, entry = _run(self.ops.tmpfile(nodeid, mode, flags, req))
         try:
             return self._created(entry, fi, flags)
