@@ -25,29 +25,21 @@ WAIT_FOR_EXIT = 5.0
 """Seconds ``close`` waits for serve-fs to exit after the session."""
 
 
-SESSION_LOOPS = ("wire", "uring")
-"""The FUSE sessions a cntr session runs (`cntr.fs.server.serve`, chosen with
-``CNTR_SERVE_FS_LOOP``)."""
-REFERENCE_LOOPS = ("libfuse", "trio")
-"""pyfuse3's libfuse session: kept as a benchmark reference only (``python -m
-stages.serve_fs``): it cannot negotiate what a session needs to be as correct as the disk."""
+SESSION_LOOPS = ("wire", "uring", "libfuse")
+"""The FUSE sessions serve-fs runs (`cntr.fs.server.serve`, chosen with
+``CNTR_SERVE_FS_LOOP``): serve-fs's own over /dev/fuse (the default) or io_uring, and
+pyfuse3's libfuse session (README lists what it cannot negotiate)."""
 
 
-def serve_fs_loop(*, reference_loops: bool = False) -> str:
-    """The FUSE session ``CNTR_SERVE_FS_LOOP`` asks for (``CNTR_SERVE_FS_TRIO=1``: trio),
-    wire by default; one line (CntrError) for an unknown one, and for a reference loop
-    unless ``reference_loops``.  Checked before serve-fs is forked, whose output goes to
-    /dev/null."""
-    loop = ("trio" if os.environ.get("CNTR_SERVE_FS_TRIO") == "1"
-            else os.environ.get("CNTR_SERVE_FS_LOOP") or "wire")
-    if loop in SESSION_LOOPS or (reference_loops and loop in REFERENCE_LOOPS):
+def serve_fs_loop() -> str:
+    """The FUSE session ``CNTR_SERVE_FS_LOOP`` asks for, wire by default; one line
+    (CntrError) for an unknown one.  Checked before serve-fs is forked, whose output goes
+    to /dev/null."""
+    loop = os.environ.get("CNTR_SERVE_FS_LOOP") or "wire"
+    if loop in SESSION_LOOPS:
         return loop
-    if loop in REFERENCE_LOOPS:
-        raise CntrError(f"CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
-                        "(python -m stages.serve_fs), not as correct as a session must be: "
-                        "use wire or uring")
-    raise CntrError(f"CNTR_SERVE_FS_LOOP must be one of "
-                    f"{', '.join(SESSION_LOOPS + REFERENCE_LOOPS)}, not {loop!r}")
+    raise CntrError(f"CNTR_SERVE_FS_LOOP must be one of {', '.join(SESSION_LOOPS)}, "
+                    f"not {loop!r}")
 
 
 def check_host() -> None:

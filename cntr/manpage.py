@@ -48,9 +48,7 @@ ENVIRONMENT = [
     ("CNTR_SERVE_FS_LOG", "file that keeps a session's serve-fs messages (default: "
      "discarded)"),
     ("CNTR_SERVE_FS_LOOP", "how serve-fs takes FUSE requests: wire (default), uring (FUSE "
-     "over io_uring, needs fuse.enable_uring=Y), libfuse or trio (pyfuse3's session)"),
-    ("CNTR_SERVE_FS_TRIO", "1: serve through pyfuse3's trio session (as "
-     "CNTR_SERVE_FS_LOOP=trio)"),
+     "over io_uring, needs fuse.enable_uring=Y) or libfuse (pyfuse3's session under trio)"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "

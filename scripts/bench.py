@@ -10,7 +10,7 @@ Filesystem workloads, each on seven targets:
   ``serve-fs-uring`` the same with requests over FUSE over io_uring
               (``CNTR_SERVE_FS_LOOP=uring``; the benchmark turns the module parameter
               ``fuse.enable_uring`` on for its run and puts it back);
-  ``serve-fs-libfuse`` the same Operations on pyfuse3's libfuse session
+  ``serve-fs-libfuse`` the same handler core on pyfuse3's libfuse session
               (``CNTR_SERVE_FS_LOOP=libfuse``): what the wire session gains;
   ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
               reference the goals compare against: multi-threaded, cache=auto, 1 s timeouts);

@@ -6,12 +6,8 @@ Run standalone for tests and debugging::
 
     python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
-Caveats (and those of `cntr.fs.tree`):
-- ``CNTR_SERVE_FS_LOOP=libfuse`` and ``trio`` (pyfuse3's libfuse session) run only here,
-  standalone, as the benchmark's reference: ``serve_fs()`` refuses them otherwise.  That
-  session cannot negotiate what the wire session does to behave like the disk
-  (FUSE_HANDLE_KILLPRIV_V2, FUSE_DONT_MASK, FUSE_SETXATTR_EXT) nor carry its extra
-  requests (fallocate, statx, O_TMPFILE, ioctls, ...), so no cntr session runs on it.
+The session (``CNTR_SERVE_FS_LOOP``: wire, uring or libfuse) is `cntr.launch.serve_fs_loop`'s
+choice; caveats are those of `cntr.fs.tree` and of the session's module.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cntr.errors import CntrError
-from cntr.fs.operations import IdMap
+from cntr.fs.passthrough import IdMap
 from cntr.fs.tree import serve_tree
 from cntr.launch import serve_fs_loop
 
@@ -31,16 +27,13 @@ def serve_fs(root: str = "/", *, mountpoint: str | None = None, fuse_fd: int | N
              gid_map: IdMap | None = None,
              effective_user: tuple[int, int] | None = None,
              allowed_mnt_ns: int | None = None, debug: bool = False,
-             reference_loops: bool = False, synthetic: Sequence[str] = (),
+             synthetic: Sequence[str] = (),
              exec_helper: str | None = None) -> int:
     """Serve `root` until the filesystem is unmounted (`cntr.fs.tree.serve_tree`, whose
     docstring says what each argument does) on the session loop ``CNTR_SERVE_FS_LOOP``
     names; returns an exit status (0 on clean unmount).
-
-    ``reference_loops``: accept pyfuse3's libfuse session (``CNTR_SERVE_FS_LOOP=libfuse``
-    or ``trio``), for the benchmark (module docstring); refused otherwise.
     """
-    return serve_tree(root, loop=serve_fs_loop(reference_loops=reference_loops),
+    return serve_tree(root, loop=serve_fs_loop(),
                       mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
                       uid_map=uid_map, gid_map=gid_map, effective_user=effective_user,
                       allowed_mnt_ns=allowed_mnt_ns, debug=debug, synthetic=synthetic,
@@ -66,7 +59,7 @@ def _main(argv: list[str]) -> int:
                         format="%(name)s: %(message)s")
     try:
         return serve_fs(args[0], mountpoint=args[1], ready_fd=ready_fd,
-                        allowed_mnt_ns=allowed_mnt_ns, debug=debug, reference_loops=True)
+                        allowed_mnt_ns=allowed_mnt_ns, debug=debug)
     except CntrError as exc:
         print(f"cntr: serve-fs: {exc.message.removeprefix('serve-fs: ')}", file=sys.stderr)
         return exc.exit_code

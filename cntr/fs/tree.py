@@ -1,4 +1,4 @@
-"""Serving one tree: the Operations for a root directory, the entries shown where the tree
+"""Serving one tree: the handler core for a root directory, the entries shown where the tree
 lacks them, and the FUSE session they run on until the filesystem is unmounted.
 
 `serve_tree` is what a session's serve-fs (forked by `cntr.launch`) and the serve-fs stage
@@ -6,7 +6,7 @@ lacks them, and the FUSE session they run on until the filesystem is unmounted.
 
 Caveats:
 - sets the process umask to 0, then to each requester's for the files it creates
-  (`cntr.fs.operations.Operations.create_mode`: the host applies it, or a default ACL).
+  (`cntr.fs.passthrough.Passthrough.create_mode`: the host applies it, or a default ACL).
 - pyfuse3 has one global session: one libfuse `serve_tree` per process.
 - ``synthetic`` paths the served tree lacks (a ``--tools`` tree without ``/var/lib/cntr``,
   ``/proc`` or ``/etc/passwd``, where the session mounts the container's) are shown as
@@ -23,8 +23,9 @@ import stat
 from collections.abc import Sequence
 
 from cntr.errors import CntrError, os_error
+from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import MODE
-from cntr.fs.operations import IdMap, Operations
+from cntr.fs.passthrough import IdMap, Passthrough
 from cntr.fs.server import serve
 from cntr.linux import syscalls
 from cntr.linux.mounts import detached_mount
@@ -69,7 +70,7 @@ def serve_tree(root: str = "/", *, loop: str = "wire", mountpoint: str | None = 
 
     ``allowed_mnt_ns`` (the inode of a mount namespace, ``os.stat("/proc/PID/ns/mnt")
     .st_ino``): serve only processes of that namespace, refusing every other with EACCES
-    ("Permission denied"); `cntr.fs.operations` says what is checked and what the kernel's
+    ("Permission denied"); `cntr.fs.gate` says what is checked and what the kernel's
     caches still show.  None serves every process that reaches the mount.
 
     ``loop``: the FUSE session (`cntr.fs.server.serve`), as `cntr.launch.serve_fs_loop`
@@ -87,19 +88,19 @@ def serve_tree(root: str = "/", *, loop: str = "wire", mountpoint: str | None = 
         raise os_error(f"serve-fs: open({root})", exc) from exc
     os.umask(0)
     # acl: the kernel enforces POSIX ACLs (FUSE_POSIX_ACL) as the disk under it would.
-    ops = Operations(root_fd, acl=True, uid_map=uid_map, gid_map=gid_map,
-                     effective_user=effective_user, allowed_mnt_ns=allowed_mnt_ns,
-                     debug=debug)
+    fs = Passthrough(root_fd, acl=True, uid_map=uid_map, gid_map=gid_map,
+                     effective_user=effective_user, debug=debug)
     if synthetic or exec_helper:
         try:
-            graft(ops, synthetic, exec_helper)
+            graft(fs, synthetic, exec_helper)
         except OSError as exc:
-            ops.close()
+            fs.close()
             raise os_error("serve-fs: make the synthetic entries", exc) from exc
+    gate = MountNsGate(allowed_mnt_ns) if allowed_mnt_ns is not None else None
     try:
-        return serve(ops, mountpoint=mountpoint, fuse_fd=fuse_fd, ready_fd=ready_fd,
-                     loop=loop)
-    except RuntimeError as exc:  # pyfuse3 reports mount failures as RuntimeError
+        return serve(fs, gate=gate, mountpoint=mountpoint, fuse_fd=fuse_fd,
+                     ready_fd=ready_fd, loop=loop)
+    except RuntimeError as exc:  # a mount failure (pyfuse3's, or fuse_mount's)
         raise CntrError(f"serve-fs: mount {mountpoint or fuse_fd}: {exc}") from exc
 
 
@@ -109,7 +110,7 @@ def _detached_tmpfs() -> int:
                           (("size", "8m"), ("nr_inodes", "256"), ("mode", "755")))
 
 
-def graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) -> None:
+def graft(ops: Passthrough, synthetic: Sequence[str], exec_helper: str | None) -> None:
     """Show the ``synthetic`` paths the tree lacks, and ``exec_helper``, through
     ``ops.grafts``.
 
@@ -125,7 +126,7 @@ def graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) ->
         os.umask(old_umask)
 
 
-def _graft(ops: Operations, synthetic: Sequence[str], exec_helper: str | None) -> None:
+def _graft(ops: Passthrough, synthetic: Sequence[str], exec_helper: str | None) -> None:
     tmp = _detached_tmpfs()
     table = ops.table
     holders: dict[str, int] = {}  # tmpfs directory (a copy of an existing path) -> fd

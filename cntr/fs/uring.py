@@ -1,4 +1,4 @@
-"""FUSE over io_uring for `cntr.fs.wire.Session`: one queue per CPU, one thread per queue.
+"""FUSE over io_uring for `cntr.fs.session.Session`: one queue per CPU, one thread per queue.
 
 Why: with requests read from ``/dev/fuse``, the thread serving them is woken on whatever
 CPU the scheduler picks; on a 2-vCPU VM (Firecracker, cpuidle haltpoll with
@@ -92,12 +92,38 @@ import os
 import signal
 import struct
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from cntr.fs.wire import Session
+from cntr.fs.protocol import (
+    FUSE_MIN_READ_BUFFER,
+    IN_HEADER,
+    OUT_HEADER,
+    U32,
+    URING_CMD_COMMIT_AND_FETCH,
+    URING_CMD_REGISTER,
+    URING_ENT_COMMIT_ID,
+    URING_ENT_PAYLOAD_SZ,
+    URING_HEADER_SIZE,
+    URING_OP_IN,
+    Request,
+)
 
 log = logging.getLogger("cntr.fs")
+
+
+class Served(Protocol):
+    """What the transport needs of the session it carries requests for
+    (`cntr.fs.session.Session`)."""
+
+    spin_ns: int
+    settle_s: float
+    lock: threading.Lock
+
+    def answer(self, header: bytes | bytearray | memoryview, body: memoryview,
+               req: Request) -> tuple[int, bytes | None] | None:
+        """(0 or -errno, reply payload) for one request, None for no reply."""
+
 
 # --- <linux/io_uring.h> ---------------------------------------------------------------
 # The same numbers on every architecture (added after the syscall tables were unified).
@@ -114,18 +140,12 @@ REGISTER_FILES = 2
 SQE_SIZE = 128  # with IORING_SETUP_SQE128
 CQE_SIZE = 16
 
-# --- <linux/fuse.h> -------------------------------------------------------------------
-FUSE_OVER_IO_URING = 1 << 41
-CMD_REGISTER, CMD_COMMIT_AND_FETCH = 1, 2
-FUSE_MIN_READ_BUFFER = 8192
-#: struct fuse_uring_req_header: in_out[128], op_in[128], fuse_uring_ent_in_out (32)
-HEADER_SIZE = 288
-_OP_IN = 128
-_OP_IN_SIZE = 128
-_ENT_COMMIT_ID = 256 + 8  # ring_ent_in_out.commit_id, then payload_sz
-_ENT_PAYLOAD_SZ = 256 + 16
-_IN_HEADER_SIZE = 40
-_OUT_HEADER_SIZE = 16
+CMD_REGISTER, CMD_COMMIT_AND_FETCH = URING_CMD_REGISTER, URING_CMD_COMMIT_AND_FETCH
+HEADER_SIZE = URING_HEADER_SIZE
+_OP_IN = _OP_IN_SIZE = URING_OP_IN
+_ENT_COMMIT_ID, _ENT_PAYLOAD_SZ = URING_ENT_COMMIT_ID, URING_ENT_PAYLOAD_SZ
+_IN_HEADER_SIZE = IN_HEADER.size
+_OUT_HEADER_SIZE = OUT_HEADER.size
 
 #: entries per queue: one being answered, one already fetched behind it
 DEPTH = 2
@@ -146,12 +166,11 @@ _SYNC_SIGNALS = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.
 # personality, file_index, then fuse_uring_cmd_req (flags, commit_id, qid) and padding
 _SQE = struct.Struct("=BBHiIIQIIQHHiQQH62x")
 _CQE = struct.Struct("=QiI")
-_IN_HEAD = struct.Struct("=IIQ")  # len, opcode, unique
-_OUT_HEAD = struct.Struct("=IiQ")
+_IN_HEAD = struct.Struct("=IIQ")  # fuse_in_header's len, opcode, unique
+_OUT_HEAD = OUT_HEADER
 _ENT_IN = struct.Struct("=QI")  # commit_id, payload_sz
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
-_EVENT = _U64.pack(1)
+_U32 = U32
+_EVENT = struct.pack("=Q", 1)
 
 
 class _SQOffsets(ctypes.Structure):
@@ -259,7 +278,10 @@ class _Queue:
         self.fuse_fd = transport.fd
         self.sqe_flags = 0
         self.lock = transport.lock
-        self.answer = transport.session.answer
+        self.answer: Callable[[memoryview, memoryview, Request], tuple[
+            int, bytes | None] | None] = transport.session.answer
+        #: the requester of the request being answered (each queue fills its own)
+        self.req = Request()
         self.payload = transport.payload
         self._maps: list[mmap.mmap] = []
         self.thread = threading.Thread(target=self._main, name=f"cntr-fuse-ring-{qid}",
@@ -436,7 +458,7 @@ class _Queue:
                 mem[start:_PAYLOAD_AT] = mem[_OP_IN:_OP_IN + op_size]
             view = entry.view  # answer reads the fuse_in_header at its start
             with self.lock:
-                result = self.answer(view, view[start:_PAYLOAD_AT + size])
+                result = self.answer(view, view[start:_PAYLOAD_AT + size], self.req)
         else:
             log.error("serve-fs: io_uring request of %d bytes with %d of payload", length,
                       size)
@@ -462,7 +484,7 @@ class Transport:
     `FUSE_OVER_IO_URING` only if it returns True), `start` once the reply is written,
     `stop` when the session ends."""
 
-    def __init__(self, session: Session, fd: int, *, max_write: int,
+    def __init__(self, session: Served, fd: int, *, max_write: int,
                  max_pages: int, depth: int = DEPTH) -> None:
         self.session = session
         self.fd = fd

@@ -38,11 +38,11 @@ def test_ids_are_stable_and_derived_from_the_host_inode(tmp_path: Path) -> None:
 # serve-fs with the smallest descriptor cache: a cached O_PATH descriptor would keep the
 # old file (and its inode number) alive on the host.
 _SMALL_CACHE = (
-    "import sys, stages.serve_fs as s, cntr.fs.operations as o\n"
-    "init = o.Operations.__init__\n"
+    "import sys, stages.serve_fs as s, cntr.fs.passthrough as p\n"
+    "init = p.Passthrough.__init__\n"
     "def small(self, fd, **kw):\n"
     "    init(self, fd, **{**kw, 'fd_cache_size': 4})\n"
-    "o.Operations.__init__ = small\n"
+    "p.Passthrough.__init__ = small\n"
     "sys.exit(s._main(sys.argv[1:]))\n"
 )
 

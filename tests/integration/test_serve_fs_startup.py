@@ -1,10 +1,10 @@
-"""serve-fs start-up: the default session never imports trio; the other loops still work.
+"""serve-fs start-up: the default session never imports pyfuse3 or trio; every session
+serves.
 
-``cntr.fs`` imports pyfuse3 with placeholders for ``trio`` and ``importlib.metadata``
-(about 150 ms of imports on the attach path); these tests pin that down and check that
-every request loop serves: serve-fs's own wire session (the default), pyfuse3's libfuse
-session without trio (``CNTR_SERVE_FS_LOOP=libfuse``) and with trio, including the trio
-loop chosen after pyfuse3 was imported.
+The wire session (the default) and the io_uring one are serve-fs's own; pyfuse3 and trio
+(about 150 ms of imports on the attach path) are imported only by the libfuse session
+(``CNTR_SERVE_FS_LOOP=libfuse``, `cntr.fs.libfuse`).  These tests pin that down and check
+that every session serves.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,34 +24,16 @@ from tests.integration.fsutil import PYTHON, REPO, serve_fs_mount
 
 _PROBE = r'''
 import json, sys
-import stages.serve_fs, pyfuse3
-out = {"trio": "trio" in sys.modules, "metadata": "importlib.metadata" in sys.modules,
-       "version": pyfuse3.__version__}
-import importlib.metadata, trio
-out["real_version"] = importlib.metadata.version("pyfuse3")
-out["real_trio"] = hasattr(trio, "run") and hasattr(trio.lowlevel, "current_trio_token")
-print(json.dumps(out))
+import stages.serve_fs, cntr.fs.server, cntr.fs.tree
+print(json.dumps(sorted(m for m in ("pyfuse3", "trio", "importlib.metadata")
+                        if m in sys.modules)))
 '''
 
 
-def _probe(env: dict[str, str]) -> dict[str, object]:
+def test_default_import_skips_pyfuse3_and_trio() -> None:
     res = subprocess.run([PYTHON, "-c", _PROBE], cwd=REPO, capture_output=True, check=True,
-                         timeout=60, env={**os.environ, **env})
-    data: dict[str, object] = json.loads(res.stdout)
-    return data
-
-
-def test_default_import_skips_trio_and_metadata() -> None:
-    got = _probe({"CNTR_SERVE_FS_TRIO": ""})
-    assert got["trio"] is False
-    assert got["metadata"] is False
-    assert got["version"] == got["real_version"]
-    assert got["real_trio"] is True  # a later `import trio` gets the real module
-
-
-def test_trio_mode_imports_trio() -> None:
-    got = _probe({"CNTR_SERVE_FS_TRIO": "1"})
-    assert got["trio"] is True
+                         timeout=60)
+    assert json.loads(res.stdout) == []
 
 
 def _serve_and_read(tmp_path: Path, env: dict[str, str],
@@ -66,12 +49,12 @@ def _serve_and_read(tmp_path: Path, env: dict[str, str],
 
 @pytest.mark.fuse
 def test_wire_session_serves(tmp_path: Path) -> None:
-    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": ""})
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_LOOP": ""})
 
 
 @pytest.mark.fuse
-def test_libfuse_direct_loop_serves(tmp_path: Path) -> None:
-    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": "libfuse"})
+def test_libfuse_session_serves(tmp_path: Path) -> None:
+    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_LOOP": "libfuse"})
 
 
 def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
@@ -81,15 +64,14 @@ def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
                          env={**os.environ, "CNTR_SERVE_FS_LOOP": "bogus"})
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, uring, libfuse, trio, not 'bogus'"]
+        "cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, uring, libfuse, not 'bogus'"]
     assert not os.path.ismount(tmp_path / "mnt")
 
 
-@pytest.mark.parametrize("loop", ["libfuse", "trio"])
-def test_reference_loops_are_refused_outside_the_benchmark(tmp_path: Path, loop: str) -> None:
-    """pyfuse3's libfuse session is not as correct as the wire session (no
-    KILLPRIV_V2, DONT_MASK, ...): only ``python -m stages.serve_fs`` (the benchmark's way)
-    runs it; ``cntr serve-fs`` and sessions refuse it with one line, nothing mounted."""
+@pytest.mark.parametrize("loop", ["trio", "bogus"])
+def test_cntr_serve_fs_refuses_an_unknown_loop(tmp_path: Path, loop: str) -> None:
+    """``cntr serve-fs`` (and a session) refuse a loop that is not one of the three with
+    one line, nothing mounted (``trio`` was a separate loop name once)."""
     (tmp_path / "mnt").mkdir()
     res = subprocess.run([*CNTR, "serve-fs", str(tmp_path), "--mountpoint",
                           str(tmp_path / "mnt")], cwd=REPO, capture_output=True, text=True,
@@ -97,21 +79,31 @@ def test_reference_loops_are_refused_outside_the_benchmark(tmp_path: Path, loop:
                          env={**os.environ, "CNTR_SERVE_FS_LOOP": loop})
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        f"cntr: serve-fs: CNTR_SERVE_FS_LOOP={loop} is only a benchmark reference "
-        "(python -m stages.serve_fs), not as correct as a session must be: use wire or uring"]
+        f"cntr: serve-fs: CNTR_SERVE_FS_LOOP must be one of wire, uring, libfuse, not {loop!r}"]
     assert not os.path.ismount(tmp_path / "mnt")
 
 
 @pytest.mark.fuse
-def test_trio_loop_serves(tmp_path: Path) -> None:
-    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "1"})
-
-
-@pytest.mark.fuse
-def test_trio_loop_chosen_after_pyfuse3_was_imported_without_trio(tmp_path: Path) -> None:
-    code = ("import os, sys, stages.serve_fs as s; assert 'trio' not in sys.modules; "
-            "os.environ['CNTR_SERVE_FS_TRIO'] = '1'; sys.exit(s._main(sys.argv[1:]))")
-    _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": ""}, launcher=("-c", code))
+def test_cntr_serve_fs_serves_on_libfuse(tmp_path: Path) -> None:
+    """``cntr serve-fs`` runs pyfuse3's session as it runs the others."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("libfuse\n")
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.Popen([*CNTR, "serve-fs", str(tmp_path / "src"), "--mountpoint",
+                             str(tmp_path / "mnt")], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "CNTR_SERVE_FS_LOOP": "libfuse"})
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(tmp_path / "mnt"):
+            assert proc.poll() is None and time.monotonic() < deadline, "not mounted"
+            time.sleep(0.05)
+        assert (tmp_path / "mnt" / "f").read_text() == "libfuse\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (0, b"")
+    assert not os.path.ismount(tmp_path / "mnt")
 
 
 @pytest.mark.fuse
@@ -124,7 +116,7 @@ def test_uring_session_without_the_kernels_consent_serves_over_dev_fuse(
     old = param.read_text().strip()
     param.write_text("N")
     try:
-        _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_TRIO": "", "CNTR_SERVE_FS_LOOP": "uring"})
+        _serve_and_read(tmp_path, env={"CNTR_SERVE_FS_LOOP": "uring"})
         assert param.read_text().strip() == "N"
     finally:
         param.write_text(old)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cntr.fs.inodes import BTIME_NS, INO, MODE, ROOT_INODE, InodeTable, StatT
-from cntr.fs.operations import host_root_id
+from cntr.fs.passthrough import host_root_id
 from cntr.linux import syscalls as sc
 
 NOFOLLOW = sc.AT_SYMLINK_NOFOLLOW

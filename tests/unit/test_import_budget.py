@@ -5,7 +5,7 @@ Several modules carry hand-written stand-ins whose only reason is start-up time:
 dataclasses (which imports inspect, ast, dis, ...), plain threads instead of
 concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of http.client
 (~16 ms) and urllib.parse/ipaddress (~5 ms), an attach that runs without click (~30 ms),
-and a serve-fs that imports pyfuse3 without trio in its own process.  These tests are
+and a serve-fs whose default session imports neither pyfuse3 nor trio.  These tests are
 what holds them to it: they name the modules the attach process must never load, and
 bound how many modules it loads at all.  Both are properties of the code, not timings:
 nothing here measures a clock.
@@ -19,7 +19,8 @@ Three views of it:
   ``PYTHONPROFILEIMPORTTIME=1``: every module the attach process and the setup child
   import on the way, including the lazy imports of resolve, capture and enter.  serve-fs
   sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
-- serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never trio.
+- serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never
+  pyfuse3 or trio.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ FORBIDDEN = frozenset({
     "concurrent.futures",     # cntr.engines.base.in_threads
     "urllib.parse", "ipaddress",  # cntr.engines.base's unix-socket HTTP
     "http.client",            # idem
-    "importlib.metadata",     # cntr.fs imports pyfuse3 without it (and serve-fs is not here)
+    "importlib.metadata",     # pyfuse3's (the libfuse session's) only
     "click",                  # cntr.entry's plain attach
     "trio", "pyfuse3",        # serve-fs's own process only
     "cntr.cli", "stages.serve_fs", "cntr.fs",
@@ -145,14 +146,16 @@ def test_real_attach_imports_nothing_forbidden(which: str,
     assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
 
-SERVE_FS_FORBIDDEN = frozenset({"trio", "importlib.metadata", "click", "cntr.cli", "stages"})
-"""What serve-fs's own process never imports (cntr.fs's claim: pyfuse3 without trio,
-~140 ms, and without importlib.metadata, ~15 ms; and nothing of the stages above it:
-cntr.launch forks it with `cntr.fs.tree` alone)."""
+SERVE_FS_FORBIDDEN = frozenset({"pyfuse3", "trio", "importlib.metadata", "cntr.fs.libfuse",
+                                "click", "cntr.cli", "stages"})
+"""What serve-fs's own process never imports on its default (wire) session: neither
+pyfuse3 nor trio (~140 ms; only `cntr.fs.libfuse`, the libfuse session, imports them) nor
+importlib.metadata (~15 ms, pyfuse3's); and nothing of the stages above it: cntr.launch
+forks it with `cntr.fs.tree` alone."""
 
 
 @pytest.mark.fuse
-def test_serve_fs_imports_neither_trio_nor_importlib_metadata(
+def test_serve_fs_imports_neither_pyfuse3_nor_trio(
         demo: Container, tmp_path: Path) -> None:
     log = tmp_path / "serve-fs.log"
     run_imports(demo.ident, serve_fs_log=log)
