@@ -153,6 +153,7 @@ from cntr.fs.protocol import (
     Request,
 )
 from cntr.fs.uring import Transport
+from cntr.fs.workers import Workers
 
 log = logging.getLogger("cntr.fs")
 
@@ -219,6 +220,8 @@ class Session:
         #: set by INIT: the kernel accepted FUSE_PASSTHROUGH
         self.passthrough = False
         self.stopping = False
+        #: where requests that can block for long go (`cntr.fs.workers`; None: inline)
+        self.workers: Workers | None = None
         #: set by INIT: the kernel sends the extended fuse_setxattr_in
         self._setxattr_ext = False
         self._poller: select.poll | None = None
@@ -311,6 +314,7 @@ class Session:
         lock = self.lock
         wait = self._wait
         req = Request()
+        workers = self.workers
         while not self.stopping:
             wait()  # poll first: a read that finds nothing costs an exception
             try:
@@ -324,6 +328,9 @@ class Session:
                     return  # unmounted
                 raise
             with lock:
+                # fsync and the like go to a worker thread (`cntr.fs.workers`)
+                if workers is not None and workers.take(buf[4], buf, n):
+                    continue
                 result = answer(buf, view[_IN_SIZE:n], req)
             if result is None:
                 continue

@@ -48,7 +48,7 @@ def make_tree(root: Path, files: int = 600, seed: int = 15) -> None:
     """Directories, files of random sizes and modes, symlinks and hard links."""
     rng = random.Random(seed)
     dirs = [root]
-    root.mkdir()
+    root.mkdir(parents=True)
     for i in range(files):
         if i % 40 == 0:
             d = rng.choice(dirs) / f"d{i:04d}"
@@ -140,7 +140,7 @@ def test_concurrent_untars_and_a_walk_match_native(tmp_path: Path,
     subprocess.run(["cp", "-a", str(src / "walked"), str(served_root)], check=True)
     with serve_fs_mount(served_root, env=session_env) as served:
         mnt = served.mountpoint
-        os.stat(mnt / "walked")
+        os.stat(mnt / "walked")  # the mount's descriptor (see the fsync test) is counted
         before = regular_fds_below(served.pid, served_root)
         for i in range(4):
             (mnt / f"x{i}").mkdir()
@@ -173,9 +173,12 @@ os.close(fd)
 
 def test_concurrent_fsyncing_writers(tmp_path: Path, session_env: dict[str, str]) -> None:
     root = tmp_path / "root"
-    root.mkdir()
+    root.mkdir(parents=True)
+    (root / "seen").mkdir()
     with serve_fs_mount(root, env=session_env) as served:
-        os.stat(served.mountpoint)
+        # The inode table keeps a descriptor of the first file or directory it meets on
+        # each mount (for open_by_handle_at): in the count from here on.
+        os.stat(served.mountpoint / "seen")
         before = regular_fds_below(served.pid, root)
         writers = [subprocess.Popen([sys.executable, "-c", FSYNC_WRITER,
                                      str(served.mountpoint / f"log{i}"), str(i)],
