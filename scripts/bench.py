@@ -108,7 +108,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -342,24 +341,15 @@ def build_passthrough_ll() -> Path | None:
 
 
 def serve_fs_env(kind: str) -> dict[str, str] | None:
-    """The environment of the serve-fs target ``kind``: ``serve-fs-LOOP`` sets
-    ``CNTR_SERVE_FS_LOOP``, ``serve-fs-tN`` N reader threads (``CNTR_SERVE_FS_THREADS``)."""
+    """The environment of the serve-fs target ``kind``: ``serve-fs-inline`` answers
+    fsync and the like on the reading thread (``CNTR_SERVE_FS_WORKERS=0``), any other
+    ``serve-fs-LOOP`` sets ``CNTR_SERVE_FS_LOOP``."""
     suffix = kind.removeprefix("serve-fs").removeprefix("-")
     if not suffix:
         return None
-    if suffix == "offload":
-        return {**os.environ, "CNTR_SERVE_FS_OFFLOAD": "1"}
-    m = re.fullmatch(r"t(\d+)(f?)(b?)(s?)", suffix)
-    if m is None:
-        return {**os.environ, "CNTR_SERVE_FS_LOOP": suffix}
-    env = {**os.environ, "CNTR_SERVE_FS_THREADS": m.group(1)}
-    if m.group(2):
-        env["CNTR_SERVE_FS_FINE"] = "1"
-    if m.group(3):
-        env["CNTR_SERVE_FS_MAIN_BLOCK"] = "1"
-    if m.group(4):
-        env["CNTR_SERVE_FS_SPIN_NS"] = "0"
-    return env
+    if suffix == "inline":
+        return {**os.environ, "CNTR_SERVE_FS_WORKERS": "0"}
+    return {**os.environ, "CNTR_SERVE_FS_LOOP": suffix}
 
 
 def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
@@ -1485,8 +1475,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default 1,000,000, quick 20,000)")
     p.add_argument("--targets", metavar="KIND[,KIND]",
                    help="FUSE targets to mount (native always runs): serve-fs, "
-                        "serve-fs-uring, serve-fs-libfuse, serve-fs-tN (N reader threads), "
-                        "c-ll, c-ll-wb, bindfs")
+                        "serve-fs-uring, serve-fs-libfuse, serve-fs-inline (no worker "
+                        "threads), c-ll, c-ll-wb, bindfs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -276,13 +276,23 @@ def _syscall_of(pid: int, tid: str) -> int | None:
     return int(first) if first.lstrip("-").isdigit() else None
 
 
-def _in_thread(fn: object) -> object:
-    """``fn()`` run in a thread; AssertionError if it does not return in STUCK_S."""
-    assert callable(fn)
-    out: list[object] = []
-    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+def _in_thread(fn: Callable[[], object]) -> object:
+    """``fn()`` run in a thread; AssertionError if it does not return in STUCK_S (what it
+    raises is raised here; after STUCK_S it is dropped with the thread)."""
+    out: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001  # handed to the test's thread
+            out.append((False, exc))
+
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     t.join(STUCK_S)
     assert not t.is_alive(), "a requester was not answered while another one blocked"
-    return out[0]
-
+    ok, value = out[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return value
