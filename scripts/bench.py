@@ -1514,6 +1514,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, _raise_interrupt)
 
     started = time.monotonic()
+    load_before = os.getloadavg()
     CACHE.mkdir(parents=True, exist_ok=True)
     tools = Tools(passthrough_ll=build_passthrough_ll(), bindfs=shutil.which("bindfs"),
                   fio=shutil.which("fio"), profile_dir=args.profile)
@@ -1653,13 +1654,17 @@ def main(argv: list[str]) -> int:
         os.close(host_ns)
 
     elapsed = time.monotonic() - started
+    # The machine may be shared: the load says how much the figures were disturbed.
+    load = {"before": list(load_before), "after": list(os.getloadavg())}
     summaries = [summarize(w) for w in workloads]
     scal = scaling(summaries)
     goals = goal_rows(summaries, scal, memory)
     print_table(summaries, memory)
     print_scaling(scal)
     print_goals(goals)
-    print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min"
+    print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min, load average "
+          f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} "
+          f"(5 min: {load['after'][1]:.2f}) after"
           + (f"; profiles in {args.profile}" if args.profile else ""))
     if args.json is not None:
         doc = {
@@ -1671,7 +1676,7 @@ def main(argv: list[str]) -> int:
                 "bindfs": tool_version(["bindfs", "--version"]),
                 "fio": tool_version(["fio", "--version"]),
                 "quick": args.quick, "sizes": dataclasses.asdict(sizes), "elapsed_s": elapsed,
-                "profiled": args.profile is not None,
+                "profiled": args.profile is not None, "loadavg": load,
             },
             "workloads": summaries, "memory": memory, "failures": failures,
             "scaling": scal, "goals": goals,
