@@ -59,6 +59,14 @@ class Replies:
         return err, unique, payload
 
 
+def stop(workers: Workers) -> None:
+    """Stop ``workers`` and wait for its threads (the last closes its descriptor)."""
+    workers.stop()
+    for t in workers._threads:
+        t.join(30)
+        assert not t.is_alive()
+
+
 @pytest.fixture
 def replies() -> Iterator[Replies]:
     r = Replies()
@@ -100,9 +108,7 @@ def test_a_file_closed_and_its_number_reused_meanwhile_is_still_the_one_answered
     assert (ino, pid, opcode) == (ino_a, 42, FSYNC)
     assert fh != fd_b
     os.close(fd_b)
-    workers.stop()
-    for t in workers._threads:
-        t.join(30)
+    stop(workers)
     assert open_fds() == before - {fd_a}
 
 
@@ -124,7 +130,7 @@ def test_copy_file_range_gets_both_files_and_the_reply_payload(
                         IN_HEADER.size + len(body))
     assert replies.next() == (-5, 12, b"payload!")
     assert got == [(os.fstat(src).st_ino, os.fstat(dst).st_ino)]
-    workers.stop()
+    stop(workers)
     os.close(src)
     os.close(dst)
 
@@ -142,9 +148,7 @@ def test_fsyncdir_on_the_directory_the_core_opened(tmp_path: Path, replies: Repl
                         IN_HEADER.size + 16)
     assert replies.next() == (0, 13, b"")
     assert opened == [77]
-    workers.stop()
-    for t in workers._threads:
-        t.join(30)
+    stop(workers)
     assert open_fds() == before
 
 
@@ -156,11 +160,11 @@ def test_what_is_not_handed_over(replies: Replies) -> None:
     bad = request(FSYNC, 2, struct.pack("=QI4x", 987_654, 0))
     assert not workers.take(FSYNC, bad, IN_HEADER.size + 16)
     assert workers._threads == []
-    workers.stop()
+    stop(workers)
     inline = Workers(lambda *a: (0, None), lambda fh: -1, replies.wfd, size=0)
     assert not inline.take(FSYNC, request(FSYNC, 3, struct.pack("=QI4x", 0, 0)),
                            IN_HEADER.size + 16)
-    inline.stop()
+    stop(inline)
 
 
 def test_more_blocked_requests_than_workers_wait_their_turn(tmp_path: Path,
@@ -184,7 +188,7 @@ def test_more_blocked_requests_than_workers_wait_their_turn(tmp_path: Path,
     go.set()
     assert sorted(replies.next()[1] for _ in range(5)) == [0, 1, 2, 3, 4]
     assert len(workers._threads) == 2
-    workers.stop()
+    stop(workers)
     os.close(fd)
 
 
