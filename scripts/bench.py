@@ -15,7 +15,10 @@ Filesystem workloads, each on seven targets:
   ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
               reference the goals compare against: multi-threaded, cache=auto, 1 s timeouts);
   ``c-ll-wb`` the same with ``-o writeback -o cache=always``;
-  ``bindfs``  Debian's bindfs (high-level libfuse, single-threaded by default).
+  ``bindfs``  Debian's bindfs (high-level libfuse, single-threaded by default);
+  ``serve-fs-inline`` (only when named in ``--targets``, which picks the targets of a
+              run) serve-fs without its worker threads (``CNTR_SERVE_FS_WORKERS=0``):
+              fsync and the like answered on the reading thread.
   Workloads: sequential write of a large file (write + close; the flush to disk is not
   timed), sequential read cold (after ``drop_caches``) and warm, 4 KiB random reads of the
   warm file (fio, fixed seed), creating 4,000 small files in 40 directories, stat of every
@@ -23,7 +26,8 @@ Filesystem workloads, each on seven targets:
   and deleting both trees.
 
 Concurrency workloads, on the same targets: ``untar-pN``, N concurrent ``tar -x`` of that
-tarball into N directories at once, and ``build-jN``, ``make -jN`` of a C project the
+tarball into N directories at once, ``fsync-pN``, N writers of a file each that fsync
+after every 4 KiB write (a database's log), and ``build-jN``, ``make -jN`` of a C project the
 benchmark generates (200 small files including a few of 20 headers, gcc -O1, one link;
 its objects are removed before each run), for N = 1, 2 and 4 requesters.  The scaling
 table reads off how each target's throughput grows with the requesters (N trees or one
@@ -61,7 +65,8 @@ stat-tree, read-tree, untar, delete); <= 1.0x c-ll with 2 and 4 requesters; thro
 x1.2 from 1 to 2 requesters and no loss from 2 to 4; pgbench >= 0.95x native tps and its
 init + load <= 1.5x native; ``cntr attach`` by name <= 0.7x ``docker exec``, by pid <=
 0.6x; VmRSS < 100 MiB and bounded descriptors after the walk (JSON: ``goals``,
-``scaling``).  Progress goes to stderr.  Exit status 0 unless something broke
+``scaling``), and the load average before and after the run (JSON: ``meta.loadavg``; the
+machine may be shared).  Progress goes to stderr.  Exit status 0 unless something broke
 (a mount that does not come up, a command that fails); timings never fail the run.
 
 Where the files live: the filesystem workloads run on a scratch ext4 filesystem made for
@@ -188,7 +193,7 @@ QUICK = Sizes(runs=2, big_mib=64, fio_mib=16, dirs=10, files=500, max_file=8192,
               exec_launches=4, attach_launches=2, resolve_launches=3, walk_dirs=20,
               build_files=24, pg_scale=1, pg_seconds=5)
 REQUESTERS = (1, 2, 4)
-"""concurrent requesters of the concurrency workloads (untar-pN, build-jN)."""
+"""concurrent requesters of the concurrency workloads (untar-pN, fsync-pN, build-jN)."""
 
 
 # ----------------------------------------------------------------------------- processes
@@ -869,7 +874,8 @@ def wl_build(n: int) -> Callable[[FsContext, Target], float]:
 
 
 def concurrency_workloads(sizes: Sizes) -> list[Workload]:
-    """untar-pN (N concurrent ``tar -x``) and build-jN (``make -jN``) for each N of
+    """untar-pN (N concurrent ``tar -x``), fsync-pN (N fsyncing writers) and build-jN
+    (``make -jN``) for each N of
     REQUESTERS; issue 15: <= 1.0x C passthrough_ll with several requesters."""
     out = []
     for n in REQUESTERS:
@@ -894,7 +900,8 @@ def scaling(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """How throughput grows with the requesters, per target: for each N of REQUESTERS
     past 1, the throughput with N over the throughput with N/2 (``gain``, per run, runs
     paired by their index, and of the medians) and over the throughput with 1
-    (``speedup``).  Throughput is N / t(N) for untar-pN (N trees) and 1 / t(N) for
+    (``speedup``).  Throughput is N / t(N) for untar-pN and fsync-pN (N trees or
+    files) and 1 / t(N) for
     build-jN (one build).  Goal (issue 15: serve-fs's own throughput grows with the
     cores it is given): serve-fs gains at least 1.2x from 1 to 2 requesters, and loses
     nothing from 2 to 4 (the machine may have fewer cores than requesters)."""
