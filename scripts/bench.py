@@ -345,6 +345,11 @@ def build_passthrough_ll() -> Path | None:
     return exe
 
 
+TARGETS = ("serve-fs", "serve-fs-uring", "serve-fs-libfuse", "serve-fs-inline", "c-ll",
+           "c-ll-wb", "bindfs")
+"""the FUSE targets ``--targets`` may name (native always runs)."""
+
+
 def serve_fs_env(kind: str) -> dict[str, str] | None:
     """The environment of the serve-fs target ``kind``: ``serve-fs-inline`` answers
     fsync and the like on the reading thread (``CNTR_SERVE_FS_WORKERS=0``), any other
@@ -1506,6 +1511,10 @@ def main(argv: list[str]) -> int:
             print("bench: --walk-files must be at least 1000", file=sys.stderr)
             return 2
         sizes = dataclasses.replace(sizes, walk_dirs=args.walk_files // 1000)
+    if args.targets and (unknown_targets := set(args.targets.split(",")) - set(TARGETS)):
+        print(f"bench: unknown target(s) {', '.join(sorted(unknown_targets))}; one of: "
+              f"{', '.join(TARGETS)}", file=sys.stderr)
+        return 2
     workloads = make_workloads(sizes)
     names = [w.name for w in workloads] + ["memory"]
     only = set(names if not args.only else args.only.split(","))
