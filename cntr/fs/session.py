@@ -362,6 +362,8 @@ class Session:
         if poll(0):
             return
         spin = self.spin_ns
+        if self.workers is not None and self.workers.busy:
+            spin = 0  # spinning holds the GIL a worker needs to start and to reply
         if spin > 0:
             deadline = time.monotonic_ns() + spin
             yield_cpu = os.sched_yield

@@ -133,6 +133,9 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._live = 0
         self._idle = 0
+        #: requests handed over and not answered yet (the reading thread does not spin
+        #: while there are: `cntr.fs.session.Session._wait`)
+        self.busy = 0
         self._stopped = False
         self._mutex = threading.Lock()
 
@@ -161,6 +164,7 @@ class Workers:
 
     def _submit(self, job: _Job) -> None:
         with self._mutex:
+            self.busy += 1
             spawn = not self._idle and self._live < self.size
             if spawn:
                 self._live += 1
@@ -196,6 +200,7 @@ class Workers:
                 log.error("serve-fs: worker: %r", exc)
             with self._mutex:
                 self._idle += 1
+                self.busy -= 1
         with self._mutex:
             self._live -= 1
             if not self._live and self._stopped:
