@@ -6,7 +6,8 @@ Layers, bottom up:
   namespaces, mounts, capabilities, cgroups, LSM labels, pty);
 - ``cntr.engines``: one module per container engine, turning ids and names into pids;
 - ``cntr.fs``: serve-fs, the FUSE filesystem that serves the host's tree into a session
-  (it speaks the kernel's FUSE protocol itself; pyfuse3's libfuse session is an alternative);
+  (one handler core; it speaks the kernel's FUSE protocol itself, and pyfuse3's libfuse
+  session is an adapter over the same core);
 - ``cntr.context`` and ``cntr.schema``: the records passed between stages, checked
   against ``schemas/``; ``cntr.errors``: what can go wrong and its exit code;
 - ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;

@@ -44,8 +44,8 @@ Caveats:
   through the mount it was first seen on;
 - the (parent, name) fallback follows renames done through serve-fs only; a rename behind
   serve-fs's back makes the inode ESTALE until the kernel forgets it;
-- the table is not thread-safe; serve-fs handlers never await, so requests never
-  interleave;
+- the table is not thread-safe; serve-fs answers one request at a time (the handler
+  core's methods block), so requests never interleave;
 - between a generation bump in readdir and the entry reaching the kernel (a reply buffer
   that was full), the kernel's inode of the old file is served as the new one.
 

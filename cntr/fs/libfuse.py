@@ -14,17 +14,18 @@ sessions"):
 - no FUSE passthrough: every read and write goes through serve-fs;
 - no HANDLE_KILLPRIV_V2: the kernel clears set-user/group-ID bits itself (a SETATTR of the
   mode after an unprivileged write or truncation), and asks for ``security.capability``
-  before each write;
+  before each write; after an unprivileged ``O_TRUNC`` open (FUSE_ATOMIC_O_TRUNC: the
+  kernel drops that mode change) `Operations.open` clears them as the kernel would ask;
+- no SETXATTR_EXT: `Operations.setxattr` judges itself whether setting an access ACL
+  clears set-group-ID (the requester outside the file's group, without CAP_FSETID);
 - no DONT_MASK: the kernel applies the umask before serve-fs sees the mode, also in a
   directory with a default ACL (where POSIX says the ACL replaces the umask);
-- no SETXATTR_EXT: setting an access ACL never clears set-group-ID;
 - no FOPEN_CACHE_DIR, CACHE_SYMLINKS or max_pages 256: listings and symlink targets are
   asked for again, writes come in 128 KiB pieces;
 - requests pyfuse3's Operations has no method for are answered ENOSYS by libfuse, which
   the kernel turns into: EOPNOTSUPP for fallocate(2) and O_TMPFILE, ENOTTY for ioctls
-  (chattr/lsattr), a generic fallback for lseek's SEEK_DATA/SEEK_HOLE (the whole file
-  is data) and for copy_file_range(2) (a copy through serve-fs), and no birth time in
-  statx(2).
+  (chattr/lsattr), a generic answer for lseek's SEEK_DATA/SEEK_HOLE (the whole file is
+  data), a copy through serve-fs for copy_file_range(2), and no birth time in statx(2).
 
 Caveats:
 - pyfuse3 keeps one global session: one libfuse `serve` per process.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
@@ -123,6 +125,13 @@ def file_info(open_out: bytes) -> FileInfo:
                     keep_cache=bool(flags & FOPEN_KEEP_CACHE))
 
 
+def _invalidate(nodeid: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(nodeid, attr_only=True)
+    except OSError as exc:  # ENOENT: the kernel no longer has the inode
+        log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
+
+
 def _request(ctx: RequestContext) -> Request:
     return Request(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
 
@@ -138,6 +147,7 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.gate = gate
         self.enable_acl = fs.acl
+        fs.notify_inval = _invalidate
 
     def _call(self, ctx: RequestContext | None, fn: Callable[P, T], *args: P.args,
               **kwargs: P.kwargs) -> T:
@@ -231,7 +241,11 @@ class Operations(pyfuse3.Operations):
 
     # --- files -----------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
-        return file_info(self._call(ctx, self.fs.open, InodeT(inode), flags))
+        # libfuse takes FUSE_ATOMIC_O_TRUNC but not HANDLE_KILLPRIV_V2: the kernel then
+        # drops the mode change an O_TRUNC open by an unprivileged user implies (its
+        # truncation is the OPEN's), so the kill is done here, as the kernel would ask.
+        kill = bool(flags & os.O_TRUNC) and not Passthrough.has_fsetid(ctx.pid, ctx.uid)
+        return file_info(self._call(ctx, self.fs.open, InodeT(inode), flags, kill))
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
@@ -282,8 +296,14 @@ class Operations(pyfuse3.Operations):
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: RequestContext) -> None:
-        # pyfuse3 checked XATTR_CREATE/XATTR_REPLACE already (and passes no flags).
-        self._call(ctx, self.fs.setxattr, InodeT(inode), name, value, 0)
+        # pyfuse3 checked XATTR_CREATE/XATTR_REPLACE already (and passes no flags).  An
+        # access ACL set by someone outside the file's group clears set-group-ID, as the
+        # kernel says with SETXATTR_EXT, which libfuse does not take: judged here.
+        self._call(ctx, self._setxattr, InodeT(inode), name, value, _request(ctx))
+
+    def _setxattr(self, nodeid: InodeT, name: bytes, value: bytes, req: Request) -> None:
+        kill = name == b"system.posix_acl_access" and self.fs.outside_group(nodeid, req)
+        self.fs.setxattr(nodeid, name, value, 0, kill)
 
     async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
         names = self._call(ctx, self.fs.listxattr, InodeT(inode))

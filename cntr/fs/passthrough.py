@@ -103,6 +103,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import select
 import stat
@@ -158,8 +159,6 @@ from cntr.fs.protocol import (
     FUSE_DEV_IOC_BACKING_OPEN,
     FUSE_IOCTL_DIR,
     IOCTL_OUT,
-    NOTIFY_INVAL_INODE,
-    NOTIFY_INVAL_INODE_OUT,
     OPEN_OUT,
     STATFS_OUT,
     STATX_OUT,
@@ -318,10 +317,12 @@ class Passthrough:
         #: shown in a directory that does not have them (`cntr.fs.tree` makes them in
         #: a detached tmpfs, so nothing is written into the served tree)
         self.grafts: dict[tuple[int, bytes], int] = {}
-        #: set by the session at INIT: the /dev/fuse descriptor (backing files,
-        #: notifications; -1: none) and whether the kernel took FUSE_PASSTHROUGH
+        #: set by the session at INIT: the /dev/fuse descriptor for backing files (-1:
+        #: none) and whether the kernel took FUSE_PASSTHROUGH
         self.dev_fd = -1
         self.passthrough = False
+        #: set by the session: FUSE_NOTIFY_INVAL_INODE for a node's attributes
+        self.notify_inval: Callable[[int], None] | None = None
         self._dirs: dict[int, _Dir] = {}
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
@@ -501,15 +502,11 @@ class Passthrough:
             self.inval_attrs(nodeid)
 
     def inval_attrs(self, nodeid: int) -> None:
-        """FUSE_NOTIFY_INVAL_INODE for the attributes of ``nodeid`` (offset -1: its
-        cached pages stay): the next stat asks serve-fs.  Nothing without ``dev_fd``."""
-        if self.dev_fd < 0:
-            return
-        try:
-            os.write(self.dev_fd, NOTIFY_INVAL_INODE_OUT.pack(
-                NOTIFY_INVAL_INODE_OUT.size, NOTIFY_INVAL_INODE, 0, nodeid, -1, 0))
-        except OSError as exc:  # ENOENT: the kernel no longer has the inode
-            log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
+        """Have the kernel drop the attributes it cached for ``nodeid`` (its cached pages
+        stay): the next stat asks serve-fs.  Through ``notify_inval``, which the session
+        sets (nothing before)."""
+        if self.notify_inval is not None:
+            self.notify_inval(nodeid)
 
     # --- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -874,7 +871,16 @@ class Passthrough:
               kill_privs: bool = False) -> int:
         """pwrite(2); ``kill_privs`` (FUSE_WRITE_KILL_SUIDGID) clears set-ID bits and
         capabilities after."""
-        written = os.pwrite(fh, data, offset)
+        try:
+            written = os.pwrite(fh, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_DIRECT:
+                raise
+            # O_DIRECT wants an aligned buffer, which a request's bytes are not: the
+            # requester's was (its offset and length are checked by the host as given).
+            with mmap.mmap(-1, max(len(data), 1)) as aligned:
+                aligned.write(data)
+                written = os.pwrite(fh, memoryview(aligned)[:len(data)], offset)
         if kill_privs and self._kill_privs(fh):
             self.inval_attrs(nodeid)  # the mode the kernel cached is the old one
         return written
@@ -1044,6 +1050,13 @@ class Passthrough:
     def getxattr(self, nodeid: InodeT, name: bytes) -> bytes:
         """The value of ``name`` (the caller applies the size the kernel asked for)."""
         return os.getxattr(self._xpath(nodeid), name)
+
+    def outside_group(self, nodeid: InodeT, req: Request) -> bool:
+        """Whether the requester is neither in the group of ``nodeid`` nor has
+        CAP_FSETID (the VFS's in_group_or_capable(), as `keeps_setgid` reads it)."""
+        st = self.statbuf.at(self.table.fd(self._node(nodeid)), b"", _EMPTY)
+        return not self.keeps_setgid(req.pid, req.uid, req.gid,
+                                     (st[GID], self.shown_ids(st)[1]))
 
     def setxattr(self, nodeid: InodeT, name: bytes, value: bytes, flags: int,
                  kill_sgid: bool = False) -> None:

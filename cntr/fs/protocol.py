@@ -14,7 +14,6 @@ from __future__ import annotations
 import struct
 
 KERNEL_MAJOR, KERNEL_MINOR = 7, 41
-ROOT_ID = 1  # FUSE_ROOT_ID
 
 # --- opcodes (enum fuse_opcode) --------------------------------------------------------
 LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6

@@ -49,7 +49,7 @@ from collections.abc import Callable
 
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import InodeT
-from cntr.fs.passthrough import FileHandle, Passthrough
+from cntr.fs.passthrough import Passthrough
 from cntr.fs.protocol import (
     ACCESS,
     ASYNC_DIO,
@@ -110,6 +110,8 @@ from cntr.fs.protocol import (
     MKDIR,
     MKNOD,
     MKNOD_IN,
+    NOTIFY_INVAL_INODE,
+    NOTIFY_INVAL_INODE_OUT,
     NOTIFY_REPLY,
     OPEN,
     OPENDIR,
@@ -273,7 +275,7 @@ class Session:
                 quiet = self._silent[opcode]
                 if quiet is not None:
                     try:
-                        quiet(InodeT(nodeid), req, body)
+                        quiet(nodeid, req, body)
                     except Exception as exc:  # no reply to carry it
                         log.error("serve-fs: request %d failed: %r", opcode, exc)
                 return None
@@ -282,7 +284,7 @@ class Session:
         try:
             if gated and self.gate is not None:
                 self.gate.check(req.pid)
-            return 0, handler(InodeT(nodeid), req, body)
+            return 0, handler(nodeid, req, body)
         except OSError as exc:
             return -(exc.errno or errno.EIO), None
         except Exception as exc:
@@ -398,6 +400,7 @@ class Session:
         self.passthrough = bool(got & PASSTHROUGH)
         self.fs.dev_fd = self.fd
         self.fs.passthrough = self.passthrough
+        self.fs.notify_inval = self.inval_attrs
         self._setxattr_ext = bool(got & SETXATTR_EXT)
         if self.want_uring and flags & OVER_IO_URING and self._uring is None:
             uring = Transport(self, self.fd, max_write=MAX_WRITE, max_pages=MAX_PAGES_WANTED)
@@ -414,6 +417,15 @@ class Session:
         return INIT_OUT.pack(KERNEL_MAJOR, min(minor, KERNEL_MINOR), max_readahead,
                              got & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1, MAX_PAGES_WANTED, 0,
                              got >> 32, MAX_STACK_DEPTH if self.passthrough else 0)
+
+    def inval_attrs(self, nodeid: int) -> None:
+        """FUSE_NOTIFY_INVAL_INODE for the attributes of ``nodeid`` (offset -1: its
+        cached pages stay)."""
+        try:
+            os.write(self.fd, NOTIFY_INVAL_INODE_OUT.pack(
+                NOTIFY_INVAL_INODE_OUT.size, NOTIFY_INVAL_INODE, 0, nodeid, -1, 0))
+        except OSError as exc:  # ENOENT: the kernel no longer has the inode
+            log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
 
     def _destroy(self, _nodeid: InodeT, _req: Request, _body: memoryview) -> None:
         self.stopping = True
@@ -441,7 +453,7 @@ class Session:
          _ctimensec, mode, _, uid, gid, _) = SETATTR_IN.unpack_from(body)
         now = time.time_ns() if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW) else 0
         return self.fs.setattr(
-            nodeid, req, valid, FileHandle(fh) if valid & FATTR_FH else None, size, mode,
+            nodeid, req, valid, fh if valid & FATTR_FH else None, size, mode,
             uid, gid, now if valid & FATTR_ATIME_NOW else atime * _NS + atimensec,
             now if valid & FATTR_MTIME_NOW else mtime * _NS + mtimensec)
 
@@ -476,16 +488,16 @@ class Session:
     def _rename(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         newdir = U64.unpack_from(body)[0]
         old, new = _two_names(body, 8)
-        self.fs.rename(nodeid, old, InodeT(newdir), new, 0)
+        self.fs.rename(nodeid, old, newdir, new, 0)
 
     def _rename2(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         newdir, flags = RENAME2_IN.unpack_from(body)
         old, new = _two_names(body, 16)
-        self.fs.rename(nodeid, old, InodeT(newdir), new, flags)
+        self.fs.rename(nodeid, old, newdir, new, flags)
 
     def _link(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         target = U64.unpack_from(body)[0]
-        return self.fs.link(InodeT(target), nodeid, _name(body, 8))
+        return self.fs.link(target, nodeid, _name(body, 8))
 
     # --- files ------------------------------------------------------------------------
     def _open(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
@@ -502,36 +514,36 @@ class Session:
 
     def _read(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, offset, size, _ = READ_IN.unpack_from(body)
-        return self.fs.read(FileHandle(fh), offset, size)
+        return self.fs.read(fh, offset, size)
 
     def _write(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, offset, size, write_flags, _, _, _ = WRITE_IN.unpack_from(body)
-        written = self.fs.write(nodeid, FileHandle(fh), offset,
+        written = self.fs.write(nodeid, fh, offset,
                                 body[WRITE_IN_SIZE:WRITE_IN_SIZE + size],
                                 bool(write_flags & FUSE_WRITE_KILL_SUIDGID))
         return U32_PAIR.pack(written, 0)
 
     def _flush(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
-        self.fs.flush(FileHandle(U64.unpack_from(body)[0]))
+        self.fs.flush(U64.unpack_from(body)[0])
 
     def _release(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
-        self.fs.release(FileHandle(RELEASE_IN.unpack_from(body)[0]))
+        self.fs.release(RELEASE_IN.unpack_from(body)[0])
 
     def _fsync(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
         fh, flags = FSYNC_IN.unpack_from(body)
-        self.fs.fsync(FileHandle(fh), bool(flags & FSYNC_FDATASYNC))
+        self.fs.fsync(fh, bool(flags & FSYNC_FDATASYNC))
 
     def _poll(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, _kh, _flags, _events = POLL_IN.unpack_from(body)
-        return U32_PAIR.pack(self.fs.poll(FileHandle(fh)), 0)
+        return U32_PAIR.pack(self.fs.poll(fh), 0)
 
     def _fallocate(self, nodeid: InodeT, req: Request, body: memoryview) -> None:
         fh, offset, length, mode = FALLOCATE_IN.unpack_from(body)
-        self.fs.fallocate(nodeid, FileHandle(fh), offset, length, mode, req)
+        self.fs.fallocate(nodeid, fh, offset, length, mode, req)
 
     def _lseek(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, offset, whence = LSEEK_IN.unpack_from(body)
-        return U64.pack(self.fs.lseek(FileHandle(fh), offset, whence))
+        return U64.pack(self.fs.lseek(fh, offset, whence))
 
     def _copy_file_range(self, _nodeid: InodeT, req: Request, body: memoryview) -> bytes:
         # The reply's size is a u32 in FUSE_COPY_FILE_RANGE.
@@ -544,12 +556,12 @@ class Session:
         fh_in, off_in, nodeid_out, fh_out, off_out, length, flags = (
             COPY_FILE_RANGE_IN.unpack_from(body))
         return self.fs.copy_file_range(
-            FileHandle(fh_in), off_in, InodeT(nodeid_out), FileHandle(fh_out), off_out,
+            fh_in, off_in, nodeid_out, fh_out, off_out,
             length if limit is None else min(length, limit), flags, req)
 
     def _ioctl(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, flags, cmd, _arg, in_size, out_size = IOCTL_IN.unpack_from(body)
-        return self.fs.ioctl(FileHandle(fh), flags, cmd,
+        return self.fs.ioctl(fh, flags, cmd,
                              bytes(body[IOCTL_IN.size:IOCTL_IN.size + in_size]), out_size)
 
     # --- directories ------------------------------------------------------------------
@@ -558,14 +570,14 @@ class Session:
 
     def _readdirplus(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, offset, size, _ = READ_IN.unpack_from(body)
-        return self.fs.readdirplus(FileHandle(fh), offset, size)
+        return self.fs.readdirplus(fh, offset, size)
 
     def _releasedir(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
-        self.fs.releasedir(FileHandle(RELEASE_IN.unpack_from(body)[0]))
+        self.fs.releasedir(RELEASE_IN.unpack_from(body)[0])
 
     def _fsyncdir(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
         fh, flags = FSYNC_IN.unpack_from(body)
-        self.fs.fsyncdir(FileHandle(fh), bool(flags & FSYNC_FDATASYNC))
+        self.fs.fsyncdir(fh, bool(flags & FSYNC_FDATASYNC))
 
     # --- extended attributes ----------------------------------------------------------
     def _getxattr(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:

@@ -140,13 +140,6 @@ REGISTER_FILES = 2
 SQE_SIZE = 128  # with IORING_SETUP_SQE128
 CQE_SIZE = 16
 
-CMD_REGISTER, CMD_COMMIT_AND_FETCH = URING_CMD_REGISTER, URING_CMD_COMMIT_AND_FETCH
-HEADER_SIZE = URING_HEADER_SIZE
-_OP_IN = _OP_IN_SIZE = URING_OP_IN
-_ENT_COMMIT_ID, _ENT_PAYLOAD_SZ = URING_ENT_COMMIT_ID, URING_ENT_PAYLOAD_SZ
-_IN_HEADER_SIZE = IN_HEADER.size
-_OUT_HEADER_SIZE = OUT_HEADER.size
-
 #: entries per queue: one being answered, one already fetched behind it
 DEPTH = 2
 #: `Session.settle_s` while the rings serve (/dev/fuse only brings forgets then)
@@ -167,9 +160,7 @@ _SYNC_SIGNALS = frozenset((signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.
 _SQE = struct.Struct("=BBHiIIQIIQHHiQQH62x")
 _CQE = struct.Struct("=QiI")
 _IN_HEAD = struct.Struct("=IIQ")  # fuse_in_header's len, opcode, unique
-_OUT_HEAD = OUT_HEADER
 _ENT_IN = struct.Struct("=QI")  # commit_id, payload_sz
-_U32 = U32
 _EVENT = struct.pack("=Q", 1)
 
 
@@ -252,9 +243,9 @@ class _Entry:
         self.view = memoryview(self.mem)
         self.anchor = ctypes.c_char.from_buffer(self.mem)
         base = ctypes.addressof(self.anchor)
-        self.iov = (ctypes.c_uint64 * 4)(base, HEADER_SIZE, base + _PAYLOAD_AT, size)
+        self.iov = (ctypes.c_uint64 * 4)(base, URING_HEADER_SIZE, base + _PAYLOAD_AT, size)
         self.iov_at = ctypes.addressof(self.iov)
-        self.cmd = CMD_REGISTER
+        self.cmd = URING_CMD_REGISTER
         self.alive = True
 
     def release(self) -> None:
@@ -345,7 +336,7 @@ class _Queue:
         self.cqes_at = cq.cqes
         # SQ slot i always holds SQE i
         for i in range(params.sq_entries):
-            _U32.pack_into(sq_map, sq.array + 4 * i, i)
+            U32.pack_into(sq_map, sq.array + 4 * i, i)
         self.sq_tail = self.sq_ktail.value
         # /dev/fuse as a registered file: no file lookup per command
         fds = (ctypes.c_int * 1)(self.fuse_fd)
@@ -390,7 +381,7 @@ class _Queue:
     def _serve(self) -> None:
         transport = self.transport
         for entry in self.entries:
-            self._push(entry, CMD_REGISTER, 0)
+            self._push(entry, URING_CMD_REGISTER, 0)
         self._push_poll()
         ring_fd = self.ring_fd
         cq_map = self.cq_map
@@ -431,12 +422,12 @@ class _Queue:
         if err in _GONE:
             log.debug("serve-fs: io_uring queue %d: %s", self.qid, os.strerror(err))
             return False
-        if entry.cmd == CMD_COMMIT_AND_FETCH and not self.transport.stopping:
+        if entry.cmd == URING_CMD_COMMIT_AND_FETCH and not self.transport.stopping:
             # The request was gone (commit id unknown): the kernel dropped our entry with
             # it, register the buffers again as a new one.
             log.debug("serve-fs: io_uring queue %d: commit failed: %s", self.qid,
                       os.strerror(err))
-            self._push(entry, CMD_REGISTER, 0)
+            self._push(entry, URING_CMD_REGISTER, 0)
             return True
         log.debug("serve-fs: io_uring queue %d: register failed: %s", self.qid,
                   os.strerror(err))
@@ -447,15 +438,15 @@ class _Queue:
         """Serve the request in ``entry`` and queue its commit."""
         mem = entry.mem
         length, _opcode, unique = _IN_HEAD.unpack_from(mem)
-        commit_id, size = _ENT_IN.unpack_from(mem, _ENT_COMMIT_ID)
-        op_size = length - _IN_HEADER_SIZE - size
+        commit_id, size = _ENT_IN.unpack_from(mem, URING_ENT_COMMIT_ID)
+        op_size = length - IN_HEADER.size - size
         result: tuple[int, bytes | None] | None
-        if 0 <= op_size <= _OP_IN_SIZE and size <= self.payload:
+        if 0 <= op_size <= URING_OP_IN and size <= self.payload:
             # The op struct goes right in front of the payload: the body Session.answer
             # takes (what follows the fuse_in_header on /dev/fuse), without a copy.
             start = _PAYLOAD_AT - op_size
             if op_size:
-                mem[start:_PAYLOAD_AT] = mem[_OP_IN:_OP_IN + op_size]
+                mem[start:_PAYLOAD_AT] = mem[URING_OP_IN:URING_OP_IN + op_size]
             view = entry.view  # answer reads the fuse_in_header at its start
             with self.lock:
                 result = self.answer(view, view[start:_PAYLOAD_AT + size], self.req)
@@ -474,14 +465,14 @@ class _Queue:
                     err, n = -errno.EIO, 0
                 else:
                     mem[_PAYLOAD_AT:_PAYLOAD_AT + n] = reply
-        _OUT_HEAD.pack_into(mem, 0, _OUT_HEADER_SIZE + n, err, unique)
-        _U32.pack_into(mem, _ENT_PAYLOAD_SZ, n)
-        self._push(entry, CMD_COMMIT_AND_FETCH, commit_id)
+        OUT_HEADER.pack_into(mem, 0, OUT_HEADER.size + n, err, unique)
+        U32.pack_into(mem, URING_ENT_PAYLOAD_SZ, n)
+        self._push(entry, URING_CMD_COMMIT_AND_FETCH, commit_id)
 
 
 class Transport:
     """The rings of one `Session`: `prepare` before the INIT reply (grant
-    `FUSE_OVER_IO_URING` only if it returns True), `start` once the reply is written,
+    `cntr.fs.protocol.OVER_IO_URING` only if it returns True), `start` once the reply is written,
     `stop` when the session ends."""
 
     def __init__(self, session: Served, fd: int, *, max_write: int,

@@ -47,7 +47,7 @@ class Pair:
     served: Served
 
 
-@pytest.fixture(scope="module", params=["wire", "uring"])
+@pytest.fixture(scope="module", params=["wire", "uring", "libfuse"])
 def served_tmp(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]:
     """One mount per module and session kind: the default wire session over /dev/fuse, and
     the same with requests over io_uring."""

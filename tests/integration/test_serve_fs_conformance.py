@@ -6,8 +6,9 @@ Every test runs the same function on ``pair.plain`` (a directory used natively) 
 return value or errno, the resulting mode, size, contents, xattrs.  Where permissions
 matter the function runs as an unprivileged requester in a forked child (`as_user`).
 Operations the kernel's FUSE protocol cannot carry are checked to fail the documented way
-(README, serve-fs caveats).  Both session types run every test: the wire session over
-/dev/fuse, and the same over io_uring.
+(README, serve-fs caveats).  Every session type runs every test: the wire session over
+/dev/fuse, the same over io_uring, and pyfuse3's libfuse session, whose differences (what
+libfuse 3.14 cannot negotiate: README, "serve-fs sessions") are asserted exactly.
 """
 
 from __future__ import annotations
@@ -56,10 +57,15 @@ class Pair:
     served_host: Path
     """``served`` seen natively (what serve-fs did on the host)."""
     server: Served
+    session: str
+    """the session type (CNTR_SERVE_FS_LOOP)."""
 
 
-@pytest.fixture(scope="module", params=["wire", "uring"])
-def served_root(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]:
+ENOTSUP = errno.errorcode[errno.EOPNOTSUPP]
+
+
+@pytest.fixture(scope="module", params=["wire", "uring", "libfuse"])
+def served_root(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served, str]]:
     loop = request.param
     root = Path(tempfile.mkdtemp(prefix="cntr-conf-"))
     os.chmod(root, 0o755)
@@ -67,7 +73,7 @@ def served_root(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]
         with (fuse_uring_enabled() if loop == "uring" else contextlib.nullcontext(),
               serve_fs_mount(root, env={"CNTR_SERVE_FS_LOOP": loop}) as served):
             os.stat(served.mountpoint)
-            yield root, served
+            yield root, served, loop
     finally:
         for flagged in root.rglob("*"):  # nothing immutable may stay behind
             with contextlib.suppress(OSError):
@@ -76,15 +82,16 @@ def served_root(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]
 
 
 @pytest.fixture
-def pair(served_root: tuple[Path, Served], request: pytest.FixtureRequest) -> Iterator[Pair]:
-    root, served = served_root
+def pair(served_root: tuple[Path, Served, str],
+         request: pytest.FixtureRequest) -> Iterator[Pair]:
+    root, served, session = served_root
     name = request.node.name.replace("[", "_").replace("]", "_")
     (root / name / "plain").mkdir(parents=True)
     (root / name / "served").mkdir()
     for d in (root / name, root / name / "plain", root / name / "served"):
         os.chmod(d, 0o777)
     yield Pair(root / name / "plain", served.mountpoint / name / "served",
-               root / name / "served", served)
+               root / name / "served", served, session)
     assert served.proc.poll() is None, f"serve-fs died:\n{served.log_text()}"
 
 
@@ -321,17 +328,27 @@ def test_the_umask_applies_only_where_no_default_acl_does(pair: Pair,
             subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::rwx,o::rwx", str(d)],
                            check=True, timeout=30)
 
-    def op(d: Path) -> tuple[int, ...]:
+    def op(d: Path) -> tuple[int | str, ...]:
         os.close(os.open(d / "f", os.O_CREAT | os.O_WRONLY, 0o666))
         os.mkdir(d / "dir", 0o777)
         os.mkfifo(d / "fifo", 0o666)
-        tmp = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        try:
+            tmp = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        except OSError as exc:
+            return (mode_of(d / "f"), mode_of(d / "dir"), mode_of(d / "fifo"),
+                    errno.errorcode[exc.errno or 0])
         try:
             tmp_mode = stat.S_IMODE(os.fstat(tmp).st_mode)
         finally:
             os.close(tmp)
         return mode_of(d / "f"), mode_of(d / "dir"), mode_of(d / "fifo"), tmp_mode
     expected = (0o666, 0o777, 0o666, 0o666) if default_acl else (0o644, 0o755, 0o644, 0o644)
+    if pair.session == "libfuse":
+        # No DONT_MASK: the kernel applies the umask, default ACL or not; no O_TMPFILE.
+        assert as_user(op, pair.plain, uid=USER, gid=GROUP, umask=0o022) == ("ok", expected)
+        assert as_user(op, pair.served, uid=USER, gid=GROUP, umask=0o022) == (
+            "ok", (0o644, 0o755, 0o644, ENOTSUP))
+        return
     assert both(pair, op, uid=USER, gid=GROUP, umask=0o022) == ("ok", expected)
 
 
@@ -437,8 +454,9 @@ def test_fallocate(pair: Pair, mode: str, size: int) -> None:
             return st.st_size, st.st_blocks, os.pread(fd, 16, 8190)
         finally:
             os.close(fd)
-    if mode in ("collapse-range", "insert-range"):
-        # The kernel's FUSE refuses these modes before asking the server (README).
+    if mode in ("collapse-range", "insert-range") or pair.session == "libfuse":
+        # The kernel's FUSE refuses these modes before asking the server (README);
+        # libfuse has no FALLOCATE at all.
         assert outcome(op, pair.served) == ("err", errno.errorcode[errno.EOPNOTSUPP])
         assert outcome(op, pair.plain)[0] == "ok"
     else:
@@ -458,6 +476,10 @@ def test_fallocate_by_a_user_clears_set_id_bits(pair: Pair) -> None:
         finally:
             os.close(fd)
         return mode_of(d / "f")
+    if pair.session == "libfuse":  # no FALLOCATE
+        assert as_user(op, pair.served, uid=4321, gid=4321) == ("err", ENOTSUP)
+        assert mode_of(pair.served_host / "f") == 0o6777
+        return
     assert both(pair, op, uid=4321, gid=4321) == ("ok", 0o777)
 
 
@@ -482,6 +504,13 @@ def test_lseek_data_and_hole(pair: Pair, size: int, writable: bool) -> None:
             return out
         finally:
             os.close(fd)
+    if pair.session == "libfuse":
+        # No LSEEK: the kernel's generic answer, the whole file is data.
+        offsets = (0, 4096, size // 2, size - 1, size, size + 1)
+        assert outcome(op, pair.served) == ("ok", [
+            *(o if o < size else "ENXIO" for o in offsets),
+            *(size if o < size else "ENXIO" for o in offsets)])
+        return
     both(pair, op)
 
 
@@ -524,6 +553,9 @@ def test_o_tmpfile(pair: Pair) -> None:
         named = os.stat(d / "named")
         return ((d / "named").read_bytes(), stat.S_IMODE(named.st_mode), named.st_nlink,
                 named.st_uid, st.st_nlink, refused)
+    if pair.session == "libfuse":  # no TMPFILE
+        assert as_user(op, pair.served, uid=USER, gid=GROUP, umask=0) == ("err", ENOTSUP)
+        return
     assert both(pair, op, uid=USER, gid=GROUP, umask=0) == (
         "ok", (b"unnamed", 0o640, 1, USER, 0, "ENOENT"))
 
@@ -537,6 +569,14 @@ def test_statx_birth_time(pair: Pair) -> None:
                     sc.STATX_BASIC_STATS | sc.STATX_BTIME)
     plain = sc.statx(sc.AT_FDCWD, os.fsencode(pair.plain / "f"), 0,
                      sc.STATX_BASIC_STATS | sc.STATX_BTIME)
+    assert ((seen.stx_mtime.tv_sec, seen.stx_size, seen.stx_mode)
+            == (host.stx_mtime.tv_sec, host.stx_size, host.stx_mode))
+    if pair.session == "libfuse":  # no STATX: the kernel's getattr has no birth time
+        assert seen.stx_mask & sc.STATX_BTIME == 0
+        assert subprocess.run(["stat", "-c", "%w", str(pair.served / "f")],
+                              capture_output=True, text=True, check=True,
+                              timeout=30).stdout == "-\n"
+        return
     assert seen.stx_mask & sc.STATX_BTIME == plain.stx_mask & sc.STATX_BTIME
     assert ((seen.stx_btime.tv_sec, seen.stx_btime.tv_nsec)
             == (host.stx_btime.tv_sec, host.stx_btime.tv_nsec))
@@ -576,6 +616,10 @@ def test_file_attribute_flags(pair: Pair, kind: str) -> None:
         finally:
             os.close(fd)
         return out
+    if pair.session == "libfuse":  # no IOCTL: chattr and lsattr fail
+        assert outcome(op, pair.served) == ("err", "ENOTTY")
+        assert _flags(pair.served_host / "f") & 0xFF == 0
+        return
     result = both(pair, op)
     assert result[0] == "ok"
     assert isinstance(result[1], list)
@@ -600,6 +644,9 @@ def test_file_attribute_flags_need_the_owner_and_capabilities(pair: Pair) -> Non
                 outcome(lambda _: _chattr(d / "mine", add=FS_IMMUTABLE_FL), d),
                 outcome(lambda _: _chattr(d / "theirs", add=FS_NODUMP_FL), d),
                 outcome(lambda _: _chattr(d / "mine", remove=FS_NODUMP_FL), d)]
+    if pair.session == "libfuse":  # no IOCTL
+        assert as_user(op, pair.served, uid=USER, gid=GROUP) == ("ok", [("err", "ENOTTY")] * 5)
+        return
     both(pair, op, uid=USER, gid=GROUP)
 
 

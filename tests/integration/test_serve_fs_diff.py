@@ -5,13 +5,14 @@ serve-fs mount and to a plain directory on the same host filesystem, and require
 outcome: the same return value or the same errno, the same contents and the same stat
 fields (mode, size, nlink, uid, gid; times only where a rule sets them, before 1970
 included).  Besides the namespace and data operations: fallocate (the modes FUSE carries),
-lseek SEEK_DATA/SEEK_HOLE, copy_file_range and O_TMPFILE files linked in.
+lseek SEEK_DATA/SEEK_HOLE, copy_file_range and O_TMPFILE files linked in (not on pyfuse3's
+libfuse session, which carries none of fallocate, lseek and O_TMPFILE).
 
 The operations reach what users hit: files past the passthrough size (64 KiB), chown,
 chmod, utimens, xattrs, truncate, fifos, descriptors held open across other operations,
 operations made as a non-root user (the kernel's permission checks), and, in a second
 machine, changes made on the host behind the mount.  It runs on every session that
-ships (the wire session over /dev/fuse and over io_uring).
+ships (the wire session over /dev/fuse and over io_uring, and the libfuse session).
 
 Replaying a failure: hypothesis prints the failing steps and a ``@reproduce_failure`` blob,
 and keeps failing examples in its database under /var/tmp/cntr-hypothesis, tried first on
@@ -91,6 +92,9 @@ class ServeFsVsPlain(RuleBasedStateMachine):
 
     plain_base: Path
     served_base: Path
+    #: the session type: libfuse carries no fallocate, lseek or O_TMPFILE (their exact
+    #: errors are test_serve_fs_conformance's), so those rules do not run on it
+    session = "wire"
     counter = itertools.count()
 
     def __init__(self) -> None:
@@ -315,6 +319,7 @@ class ServeFsVsPlain(RuleBasedStateMachine):
     def truncate(self, path: str, size: int) -> None:
         self.both(lambda r: os.truncate(r / path, size))
 
+    @precondition(lambda self: self.session != "libfuse")
     @rule(path=PATHS, mode=FALLOCATE_MODES, offset=OFFSETS, length=st.integers(1, 20000))
     def fallocate(self, path: str, mode: int, offset: int, length: int) -> None:
         def op(r: Path) -> tuple[int, bytes]:
@@ -326,6 +331,7 @@ class ServeFsVsPlain(RuleBasedStateMachine):
                 os.close(fd)
         self.both(op)
 
+    @precondition(lambda self: self.session != "libfuse")
     @rule(path=PATHS, whence=st.sampled_from([os.SEEK_DATA, os.SEEK_HOLE]), offset=OFFSETS)
     def seek(self, path: str, whence: int, offset: int) -> None:
         def op(r: Path) -> int | None:
@@ -362,6 +368,7 @@ class ServeFsVsPlain(RuleBasedStateMachine):
             return s.st_atime_ns, s.st_mtime_ns
         self.both(op)
 
+    @precondition(lambda self: self.session != "libfuse")
     @rule(path=PATHS, data=DATA, mode=MODES)
     def tmpfile_link(self, path: str, data: bytes, mode: int) -> None:
         def op(r: Path) -> int:
@@ -476,10 +483,10 @@ class HostChangesBehindTheMount(ServeFsVsPlain):
         time.sleep(1.1)  # entry and attribute timeouts: the mount drops what it cached
 
 
-@pytest.fixture(params=["wire", "uring"])
-def bases(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path, Path]]:
-    """(plain dir, the served dir through the mount, the served dir natively), for each
-    session that ships."""
+@pytest.fixture(params=["wire", "uring", "libfuse"])
+def bases(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path, Path, str]]:
+    """(plain dir, the served dir through the mount, the served dir natively, the session
+    type), for each session that ships."""
     tmp = Path(tempfile.mkdtemp(prefix="cntr-diff-"))
     os.chmod(tmp, 0o755)  # the non-root requester reaches the plain side as the served one
     (tmp / "plain").mkdir()
@@ -488,7 +495,7 @@ def bases(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path, Path]]:
     try:
         with uring, serve_fs_mount(tmp / "served",
                                    env={"CNTR_SERVE_FS_LOOP": request.param}) as served:
-            yield tmp / "plain", served.mountpoint, tmp / "served"
+            yield tmp / "plain", served.mountpoint, tmp / "served", request.param
             assert served.proc.poll() is None, served.log_text()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -500,12 +507,14 @@ def _settings(examples: int, steps: int) -> settings:
                     print_blob=True)
 
 
-def test_serve_fs_matches_a_plain_directory(bases: tuple[Path, Path, Path]) -> None:
-    ServeFsVsPlain.plain_base, ServeFsVsPlain.served_base, _ = bases
-    run_state_machine_as_test(ServeFsVsPlain, settings=_settings(150, 50))
+def test_serve_fs_matches_a_plain_directory(bases: tuple[Path, Path, Path, str]) -> None:
+    m = ServeFsVsPlain
+    m.plain_base, m.served_base, _, m.session = bases
+    run_state_machine_as_test(m, settings=_settings(150, 50))
 
 
-def test_changes_on_the_host_show_through_the_mount(bases: tuple[Path, Path, Path]) -> None:
+def test_changes_on_the_host_show_through_the_mount(
+        bases: tuple[Path, Path, Path, str]) -> None:
     m = HostChangesBehindTheMount
-    m.plain_base, m.served_base, m.backing_base = bases
+    m.plain_base, m.served_base, m.backing_base, m.session = bases
     run_state_machine_as_test(m, settings=_settings(25, 20))

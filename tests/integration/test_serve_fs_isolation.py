@@ -124,8 +124,11 @@ class Session:
         return self._check(json.loads(line))
 
 
-@pytest.fixture
-def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
+@pytest.fixture(params=["wire", "libfuse"])
+def session_factory(tmp_path: Path,
+                    request: pytest.FixtureRequest) -> Iterator[Callable[[bool], Session]]:
+    """Sessions on serve-fs's own dispatcher (wire; uring shares it) and on pyfuse3's
+    libfuse session (its adapter checks the gate itself)."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_text("hello from the host\n")
@@ -142,7 +145,8 @@ def session_factory(tmp_path: Path) -> Iterator[Callable[[bool], Session]]:
             [PYTHON, "-c", _SESSION_SCRIPT, str(src), "1" if gated else "0", str(info_w),
              str(go_r)],
             cwd=REPO, pass_fds=(info_w, go_r), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CNTR_SERVE_FS_LOOP": request.param})
         os.close(info_w)
         os.close(go_r)
         reader = os.fdopen(info_r, "rb")
