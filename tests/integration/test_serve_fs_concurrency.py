@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.integration.fsutil import serve_fs_mount
+from tests.integration.fsutil import fuse_uring_enabled, serve_fs_mount
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -39,9 +39,12 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse]
 #: the requests it waits for finish in milliseconds, or never)
 STUCK_S = 60
 
-#: the sessions checked: serve-fs's default, and the same with blocking requests
-#: answered inline by the reading thread (``CNTR_SERVE_FS_WORKERS=0``)
-SESSIONS = {"default": {}, "inline": {"CNTR_SERVE_FS_WORKERS": "0"}}
+#: the sessions checked: serve-fs's default, the same with blocking requests answered
+#: inline by the reading thread (``CNTR_SERVE_FS_WORKERS=0``), FUSE over io_uring (one
+#: thread per CPU's queue) and pyfuse3's libfuse session
+SESSIONS = {"default": {}, "inline": {"CNTR_SERVE_FS_WORKERS": "0"},
+            "uring": {"CNTR_SERVE_FS_LOOP": "uring"},
+            "libfuse": {"CNTR_SERVE_FS_LOOP": "libfuse"}}
 
 
 def make_tree(root: Path, files: int = 600, seed: int = 15) -> None:
@@ -118,8 +121,10 @@ def settled(*, want: list[str], pid: int, root: Path) -> list[str]:
 
 
 @pytest.fixture(params=sorted(SESSIONS))
-def session_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    return SESSIONS[request.param]
+def session_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment of one session kind (io_uring: offered by the kernel meanwhile)."""
+    with (fuse_uring_enabled() if request.param == "uring" else contextlib.nullcontext()):
+        yield SESSIONS[request.param]
 
 
 def test_concurrent_untars_and_a_walk_match_native(tmp_path: Path,
