@@ -63,6 +63,7 @@ from cntr.fs.protocol import (
     FSYNCDIR,
     IN_HEADER,
     OUT_HEADER,
+    U32,
     U64,
     Request,
 )
@@ -143,8 +144,10 @@ class Workers:
 
     def take(self, opcode: int, buf: bytearray, n: int) -> bool:
         """Whether the request of ``n`` bytes in ``buf`` was handed to a worker, which
-        then answers it; False: answer it here."""
-        if opcode not in BLOCKING or not self.size:
+        then answers it; False: answer it here.  ``opcode`` may be the low byte of the
+        request's (what the reading thread looks at: every opcode but CUSE_INIT is below
+        256); the whole one is checked here."""
+        if opcode not in BLOCKING or not self.size or U32.unpack_from(buf, 4)[0] != opcode:
             return False
         data = bytearray(buf[:n])
         fds: list[int] = []

@@ -153,10 +153,13 @@ def test_fsyncdir_on_the_directory_the_core_opened(tmp_path: Path, replies: Repl
 
 
 def test_what_is_not_handed_over(replies: Replies) -> None:
-    """Other opcodes, a pool of size 0, and a handle that is no descriptor (answered by
-    the reading thread: the handler's own EBADF) stay with the reading thread."""
+    """Other opcodes (also one whose low byte, what the reading thread passes, is
+    FSYNC's), a pool of size 0, and a handle that is no descriptor (answered by the
+    reading thread: the handler's own EBADF) stay with the reading thread."""
     workers = Workers(lambda *a: (0, None), lambda fh: -1, replies.wfd)
     assert not workers.take(GETATTR, request(GETATTR, 1, b"\0" * 16), IN_HEADER.size + 16)
+    alias = request(FSYNC + 256, 4, struct.pack("=QI4x", 0, 0))  # its low byte is FSYNC's
+    assert not workers.take(FSYNC, alias, IN_HEADER.size + 16)
     bad = request(FSYNC, 2, struct.pack("=QI4x", 987_654, 0))
     assert not workers.take(FSYNC, bad, IN_HEADER.size + 16)
     assert workers._threads == []
