@@ -55,7 +55,6 @@ handle, one dict entry); the kernel holds an inode per cached dentry.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -74,7 +73,7 @@ ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID
 STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# struct statx unpacked in one call (cheaper than reading ctypes fields one by one).
+# struct statx unpacked in one call (cheaper than reading its fields one by one).
 _STATX = struct.Struct("=IIQIIIHHQQQQqIiqIiqIiqIiIIIIQ")
 # indices into the unpacked tuple
 NLINK, UID, GID, MODE, INO, SIZE, BLOCKS = 3, 4, 5, 6, 8, 9, 10
@@ -86,21 +85,10 @@ RDEV_MAJ, RDEV_MIN, DEV_MAJ, DEV_MIN, MNT_ID = 24, 25, 26, 27, 28
 StatT = tuple[int, ...]
 
 
-class StatBuf:
-    """A reusable statx(2) buffer; `at` returns the unpacked struct as a tuple."""
-
-    __slots__ = ("_buf", "_ptr")
-
-    def __init__(self) -> None:
-        self._buf = bytearray(256)
-        self._ptr = ctypes.addressof((ctypes.c_char * 256).from_buffer(self._buf))
-
-    def at(self, dirfd: int, name: bytes, flags: int, mask: int = STATX_MASK) -> StatT:
-        """statx(dirfd, name, flags); raises OSError on failure."""
-        if sc.statx_raw(dirfd, name, flags, mask, self._ptr) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return _STATX.unpack_from(self._buf)
+def stat_buffer() -> sc.StatxBuffer:
+    """A reusable statx(2) buffer: its ``at(dirfd, name, flags)`` is the struct unpacked
+    as a tuple (`StatT`, indexed by the constants above), for `STATX_MASK`."""
+    return sc.StatxBuffer(_STATX, STATX_MASK)
 
 
 def key_of(st: StatT) -> int:
@@ -170,7 +158,7 @@ class InodeTable:
             raise ValueError("fd_cache_size must be >= 1")
         self.fd_cache_size = fd_cache_size
         self.use_handles = use_handles
-        self.statbuf = StatBuf()
+        self.statbuf = stat_buffer()
         st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
                              else sc.AT_EMPTY_PATH)
         self.root = Inode(ROOT_INODE, ident_of(st), b"", None)
@@ -194,10 +182,7 @@ class InodeTable:
         #: the root's derived id, answered with ROOT_INODE
         self._root_alias = -1
         self._root_alias = self._id(st, create=True)
-        self._handle = sc.FileHandle()
-        self._handle_ptr = ctypes.addressof(self._handle)
-        self._mount_id = ctypes.c_int()
-        self._mount_id_ptr = ctypes.addressof(self._mount_id)
+        self._name_to_handle = sc.HandleBuffer().handle
 
     # --- lookups ---------------------------------------------------------------------
     def get(self, nodeid: int) -> Inode:
@@ -444,20 +429,7 @@ class InodeTable:
 
     @staticmethod
     def _by_handle(mount: Mount, handle: bytes, flags: int) -> int:
-        fd: int = sc.open_by_handle_at_raw(mount.fd, handle, flags)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return fd
-
-    def _name_to_handle(self, dirfd: int, name: bytes, flags: int) -> bytes | None:
-        fh = self._handle
-        fh.handle_bytes = sc.MAX_HANDLE_SZ
-        ret = sc.name_to_handle_at_raw(dirfd, name, self._handle_ptr, self._mount_id_ptr,
-                                       flags)
-        if ret < 0:
-            return None
-        return ctypes.string_at(self._handle_ptr, 8 + fh.handle_bytes)
+        return sc.open_by_handle(mount.fd, handle, flags)
 
     def _probe_mount(self, mnt_id: int, parent_fd: int, name: bytes, mode: int) -> Mount | None:
         """First sight of a mount: open a mount descriptor and check handles round-trip."""

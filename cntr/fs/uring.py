@@ -49,8 +49,8 @@ Design: one thread per possible CPU, pinned to it when the process may run there
 queues of CPUs outside the affinity mask are needed all the same and are served
 unpinned), each with its own ring (``SINGLE_ISSUER | DEFER_TASKRUN``: the kernel copies
 requests into our buffers only inside our own ``io_uring_enter`` calls; /dev/fuse as a
-registered file) and `DEPTH` entries.  The threads wait in ``io_uring_enter`` through
-ctypes' ``syscall``, which releases the GIL, and answer under the session's one lock
+registered file; `cntr.linux.io_uring.Ring`) and `DEPTH` entries.  The threads wait in
+``io_uring_enter`` (`Ring.enter` releases the GIL), and answer under the session's one lock
 (`Session` is not reentrant).  `Transport.stop` wakes them through an eventfd every ring
 polls; a thread closes its ring itself before it ends, and the entries' buffers are dropped
 only after every thread was joined.
@@ -70,7 +70,7 @@ Caveats:
   tars, but 14% slower alone); one thread for every queue, following the requester's CPU
   (0.95 s for the two tars, but 100 us per LOOKUP: the scheduler moves the requester).
 - x86_64 (and other TSO machines) only as written: the ring indices are read and written
-  with plain 32-bit loads and stores through ctypes, with no explicit barriers.
+  with plain 32-bit loads and stores (`cntr.linux.io_uring`), with no explicit barriers.
 - ``fuse.enable_uring`` is off by default; without it (or when io_uring is refused:
   ``kernel.io_uring_disabled``, a seccomp filter) the flag is not granted and everything
   goes through ``/dev/fuse`` as before.
@@ -84,7 +84,6 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import mmap
@@ -108,6 +107,19 @@ from cntr.fs.protocol import (
     URING_OP_IN,
     Request,
 )
+from cntr.linux import io_uring
+from cntr.linux.io_uring import (
+    CQE_SIZE,
+    ENTER_GETEVENTS,
+    OP_POLL_ADD,
+    OP_URING_CMD,
+    SETUP_DEFER_TASKRUN,
+    SETUP_SINGLE_ISSUER,
+    SETUP_SQE128,
+    SQE_FIXED_FILE,
+    SQE_SIZE,
+    U32_MASK,
+)
 
 log = logging.getLogger("cntr.fs")
 
@@ -125,21 +137,6 @@ class Served(Protocol):
         """(0 or -errno, reply payload) for one request, None for no reply."""
 
 
-# --- <linux/io_uring.h> ---------------------------------------------------------------
-# The same numbers on every architecture (added after the syscall tables were unified).
-_NR_IO_URING_SETUP, _NR_IO_URING_ENTER, _NR_IO_URING_REGISTER = 425, 426, 427
-SETUP_SQE128 = 1 << 10
-SETUP_SINGLE_ISSUER = 1 << 12
-SETUP_DEFER_TASKRUN = 1 << 13
-FEAT_SINGLE_MMAP = 1 << 0
-ENTER_GETEVENTS = 1 << 0
-OFF_SQ_RING, OFF_CQ_RING, OFF_SQES = 0, 0x8000000, 0x10000000
-OP_POLL_ADD, OP_URING_CMD = 6, 46
-SQE_FIXED_FILE = 1 << 0
-REGISTER_FILES = 2
-SQE_SIZE = 128  # with IORING_SETUP_SQE128
-CQE_SIZE = 16
-
 #: entries per queue: one being answered, one already fetched behind it
 DEPTH = 2
 #: `Session.settle_s` while the rings serve (/dev/fuse only brings forgets then)
@@ -148,7 +145,6 @@ SETTLE_S = 0.02
 _PAYLOAD_AT = mmap.PAGESIZE
 _POLL_TAG = 0xFFFFFFFFFFFFFFFF
 _POLLIN = 0x001  # io_uring's poll32_events
-_U32_MASK = 0xFFFFFFFF
 #: command results that mean the connection (or the ring) is going away
 _GONE = frozenset((errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED, errno.ENODEV))
 #: asynchronous signals stay with the main thread (its poll wakes on them)
@@ -162,53 +158,6 @@ _CQE = struct.Struct("=QiI")
 _IN_HEAD = struct.Struct("=IIQ")  # fuse_in_header's len, opcode, unique
 _ENT_IN = struct.Struct("=QI")  # commit_id, payload_sz
 _EVENT = struct.pack("=Q", 1)
-
-
-class _SQOffsets(ctypes.Structure):
-    _fields_ = [("head", ctypes.c_uint32), ("tail", ctypes.c_uint32),
-                ("ring_mask", ctypes.c_uint32), ("ring_entries", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("dropped", ctypes.c_uint32),
-                ("array", ctypes.c_uint32), ("resv1", ctypes.c_uint32),
-                ("user_addr", ctypes.c_uint64)]
-
-
-class _CQOffsets(ctypes.Structure):
-    _fields_ = [("head", ctypes.c_uint32), ("tail", ctypes.c_uint32),
-                ("ring_mask", ctypes.c_uint32), ("ring_entries", ctypes.c_uint32),
-                ("overflow", ctypes.c_uint32), ("cqes", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("resv1", ctypes.c_uint32),
-                ("user_addr", ctypes.c_uint64)]
-
-
-class _Params(ctypes.Structure):
-    _fields_ = [("sq_entries", ctypes.c_uint32), ("cq_entries", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("sq_thread_cpu", ctypes.c_uint32),
-                ("sq_thread_idle", ctypes.c_uint32), ("features", ctypes.c_uint32),
-                ("wq_fd", ctypes.c_uint32), ("resv", ctypes.c_uint32 * 3),
-                ("sq_off", _SQOffsets), ("cq_off", _CQOffsets)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-# Separate function objects (``libc["syscall"]`` is not cached) with fixed argument types:
-# a CDLL call releases the GIL for the duration of the syscall.
-_setup = _libc["syscall"]
-_setup.argtypes = [ctypes.c_long, ctypes.c_uint, ctypes.POINTER(_Params)]
-_setup.restype = ctypes.c_long
-_enter = _libc["syscall"]
-_enter.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-                   ctypes.c_void_p, ctypes.c_size_t]
-_enter.restype = ctypes.c_long
-_register = _libc["syscall"]
-_register.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p,
-                      ctypes.c_uint]
-_register.restype = ctypes.c_long
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
 
 
 def possible_cpus() -> list[int]:
@@ -235,24 +184,21 @@ class _Entry:
     """One ring entry: header and payload buffers in one anonymous mapping, payload at
     `_PAYLOAD_AT`, and the iovec[2] that describes them to the kernel."""
 
-    __slots__ = ("alive", "anchor", "cmd", "index", "iov", "iov_at", "mem", "view")
+    __slots__ = ("alive", "buffer", "cmd", "index", "iov", "iov_at", "mem", "view")
 
     def __init__(self, index: int, size: int) -> None:
         self.index = index
-        self.mem = mmap.mmap(-1, _PAYLOAD_AT + size)
-        self.view = memoryview(self.mem)
-        self.anchor = ctypes.c_char.from_buffer(self.mem)
-        base = ctypes.addressof(self.anchor)
-        self.iov = (ctypes.c_uint64 * 4)(base, URING_HEADER_SIZE, base + _PAYLOAD_AT, size)
-        self.iov_at = ctypes.addressof(self.iov)
+        self.buffer = io_uring.Buffer(_PAYLOAD_AT + size)
+        self.mem = self.buffer.mem
+        self.view = self.buffer.view
+        base = self.buffer.address
+        self.iov = io_uring.Iovecs((base, URING_HEADER_SIZE), (base + _PAYLOAD_AT, size))
+        self.iov_at = self.iov.address
         self.cmd = URING_CMD_REGISTER
         self.alive = True
 
     def release(self) -> None:
-        self.view.release()
-        del self.anchor
-        with contextlib.suppress(BufferError):  # a handler still holds a slice
-            self.mem.close()
+        self.buffer.release()
 
 
 class _Queue:
@@ -265,7 +211,7 @@ class _Queue:
         self.entries: list[_Entry] = []
         self.error: BaseException | None = None
         self.set_up = threading.Event()
-        self.ring_fd = -1
+        self.ring: io_uring.Ring | None = None
         self.fuse_fd = transport.fd
         self.sqe_flags = 0
         self.lock = transport.lock
@@ -274,7 +220,6 @@ class _Queue:
         #: the requester of the request being answered (each queue fills its own)
         self.req = Request()
         self.payload = transport.payload
-        self._maps: list[mmap.mmap] = []
         self.thread = threading.Thread(target=self._main, name=f"cntr-fuse-ring-{qid}",
                                        daemon=True)
 
@@ -304,59 +249,23 @@ class _Queue:
             except OSError as exc:  # offline, or outside our cpuset: serve it unpinned
                 log.debug("serve-fs: io_uring queue %d not pinned: %s", self.qid, exc)
         depth = self.transport.depth
-        params = _Params()
-        params.flags = SETUP_SQE128 | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN
-        self.ring_fd = _check(_setup(_NR_IO_URING_SETUP, depth + 1, ctypes.byref(params)),
-                              "io_uring_setup")
-        sq, cq = params.sq_off, params.cq_off
-        sq_size = sq.array + params.sq_entries * 4
-        cq_size = cq.cqes + params.cq_entries * CQE_SIZE
-        prot = mmap.PROT_READ | mmap.PROT_WRITE
-        flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
-        if params.features & FEAT_SINGLE_MMAP:
-            sq_map = cq_map = mmap.mmap(self.ring_fd, max(sq_size, cq_size), flags, prot,
-                                        offset=OFF_SQ_RING)
-            self._maps.append(sq_map)
-        else:
-            sq_map = mmap.mmap(self.ring_fd, sq_size, flags, prot, offset=OFF_SQ_RING)
-            self._maps.append(sq_map)
-            cq_map = mmap.mmap(self.ring_fd, cq_size, flags, prot, offset=OFF_CQ_RING)
-            self._maps.append(cq_map)
-        self.sqes = mmap.mmap(self.ring_fd, params.sq_entries * SQE_SIZE, flags, prot,
-                              offset=OFF_SQES)
-        self._maps.append(self.sqes)
-        self.cq_map = cq_map
-        # 32-bit loads and stores of the shared indices (one instruction each on x86_64)
-        self.sq_khead = ctypes.c_uint32.from_buffer(sq_map, sq.head)
-        self.sq_ktail = ctypes.c_uint32.from_buffer(sq_map, sq.tail)
-        self.cq_khead = ctypes.c_uint32.from_buffer(cq_map, cq.head)
-        self.cq_ktail = ctypes.c_uint32.from_buffer(cq_map, cq.tail)
-        self.sq_mask = ctypes.c_uint32.from_buffer(sq_map, sq.ring_mask).value
-        self.cq_mask = ctypes.c_uint32.from_buffer(cq_map, cq.ring_mask).value
-        self.cqes_at = cq.cqes
-        # SQ slot i always holds SQE i
-        for i in range(params.sq_entries):
-            U32.pack_into(sq_map, sq.array + 4 * i, i)
-        self.sq_tail = self.sq_ktail.value
-        # /dev/fuse as a registered file: no file lookup per command
-        fds = (ctypes.c_int * 1)(self.fuse_fd)
-        if _register(_NR_IO_URING_REGISTER, self.ring_fd, REGISTER_FILES, fds, 1) == 0:
+        self.ring = ring = io_uring.Ring(
+            depth + 1, SETUP_SQE128 | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN)
+        self.sqes, self.sq_mask = ring.sqes, ring.sq_mask
+        self.sq_ktail = ring.sq_tail
+        self.sq_tail = ring.sq_tail.value
+        if ring.register_file(self.fuse_fd):  # no file lookup per command
             self.fuse_fd, self.sqe_flags = 0, SQE_FIXED_FILE
         self.entries = [_Entry(i, self.transport.payload) for i in range(depth)]
 
     def _close(self) -> None:
         """Close the ring (cancelling its commands); the entries' memory stays with the
         transport until every thread was joined."""
-        for name in ("sq_khead", "sq_ktail", "cq_khead", "cq_ktail"):
-            if hasattr(self, name):
-                delattr(self, name)
-        for m in self._maps:
-            with contextlib.suppress(BufferError):
-                m.close()
-        self._maps.clear()
-        if self.ring_fd >= 0:
-            os.close(self.ring_fd)
-            self.ring_fd = -1
+        if hasattr(self, "sq_ktail"):
+            del self.sq_ktail  # pins the ring's mapping
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
     # --- serving ----------------------------------------------------------------------
     def _push(self, entry: _Entry, cmd: int, commit_id: int) -> None:
@@ -366,7 +275,7 @@ class _Queue:
         _SQE.pack_into(self.sqes, (tail & self.sq_mask) * SQE_SIZE, OP_URING_CMD,
                        self.sqe_flags, 0, self.fuse_fd, cmd, 0, entry.iov_at, 2, 0,
                        entry.index, 0, 0, 0, 0, commit_id, self.qid)
-        self.sq_tail = tail = (tail + 1) & _U32_MASK
+        self.sq_tail = tail = (tail + 1) & U32_MASK
         self.sq_ktail.value = tail  # after the SQE: stores are not reordered on x86_64
 
     def _push_poll(self) -> None:
@@ -375,7 +284,7 @@ class _Queue:
         _SQE.pack_into(self.sqes, (tail & self.sq_mask) * SQE_SIZE, OP_POLL_ADD, 0, 0,
                        self.transport.event_fd, 0, 0, 0, 0, _POLLIN, _POLL_TAG,
                        0, 0, 0, 0, 0, 0)
-        self.sq_tail = tail = (tail + 1) & _U32_MASK
+        self.sq_tail = tail = (tail + 1) & U32_MASK
         self.sq_ktail.value = tail
 
     def _serve(self) -> None:
@@ -383,24 +292,25 @@ class _Queue:
         for entry in self.entries:
             self._push(entry, URING_CMD_REGISTER, 0)
         self._push_poll()
-        ring_fd = self.ring_fd
-        cq_map = self.cq_map
-        cqes_at, cq_mask = self.cqes_at, self.cq_mask
-        sq_khead, cq_khead, cq_ktail = self.sq_khead, self.cq_khead, self.cq_ktail
+        ring = self.ring
+        assert ring is not None  # set up by _setup
+        enter = ring.enter
+        cq_map = ring.cq
+        cqes_at, cq_mask = ring.cqes_at, ring.cq_mask
+        sq_khead, cq_khead, cq_ktail = ring.sq_head, ring.cq_head, ring.cq_tail
         entries = self.entries
         unpack_cqe = _CQE.unpack_from
         serve = self._answer
         live = len(entries)
         while live:
-            pending = (self.sq_tail - sq_khead.value) & _U32_MASK
-            if _enter(_NR_IO_URING_ENTER, ring_fd, pending, 1, ENTER_GETEVENTS, None, 0) < 0:
-                err = ctypes.get_errno()
-                if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                    raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+            pending = (self.sq_tail - sq_khead.value) & U32_MASK
+            ret = enter(pending, 1, ENTER_GETEVENTS)
+            if ret < 0 and -ret not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+                raise OSError(-ret, f"io_uring_enter: {os.strerror(-ret)}")
             head, tail = cq_khead.value, cq_ktail.value
             while head != tail:
                 user_data, res, _ = unpack_cqe(cq_map, cqes_at + (head & cq_mask) * CQE_SIZE)
-                head = (head + 1) & _U32_MASK
+                head = (head + 1) & U32_MASK
                 if user_data == _POLL_TAG:
                     live = 0  # Transport.stop
                     continue

@@ -20,6 +20,7 @@ import os
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
+    import struct
     from typing import Any, NewType
 
     Pid = NewType("Pid", int)
@@ -405,6 +406,57 @@ def name_to_handle_at(dirfd: int, path: bytes, flags: int) -> tuple[bytes, int]:
 def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> Fd:
     """open_by_handle_at(2) (needs CAP_DAC_READ_SEARCH); ``handle`` from name_to_handle_at."""
     return Fd(_check(open_by_handle_at_raw(mount_fd, handle, flags), "open_by_handle_at"))
+
+
+class StatxBuffer:
+    """A reusable struct statx for hot paths (serve-fs: several per request): `at` fills
+    it and returns it unpacked by ``unpack`` (a `struct.Struct` of the layout the caller
+    reads), asking for ``mask`` unless told otherwise; OSError carries only the errno and
+    its strerror."""
+
+    __slots__ = ("_buf", "_mask", "_ptr", "_unpack")
+
+    def __init__(self, unpack: struct.Struct, mask: int) -> None:
+        self._buf = bytearray(256)
+        self._ptr = ctypes.addressof((ctypes.c_char * 256).from_buffer(self._buf))
+        self._unpack = unpack.unpack_from
+        self._mask = mask
+
+    def at(self, dirfd: int, name: bytes, flags: int, mask: int = -1) -> tuple[Any, ...]:
+        """statx(dirfd, name, flags, mask), unpacked."""
+        if statx_raw(dirfd, name, flags, self._mask if mask < 0 else mask, self._ptr) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return self._unpack(self._buf)
+
+
+class HandleBuffer:
+    """name_to_handle_at(2) into one reusable struct file_handle, for hot paths."""
+
+    __slots__ = ("_handle", "_handle_ptr", "_mount_id", "_mount_id_ptr")
+
+    def __init__(self) -> None:
+        self._handle = FileHandle()
+        self._handle_ptr = ctypes.addressof(self._handle)
+        self._mount_id = ctypes.c_int()
+        self._mount_id_ptr = ctypes.addressof(self._mount_id)
+
+    def handle(self, dirfd: int, path: bytes, flags: int) -> bytes | None:
+        """The struct file_handle of ``path`` as bytes; None where there is none."""
+        self._handle.handle_bytes = MAX_HANDLE_SZ
+        if name_to_handle_at_raw(dirfd, path, self._handle_ptr, self._mount_id_ptr,
+                                 flags) < 0:
+            return None
+        return ctypes.string_at(self._handle_ptr, 8 + self._handle.handle_bytes)
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at(2) for hot paths: OSError carries only the errno and strerror."""
+    fd = int(open_by_handle_at_raw(mount_fd, handle, flags))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
 
 
 def fchownat(dirfd: int, path: bytes, uid: int, gid: int, flags: int) -> None:

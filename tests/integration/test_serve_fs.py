@@ -49,8 +49,8 @@ class Pair:
 
 @pytest.fixture(scope="module", params=["wire", "uring", "libfuse"])
 def served_tmp(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Served]]:
-    """One mount per module and session kind: the default wire session over /dev/fuse, and
-    the same with requests over io_uring."""
+    """One mount per module and session kind: the default wire session over /dev/fuse, the
+    same with requests over io_uring, and pyfuse3's libfuse session."""
     loop = request.param
     root = Path(tempfile.mkdtemp(prefix="cntr-src-"))
     os.chmod(root, 0o755)
