@@ -246,7 +246,7 @@ def _import_shared() -> None:
     second time, and this process needs each of them on the way to a session anyway
     (json for ``start``, select for ``close``, the mount and syscall layers for capture
     and enter, contextlib, fcntl and threading for enter and the engines, warnings for
-    the session's execvpe: see stages.attach)."""
+    the session's execvpe: see cntr.stages.attach)."""
     import contextlib  # noqa: F401
     import fcntl  # noqa: F401
     import json  # noqa: F401

@@ -6,7 +6,7 @@ all targets alike):
 
 Filesystem workloads, each on seven targets:
   ``native``  the backing directory itself (the limit);
-  ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
+  ``serve-fs`` ``python -m cntr.stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
   ``serve-fs-uring`` the same with requests over FUSE over io_uring
               (``CNTR_SERVE_FS_LOOP=uring``; the benchmark turns the module parameter
               ``fuse.enable_uring`` on for its run and puts it back);
@@ -377,11 +377,11 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
         env = serve_fs_env(kind)
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
-        argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
+        argv = [sys.executable, "-m", "cntr.stages.serve_fs", f"--ready-fd={wfd}", str(root),
                 str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
-            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stages.serve_fs"]
+            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "cntr.stages.serve_fs"]
     elif kind in ("c-ll", "c-ll-wb"):
         assert tools.passthrough_ll is not None
         # allow_other: the database workloads' server runs as the postgres user.
