@@ -16,7 +16,8 @@ RUN apt-get update \
  && rm -f /usr/bin/containerd /usr/bin/containerd-shim* /usr/sbin/runc \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
         /usr/share/info/* /usr/share/locale/*
-# The layout of cntr's .deb (scripts/build-deb), which scripts/build-image installs.
+# The checkout's layout under /usr/lib/cntr (cntr/stages is a link to ../stages), as the
+# .deb that scripts/build-image installs has it (with cntr/stages a directory).
 COPY cntr /usr/lib/cntr/cntr
 COPY stages /usr/lib/cntr/stages
 COPY schemas /usr/lib/cntr/schemas

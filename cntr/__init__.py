@@ -13,7 +13,8 @@ Layers, bottom up:
 - ``cntr.session``: a session inside a container: its plan (the ordered set-up operations)
   and the processes that carry it out; ``cntr.offline``: sessions over a container's
   filesystem when it runs no process;
-- ``stages``: resolve, capture, serve_fs, enter, attach, exec, built on the above;
+- ``cntr.stages`` (the checkout's ``stages/``, linked as ``cntr/stages``): resolve,
+  capture, serve_fs, enter, attach, exec, built on the above;
 - ``cntr.cli``: the command line, the only user of click; for operators around it:
   ``cntr.audit`` (session records to the system log), ``cntr.asciicast`` (--record),
   ``cntr.complete`` (shell completion's container names), ``cntr.manpage`` (cntr(1)),

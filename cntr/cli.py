@@ -157,7 +157,7 @@ def _with_tools(ctx: Any, tools: str | None) -> Any:
     if tools is None:
         return ctx
     from cntr.record import replace
-    from stages.capture import capture_tools
+    from cntr.stages.capture import capture_tools
 
     return replace(ctx, tools=capture_tools(tools))
 
@@ -187,7 +187,7 @@ def resolve(ident: str, types: str | None, fmt: str | None) -> None:
     """Resolve a container id, name or pid to its process; print the record."""
 
     def run() -> None:
-        from stages.resolve import resolve as do_resolve
+        from cntr.stages.resolve import resolve as do_resolve
 
         _write_record(do_resolve(ident, _types(types)), fmt)
 
@@ -204,7 +204,7 @@ def capture(pid: int | None, fmt: str | None, tools: str | None) -> None:
 
     def run() -> None:
         from cntr import context
-        from stages.capture import capture as do_capture
+        from cntr.stages.capture import capture as do_capture
 
         resolved = None
         target = pid
@@ -245,7 +245,7 @@ def serve_fs(*, root: str, mountpoint: str | None, fuse_fd: int | None,
 
     def run() -> int:
         from cntr.launch import check_host
-        from stages.serve_fs import serve_fs as do_serve
+        from cntr.stages.serve_fs import serve_fs as do_serve
 
         check_host()
         if fs_debug:  # the request log goes to stderr (no handler: only warnings would)
@@ -271,14 +271,14 @@ def _recording(path: str | None, opts: Any) -> contextlib.AbstractContextManager
     if path is None:
         return contextlib.nullcontext()
     from cntr import asciicast
-    from stages.enter import default_command, wants_tty
+    from cntr.stages.enter import default_command, wants_tty
 
     return asciicast.recording(path, wants_tty(opts), list(opts.command) or default_command())
 
 
 def _enter_options(command: tuple[str, ...], effective_user: str | None,
                    tty: bool | None, read_only: bool = False, network: str = "none") -> Any:
-    from stages.enter import EnterOptions
+    from cntr.stages.enter import EnterOptions
 
     return EnterOptions(command=list(command), effective_user=_effective_user(effective_user),
                         tty=tty, read_only=read_only, network=network)
@@ -314,7 +314,7 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
 
     def run() -> int:
         from cntr import context
-        from stages.enter import enter as do_enter
+        from cntr.stages.enter import enter as do_enter
 
         if context_file:
             ctx = _read_context_file(context_file)
@@ -329,7 +329,7 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
         opts = _enter_options(command, effective_user, tty, read_only, network)
         if offline and ctx.offline is None:
             from cntr.errors import StaleContext
-            from stages.enter import verify
+            from cntr.stages.enter import verify
 
             try:
                 verify(ctx)
@@ -338,7 +338,7 @@ def enter(*, context_file: str | None, effective_user: str | None, tty: bool | N
 
                 ctx = replay(ctx)
         if dry_run:
-            from stages.enter import describe, verify
+            from cntr.stages.enter import describe, verify
 
             verify(ctx)
             _print_plan(describe(ctx, opts), fmt)
@@ -385,7 +385,7 @@ def diff(before: str, after: str) -> None:
     """What changed between two saved contexts; exit 0 when nothing did, 1 otherwise."""
 
     def run() -> int:
-        from stages.diff import diff as do_diff
+        from cntr.stages.diff import diff as do_diff
 
         lines = do_diff(_read_context_file(before), _read_context_file(after))
         for line in lines:
@@ -424,13 +424,13 @@ def attach(*, ident: str, types: str | None, effective_user: str | None, tty: bo
 
     def run() -> int:
         from cntr import audit
-        from stages.attach import attach as do_attach
+        from cntr.stages.attach import attach as do_attach
 
         audit.STAGE = "attach"
         opts = _enter_options(command, effective_user, tty, read_only, network)
         with _recording(record, opts):
             if image:
-                from stages.attach import attach_image
+                from cntr.stages.attach import attach_image
 
                 return attach_image(ident, _types(types), opts)
             return do_attach(ident, _types(types), opts, tools)
@@ -447,7 +447,7 @@ def ps_(types: str | None, as_json: bool, show_all: bool) -> None:
     """List every attachable container on the host, across all engines."""
 
     def run() -> None:
-        from stages.ps import ps, table
+        from cntr.stages.ps import ps, table
 
         found = ps(_types(types), show_all)
         if as_json:
@@ -474,7 +474,7 @@ def exec_(types: str | None, args: tuple[str, ...]) -> None:
     from_host = "--" in argv
 
     def run() -> int:
-        from stages import exec as stage
+        from cntr.stages import exec as stage
 
         if from_host:
             if not args:
@@ -491,7 +491,7 @@ def doctor(as_json: bool) -> None:
     """Check what cntr needs on this host; exit 1 when attach cannot work."""
 
     def run() -> int:
-        from stages import doctor as stage
+        from cntr.stages import doctor as stage
 
         checks = stage.doctor()
         works = stage.attach_works(checks)

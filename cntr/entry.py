@@ -20,7 +20,7 @@ def main() -> None:
         import gc
 
         # No cyclic garbage collection while cntr imports, resolves and captures: its
-        # passes (~1.5 ms) only walk objects that all live on.  stages.attach turns it
+        # passes (~1.5 ms) only walk objects that all live on.  cntr.stages.attach turns it
         # back on before the session, serve-fs once it has imported its modules.
         gc.disable()
         from cntr import launch
@@ -74,8 +74,8 @@ def _attach(ident: str, types: list[str] | None, command: list[str]) -> None:
 
     def run() -> int:
         from cntr import audit
-        from stages.attach import attach
-        from stages.enter import EnterOptions
+        from cntr.stages.attach import attach
+        from cntr.stages.enter import EnterOptions
 
         audit.STAGE = "attach"
         return attach(ident, types, EnterOptions(command=command))

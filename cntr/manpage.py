@@ -52,6 +52,9 @@ ENVIRONMENT = [
      "discarded)"),
     ("CNTR_SERVE_FS_LOOP", "how serve-fs takes FUSE requests: wire (default), uring (FUSE "
      "over io_uring, needs fuse.enable_uring=Y) or libfuse (pyfuse3's session under trio)"),
+    ("CNTR_SERVE_FS_WORKERS", "threads at most that answer serve-fs's requests that can "
+     "block on the host (fsync, fallocate, copy_file_range), default 8; 0 answers them "
+     "on the reading thread"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "

@@ -6,7 +6,7 @@ all targets alike):
 
 Filesystem workloads, each on seven targets:
   ``native``  the backing directory itself (the limit);
-  ``serve-fs`` ``python -m stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
+  ``serve-fs`` ``python -m cntr.stages.serve_fs DIR MNT`` (its own FUSE session: passthrough);
   ``serve-fs-uring`` the same with requests over FUSE over io_uring
               (``CNTR_SERVE_FS_LOOP=uring``; the benchmark turns the module parameter
               ``fuse.enable_uring`` on for its run and puts it back);
@@ -15,7 +15,10 @@ Filesystem workloads, each on seven targets:
   ``c-ll``    libfuse's low-level C example ``passthrough_ll`` in its default mode (the
               reference the goals compare against: multi-threaded, cache=auto, 1 s timeouts);
   ``c-ll-wb`` the same with ``-o writeback -o cache=always``;
-  ``bindfs``  Debian's bindfs (high-level libfuse, single-threaded by default).
+  ``bindfs``  Debian's bindfs (high-level libfuse, single-threaded by default);
+  ``serve-fs-inline`` (only when named in ``--targets``, which picks the targets of a
+              run) serve-fs without its worker threads (``CNTR_SERVE_FS_WORKERS=0``):
+              fsync and the like answered on the reading thread.
   Workloads: sequential write of a large file (write + close; the flush to disk is not
   timed), sequential read cold (after ``drop_caches``) and warm, 4 KiB random reads of the
   warm file (fio, fixed seed), creating 4,000 small files in 40 directories, stat of every
@@ -23,7 +26,8 @@ Filesystem workloads, each on seven targets:
   and deleting both trees.
 
 Concurrency workloads, on the same targets: ``untar-pN``, N concurrent ``tar -x`` of that
-tarball into N directories at once, and ``build-jN``, ``make -jN`` of a C project the
+tarball into N directories at once, ``fsync-pN``, N writers of a file each that fsync
+after every 4 KiB write (a database's log), and ``build-jN``, ``make -jN`` of a C project the
 benchmark generates (200 small files including a few of 20 headers, gcc -O1, one link;
 its objects are removed before each run), for N = 1, 2 and 4 requesters.  The scaling
 table reads off how each target's throughput grows with the requesters (N trees or one
@@ -64,7 +68,8 @@ stat-tree, read-tree, untar, delete); <= 1.0x c-ll with 2 and 4 requesters; thro
 x1.2 from 1 to 2 requesters and no loss from 2 to 4; pgbench >= 0.95x native tps and its
 init + load <= 1.5x native; ``cntr attach`` by name <= 0.7x ``docker exec``, by pid <=
 0.6x; VmRSS < 100 MiB and bounded descriptors after the walk (JSON: ``goals``,
-``scaling``).  Progress goes to stderr.  Exit status 0 unless something broke
+``scaling``), and the load average before and after the run (JSON: ``meta.loadavg``; the
+machine may be shared).  Progress goes to stderr.  Exit status 0 unless something broke
 (a mount that does not come up, a command that fails); timings never fail the run.
 
 Where the files live: the filesystem workloads run on a scratch ext4 filesystem made for
@@ -191,7 +196,7 @@ QUICK = Sizes(runs=2, big_mib=64, fio_mib=16, dirs=10, files=500, max_file=8192,
               exec_launches=4, attach_launches=2, resolve_launches=3, walk_dirs=20,
               build_files=24, pg_scale=1, pg_seconds=5)
 REQUESTERS = (1, 2, 4)
-"""concurrent requesters of the concurrency workloads (untar-pN, build-jN)."""
+"""concurrent requesters of the concurrency workloads (untar-pN, fsync-pN, build-jN)."""
 
 
 # ----------------------------------------------------------------------------- processes
@@ -343,6 +348,23 @@ def build_passthrough_ll() -> Path | None:
     return exe
 
 
+TARGETS = ("serve-fs", "serve-fs-uring", "serve-fs-libfuse", "serve-fs-inline", "c-ll",
+           "c-ll-wb", "bindfs")
+"""the FUSE targets ``--targets`` may name (native always runs)."""
+
+
+def serve_fs_env(kind: str) -> dict[str, str] | None:
+    """The environment of the serve-fs target ``kind``: ``serve-fs-inline`` answers
+    fsync and the like on the reading thread (``CNTR_SERVE_FS_WORKERS=0``), any other
+    ``serve-fs-LOOP`` sets ``CNTR_SERVE_FS_LOOP``."""
+    suffix = kind.removeprefix("serve-fs").removeprefix("-")
+    if not suffix:
+        return None
+    if suffix == "inline":
+        return {**os.environ, "CNTR_SERVE_FS_WORKERS": "0"}
+    return {**os.environ, "CNTR_SERVE_FS_LOOP": suffix}
+
+
 def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
                 timeout: float = 30) -> Mount:
     """Serve ``root`` on ``mnt`` with the FUSE implementation ``kind``; wait for it."""
@@ -352,15 +374,14 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     rfd = wfd = -1
     env = None
     if kind.startswith("serve-fs"):
-        if kind != "serve-fs":
-            env = {**os.environ, "CNTR_SERVE_FS_LOOP": kind.removeprefix("serve-fs-")}
+        env = serve_fs_env(kind)
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
-        argv = [sys.executable, "-m", "stages.serve_fs", f"--ready-fd={wfd}", str(root),
+        argv = [sys.executable, "-m", "cntr.stages.serve_fs", f"--ready-fd={wfd}", str(root),
                 str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
-            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stages.serve_fs"]
+            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "cntr.stages.serve_fs"]
     elif kind in ("c-ll", "c-ll-wb"):
         assert tools.passthrough_ll is not None
         # allow_other: the database workloads' server runs as the postgres user.
@@ -738,13 +759,57 @@ def wl_untar_parallel(n: int) -> Callable[[FsContext, Target], float]:
 
     def run(ctx: FsContext, t: Target) -> float:
         dests = [t.path / f"untar-p{n}-{i}" for i in range(n)]
-        for dest in dests:
-            if dest.exists():
-                shutil.rmtree(dest)
+        # Every untar-pN tree goes, not only this N's: passthrough_ll keeps a descriptor
+        # per inode the kernel holds, and 4 trees next to the 1-tree run's pass 20,000.
+        for old in t.path.glob("untar-p*-*"):
+            shutil.rmtree(old)
         os.sync()
         t0 = time.perf_counter()
         untar_parallel(ctx, dests)
         return time.perf_counter() - t0
+
+    return run
+
+
+FSYNC_WRITES = 200
+FSYNC_REQUESTER = """\
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+block = b"x" * 4096
+for i in range(int(sys.argv[2])):
+    os.pwrite(fd, block, i * 4096)
+    os.fsync(fd)
+os.close(fd)
+"""
+
+
+def wl_fsync_parallel(n: int) -> Callable[[FsContext, Target], float]:
+    """``n`` requesters at once, each writing FSYNC_WRITES blocks of 4 KiB to a file of
+    its own with an fsync(2) after each (a database's log): the fsyncs of one requester
+    must not wait for another's."""
+
+    def run(ctx: FsContext, t: Target) -> float:
+        files = [t.path / f"fsync-p{n}-{i}" for i in range(n)]
+        for f in files:
+            f.unlink(missing_ok=True)
+        os.sync()
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", FSYNC_REQUESTER, str(f),
+                                   str(FSYNC_WRITES)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for f in files]
+        failed = []
+        for proc, f in zip(procs, files, strict=True):
+            _out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                failed.append(f"{f}: exit {proc.returncode}: {err.decode(errors='replace')}")
+        elapsed = time.perf_counter() - t0
+        if failed:
+            raise BenchError("fsync requester failed: " + "; ".join(failed))
+        for f in files:
+            if f.stat().st_size != FSYNC_WRITES * 4096:
+                raise BenchError(f"{f}: {f.stat().st_size} bytes written")
+        return elapsed
 
     return run
 
@@ -817,7 +882,8 @@ def wl_build(n: int) -> Callable[[FsContext, Target], float]:
 
 
 def concurrency_workloads(sizes: Sizes) -> list[Workload]:
-    """untar-pN (N concurrent ``tar -x``) and build-jN (``make -jN``) for each N of
+    """untar-pN (N concurrent ``tar -x``), fsync-pN (N fsyncing writers) and build-jN
+    (``make -jN``) for each N of
     REQUESTERS; issue 15: <= 1.0x C passthrough_ll with several requesters."""
     out = []
     for n in REQUESTERS:
@@ -825,6 +891,11 @@ def concurrency_workloads(sizes: Sizes) -> list[Workload]:
         out.append(Workload(
             f"untar-p{n}", f"{n} concurrent tar -x of {sizes.files} files (one dir each)",
             "fs", "native", "c-ll", list(goals), run=wl_untar_parallel(n)))
+    for n in REQUESTERS:
+        goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
+        out.append(Workload(
+            f"fsync-p{n}", f"{n} concurrent writers of {FSYNC_WRITES} x 4 KiB, fsync each",
+            "fs", "native", "c-ll", list(goals), run=wl_fsync_parallel(n)))
     for n in REQUESTERS:
         goals = [Goal("serve-fs", "c-ll", 1.0)] if n > 1 else []
         out.append(Workload(
@@ -837,13 +908,14 @@ def scaling(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """How throughput grows with the requesters, per target: for each N of REQUESTERS
     past 1, the throughput with N over the throughput with N/2 (``gain``, per run, runs
     paired by their index, and of the medians) and over the throughput with 1
-    (``speedup``).  Throughput is N / t(N) for untar-pN (N trees) and 1 / t(N) for
+    (``speedup``).  Throughput is N / t(N) for untar-pN and fsync-pN (N trees or
+    files) and 1 / t(N) for
     build-jN (one build).  Goal (issue 15: serve-fs's own throughput grows with the
     cores it is given): serve-fs gains at least 1.2x from 1 to 2 requesters, and loses
     nothing from 2 to 4 (the machine may have fewer cores than requesters)."""
     by_name = {s["name"]: s for s in summaries}
     out: list[dict[str, Any]] = []
-    for family, trees in (("untar-p", True), ("build-j", False)):
+    for family, trees in (("untar-p", True), ("fsync-p", True), ("build-j", False)):
         for n in REQUESTERS[1:]:
             one, half, many = (by_name.get(f"{family}{k}") for k in (1, n // 2, n))
             if one is None or half is None or many is None:
@@ -1416,6 +1488,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--walk-files", type=int, metavar="N",
                    help="files walked for the memory figures, a multiple of 1,000 "
                         "(default 1,000,000, quick 20,000)")
+    p.add_argument("--targets", metavar="KIND[,KIND]",
+                   help="FUSE targets to mount (native always runs): serve-fs, "
+                        "serve-fs-uring, serve-fs-libfuse, serve-fs-inline (no worker "
+                        "threads), c-ll, c-ll-wb, bindfs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
@@ -1438,6 +1514,10 @@ def main(argv: list[str]) -> int:
             print("bench: --walk-files must be at least 1000", file=sys.stderr)
             return 2
         sizes = dataclasses.replace(sizes, walk_dirs=args.walk_files // 1000)
+    if args.targets and (unknown_targets := set(args.targets.split(",")) - set(TARGETS)):
+        print(f"bench: unknown target(s) {', '.join(sorted(unknown_targets))}; one of: "
+              f"{', '.join(TARGETS)}", file=sys.stderr)
+        return 2
     workloads = make_workloads(sizes)
     names = [w.name for w in workloads] + ["memory"]
     only = set(names if not args.only else args.only.split(","))
@@ -1453,6 +1533,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, _raise_interrupt)
 
     started = time.monotonic()
+    load_before = os.getloadavg()
     CACHE.mkdir(parents=True, exist_ok=True)
     tools = Tools(passthrough_ll=build_passthrough_ll(), bindfs=shutil.which("bindfs"),
                   fio=shutil.which("fio"), profile_dir=args.profile)
@@ -1471,13 +1552,18 @@ def main(argv: list[str]) -> int:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
     kinds = ["serve-fs", "serve-fs-libfuse"]
-    uring_was = enable_fuse_uring()
+    # The module parameter is the machine's: turned on only when an io_uring target runs.
+    wanted = args.targets.split(",") if args.targets else None
+    uring_was = (enable_fuse_uring() if wanted is None or "serve-fs-uring" in wanted
+                 else None)
     if uring_was is not None:
         kinds.insert(1, "serve-fs-uring")
     if tools.passthrough_ll is not None:
         kinds += ["c-ll", "c-ll-wb"]
     if tools.bindfs is not None:
         kinds.append("bindfs")
+    if wanted is not None:
+        kinds = wanted
     work = Path(tempfile.mkdtemp(prefix="cntr-bench-", dir="/var/tmp"))
     (work / "logs").mkdir()
     mounts: list[Mount] = []
@@ -1587,13 +1673,17 @@ def main(argv: list[str]) -> int:
         os.close(host_ns)
 
     elapsed = time.monotonic() - started
+    # The machine may be shared: the load says how much the figures were disturbed.
+    load = {"before": list(load_before), "after": list(os.getloadavg())}
     summaries = [summarize(w) for w in workloads]
     scal = scaling(summaries)
     goals = goal_rows(summaries, scal, memory)
     print_table(summaries, memory)
     print_scaling(scal)
     print_goals(goals)
-    print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min"
+    print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min, load average "
+          f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} "
+          f"(5 min: {load['after'][1]:.2f}) after"
           + (f"; profiles in {args.profile}" if args.profile else ""))
     if args.json is not None:
         doc = {
@@ -1605,7 +1695,7 @@ def main(argv: list[str]) -> int:
                 "bindfs": tool_version(["bindfs", "--version"]),
                 "fio": tool_version(["fio", "--version"]),
                 "quick": args.quick, "sizes": dataclasses.asdict(sizes), "elapsed_s": elapsed,
-                "profiled": args.profile is not None,
+                "profiled": args.profile is not None, "loadavg": load,
             },
             "workloads": summaries, "memory": memory, "failures": failures,
             "scaling": scal, "goals": goals,

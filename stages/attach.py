@@ -14,9 +14,9 @@ import gc
 
 from cntr.launch import check_host
 from cntr.linux import cgroups
-from stages.capture import capture, capture_tools
-from stages.enter import EnterOptions, enter, open_server
-from stages.resolve import resolve
+from cntr.stages.capture import capture, capture_tools
+from cntr.stages.enter import EnterOptions, enter, open_server
+from cntr.stages.resolve import resolve
 
 
 def _collect_again() -> None:
@@ -31,7 +31,7 @@ def _collect_again() -> None:
 def attach(ident: str, types: list[str] | None, opts: EnterOptions,
            tools: str | None = None) -> int:
     """``tools``: ``--tools SOURCE``, the tree served as ``/`` instead of the host's (see
-    `stages.capture.capture_tools`); ``types`` applies to ``ident`` only."""
+    `cntr.stages.capture.capture_tools`); ``types`` applies to ``ident`` only."""
     check_host()
     with open_server(opts.base_dir) as server:
         cgroups.warm_up()  # the console entry started it already; enter's fork ends it

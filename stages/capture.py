@@ -131,7 +131,7 @@ def capture_tools(source: str) -> Tools:
             raise NotFound(f"--tools {source}: {why}")
         return Tools(source, path, "", "", "", 0, 0)
     from cntr import engines
-    from stages.resolve import resolve
+    from cntr.stages.resolve import resolve
 
     prefix, sep, rest = source.partition(":")
     word = engines.ALIASES.get(prefix.lower(), prefix.lower())

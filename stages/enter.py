@@ -28,7 +28,7 @@ from cntr.launch import SessionServer, check_host
 from cntr.linux import cgroups, namespaces, procfs
 from cntr.session import plan, supervisor
 from cntr.session.plan import EnterOptions, default_command, wants_tty
-from stages.capture import verify_tools
+from cntr.stages.capture import verify_tools
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from cntr.errors import CommandNotRun, NotFound, PermissionDenied
 from cntr.launch import DEFAULT_BASE_DIR, check_host
 from cntr.linux import cgroups
-from stages.capture import capture
-from stages.enter import EnterOptions, enter
-from stages.resolve import resolve
+from cntr.stages.capture import capture
+from cntr.stages.enter import EnterOptions, enter
+from cntr.stages.resolve import resolve
 
 
 def exec_in_session(command: Sequence[str]) -> int:

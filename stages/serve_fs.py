@@ -4,7 +4,7 @@
 `cntr.launch`, runs `cntr.fs.tree.serve_tree` itself); it never touches click.
 Run standalone for tests and debugging::
 
-    python -m stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
+    python -m cntr.stages.serve_fs [--debug] [--ready-fd=N] [--allowed-mnt-ns=INO] ROOT MOUNTPOINT
 
 The session (``CNTR_SERVE_FS_LOOP``: wire, uring or libfuse) is `cntr.launch.serve_fs_loop`'s
 choice; caveats are those of `cntr.fs.tree` and of the session's module.
@@ -52,7 +52,7 @@ def _main(argv: list[str]) -> int:
         else:
             allowed_mnt_ns = int(value)
     if len(args) != 2:
-        print("usage: python -m stages.serve_fs [--debug] [--ready-fd=N] "
+        print("usage: python -m cntr.stages.serve_fs [--debug] [--ready-fd=N] "
               "[--allowed-mnt-ns=INO] ROOT MOUNTPOINT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

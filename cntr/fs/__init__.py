@@ -9,6 +9,8 @@ floors, each importing only those below it:
 - `cntr.fs.gate`: the mount-namespace gate (serve only the session's processes);
 - `cntr.fs.passthrough`: the handler core, one plain method per operation: typed ids in,
   reply payloads in the kernel's layout out, OSError for errors;
+- `cntr.fs.workers`: the threads that answer requests which can block on the host for
+  long (fsync, fallocate, copy_file_range), so that they hold up no other requester;
 - `cntr.fs.uring` and `cntr.fs.session`: the transports (FUSE over io_uring, /dev/fuse)
   and the dispatcher both use: the gate checked once per request, errors turned into
   -errno once;

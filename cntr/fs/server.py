@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from cntr.fs.gate import MountNsGate
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.session import Session
+from cntr.fs.workers import Workers
+from cntr.fs.workers import size_from_env as workers_size
 from cntr.linux import syscalls as sc
 from cntr.linux.mounts import fuse_mount
 
@@ -117,6 +119,9 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
         fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mounted = False
     session = Session(fs, fuse_fd, gate=gate, uring=uring)
+    size = workers_size()
+    if size:
+        session.workers = Workers(session.answer, fs.open_dir_handle, fuse_fd, size)
     try:
         with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd:
             session.wakeup_fd = wakeup_fd
@@ -136,6 +141,8 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
             _signal_ready(ready_fd)
             session.run()
     finally:
+        if session.workers is not None:
+            session.workers.stop()
         if mounted and mountpoint is not None:
             with contextlib.suppress(OSError):  # already unmounted from outside
                 sc.umount2(mountpoint, sc.MNT_DETACH)

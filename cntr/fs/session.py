@@ -155,6 +155,7 @@ from cntr.fs.protocol import (
     Request,
 )
 from cntr.fs.uring import Transport
+from cntr.fs.workers import Workers
 
 log = logging.getLogger("cntr.fs")
 
@@ -221,6 +222,8 @@ class Session:
         #: set by INIT: the kernel accepted FUSE_PASSTHROUGH
         self.passthrough = False
         self.stopping = False
+        #: where requests that can block for long go (`cntr.fs.workers`; None: inline)
+        self.workers: Workers | None = None
         #: set by INIT: the kernel sends the extended fuse_setxattr_in
         self._setxattr_ext = False
         self._poller: select.poll | None = None
@@ -313,6 +316,7 @@ class Session:
         lock = self.lock
         wait = self._wait
         req = Request()
+        workers = self.workers
         while not self.stopping:
             wait()  # poll first: a read that finds nothing costs an exception
             try:
@@ -326,6 +330,9 @@ class Session:
                     return  # unmounted
                 raise
             with lock:
+                # fsync and the like go to a worker thread (`cntr.fs.workers`)
+                if workers is not None and workers.take(buf[4], buf, n):
+                    continue
                 result = answer(buf, view[_IN_SIZE:n], req)
             if result is None:
                 continue
@@ -357,6 +364,8 @@ class Session:
         if poll(0):
             return
         spin = self.spin_ns
+        if self.workers is not None and self.workers.busy:
+            spin = 0  # spinning holds the GIL a worker needs to start and to reply
         if spin > 0:
             deadline = time.monotonic_ns() + spin
             yield_cpu = os.sched_yield

@@ -2,7 +2,7 @@
 lacks them, and the FUSE session they run on until the filesystem is unmounted.
 
 `serve_tree` is what a session's serve-fs (forked by `cntr.launch`) and the serve-fs stage
-(`stages.serve_fs`) run; the stage chooses the session loop and maps the CLI to it.
+(`cntr.stages.serve_fs`) run; the stage chooses the session loop and maps the CLI to it.
 
 Caveats:
 - sets the process umask to 0, then to each requester's for the files it creates
@@ -33,7 +33,7 @@ HELPER_DIR = ".cntr"
 """Where a ``--tools`` session finds its ``cntr`` (``exec_helper``): ``/.cntr``."""
 
 # `cntr exec` for a tree without cntr: run by a static busybox (cntr.launch.static_busybox)
-# with the behaviour of stages.exec.exec_in_session: the container's root and PATH, the
+# with the behaviour of cntr.stages.exec.exec_in_session: the container's root and PATH, the
 # working directory kept when it is inside the container's root.
 HELPER_SCRIPT = """#!/{dir}/{busybox} sh
 # cntr in a --tools session: only `cntr exec [CMD [ARGS...]]` (the tools tree lacks cntr).

@@ -1,4 +1,5 @@
-"""Every ctypes binding cntr uses, and nothing else.
+"""The syscall bindings cntr makes with ctypes, and nothing else (the io_uring ring is
+`cntr.linux.io_uring`'s, libfuse's version query `cntr.linux.libfuse`'s).
 
 Each wrapper checks the return value and raises ``OSError(errno, strerror, what)``
 naming the call, so callers never see a bare -1.  Python 3.11 has no
@@ -8,7 +9,8 @@ naming the call, so callers never see a bare -1.  Python 3.11 has no
 Caveats:
 - syscall numbers are given for x86_64 and aarch64; others raise ``OSError(ENOSYS)``.
 - ``setns(CLONE_NEWNS)`` and ``unshare(CLONE_NEWNS)`` fail with EINVAL in a process with
-  more than one thread: call them in a fresh child (see ``cntr.linux.process``).
+  more than one thread: call them in a single-threaded child (the setup child of
+  `cntr.session.setup`, and the offline session's of `cntr.offline`).
 """
 
 from __future__ import annotations
@@ -89,13 +91,13 @@ SECCOMP_MODE_FILTER = 2
 _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
         "pivot_root": 155, "open_tree": 428, "move_mount": 429, "fsopen": 430,
-        "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "openat2": 437,
-        "capget": 125, "capset": 126, "pidfd_send_signal": 424,
+        "fsconfig": 431, "fsmount": 432, "openat2": 437,
+        "capget": 125, "capset": 126,
     },
     "aarch64": {
         "pivot_root": 41, "open_tree": 428, "move_mount": 429, "fsopen": 430,
-        "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "openat2": 437,
-        "capget": 90, "capset": 91, "pidfd_send_signal": 424,
+        "fsconfig": 431, "fsmount": 432, "openat2": 437,
+        "capget": 90, "capset": 91,
     },
 }
 _MACHINE = os.uname().machine  # platform.machine() costs an import of ~2.5 ms
@@ -216,10 +218,6 @@ def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> Fd:
         "openat2", ctypes.c_int(dfd), _b(path), ctypes.byref(how), ctypes.c_size_t(24)
     )
     return Fd(_check(ret, "openat2", path))
-
-
-def pidfd_open(pid: int) -> Fd:
-    return Fd(_check(_sys("pidfd_open", ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open"))
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

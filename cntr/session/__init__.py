@@ -29,5 +29,5 @@ every operation it carries out to FILE, one JSON line each, in the form ``--dry-
 prints it (``inherit.Inherited.log``): the tests compare the two.
 
 Imports go one way: ``supervisor`` and ``setup`` use ``plan``, ``messages`` and
-``inherit``; ``setup`` forks into ``reaper``; nothing here imports ``stages``.
+``inherit``; ``setup`` forks into ``reaper``; nothing here imports ``cntr.stages``.
 """

@@ -149,7 +149,7 @@ class Op:
 
 @record(frozen=True)
 class Verify(Op):
-    """The context's process is still the captured one (``stages.enter.verify``)."""
+    """The context's process is still the captured one (``cntr.stages.enter.verify``)."""
 
     where = "supervisor"
     pid: int

@@ -1,6 +1,6 @@
 """Helpers to run serve-fs in a subprocess for tests: mount, wait, always unmount.
 
-`serve_fs_mount` starts ``python -m stages.serve_fs --ready-fd=N ROOT MOUNTPOINT``, waits
+`serve_fs_mount` starts ``python -m cntr.stages.serve_fs --ready-fd=N ROOT MOUNTPOINT``, waits
 for the ready byte (and the mount in /proc/self/mountinfo), yields a `Served`, and on exit
 unmounts lazily and kills the server if it does not end by itself (pyfuse3 ``test/util.py``
 does the same).
@@ -119,11 +119,11 @@ def _wait_ready(rfd: int, proc: subprocess.Popen[bytes], mountpoint: Path,
 def serve_fs_mount(root: str | Path, mountpoint: str | Path | None = None, *,
                    debug: bool = False, timeout: float = 20,
                    env: Mapping[str, str] | None = None,
-                   launcher: Sequence[str] = ("-m", "stages.serve_fs")) -> Iterator[Served]:
+                   launcher: Sequence[str] = ("-m", "cntr.stages.serve_fs")) -> Iterator[Served]:
     """Serve ``root`` on ``mountpoint`` (a fresh temp dir by default) in a subprocess.
 
-    ``env`` is added to the environment; ``launcher`` replaces ``-m stages.serve_fs``
-    (e.g. ``-c CODE`` that ends up in ``stages.serve_fs._main``)."""
+    ``env`` is added to the environment; ``launcher`` replaces ``-m cntr.stages.serve_fs``
+    (e.g. ``-c CODE`` that ends up in ``cntr.stages.serve_fs._main``)."""
     tmp = None
     if mountpoint is None:
         tmp = tempfile.mkdtemp(prefix="cntr-mnt-")
@@ -220,7 +220,7 @@ if pid == 0:
         os._exit(code)
 os.close(mounted_w); os.close(ready_r); os.close(result_w)
 assert os.read(mounted_r, 1) == b"M", "child did not mount"
-from stages.serve_fs import serve_fs
+from cntr.stages.serve_fs import serve_fs
 status = serve_fs(src, fuse_fd=fuse_fd, ready_fd=ready_w)
 child = os.waitpid(pid, 0)[1]
 result = b""

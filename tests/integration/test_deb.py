@@ -20,7 +20,7 @@ INSTALLED = ["/usr/bin/cntr", "/usr/share/man/man1/cntr.1.gz",
              "/usr/share/bash-completion/completions/cntr",
              "/usr/share/zsh/vendor-completions/_cntr",
              "/usr/share/fish/vendor_completions.d/cntr.fish",
-             "/usr/lib/cntr/cntr/cli.py", "/usr/lib/cntr/stages/enter.py",
+             "/usr/lib/cntr/cntr/cli.py", "/usr/lib/cntr/cntr/stages/enter.py",
              "/usr/lib/cntr/schemas/context.v1.json"]
 # the package's cntr first on PATH, whatever the test runner's environment has
 ENV = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -72,7 +72,7 @@ def test_package_contents_and_dependencies(deb: Path) -> None:
     for path in INSTALLED:
         assert path in listed and os.path.exists(path), path
     assert not [p for p in listed if "dist-packages" in p or "__pycache__" in p]
-    # the generic top-level name "stages" stays private to cntr
+    # the stages are cntr.stages: no generic top-level name "stages" is installed
     probe = run("/usr/bin/python3", "-c", "import stages")
     assert "ModuleNotFoundError: No module named 'stages'" in probe.stderr
 

@@ -38,7 +38,7 @@ def test_ids_are_stable_and_derived_from_the_host_inode(tmp_path: Path) -> None:
 # serve-fs with the smallest descriptor cache: a cached O_PATH descriptor would keep the
 # old file (and its inode number) alive on the host.
 _SMALL_CACHE = (
-    "import sys, stages.serve_fs as s, cntr.fs.passthrough as p\n"
+    "import sys, cntr.stages.serve_fs as s, cntr.fs.passthrough as p\n"
     "init = p.Passthrough.__init__\n"
     "def small(self, fd, **kw):\n"
     "    init(self, fd, **{**kw, 'fd_cache_size': 4})\n"

@@ -84,7 +84,7 @@ if pid == 0:
 os.close(mounted_w); os.close(ready_r); os.close(info_fd); os.close(go_fd)
 assert os.read(mounted_r, 1) == b"M", "child did not mount"
 ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-from stages.serve_fs import serve_fs
+from cntr.stages.serve_fs import serve_fs
 status = serve_fs(src, fuse_fd=fuse_fd, ready_fd=ready_w, allowed_mnt_ns=ns if gated else None)
 child = os.waitpid(pid, 0)[1]
 print(json.dumps({"status": status, "child": child}))

@@ -24,7 +24,7 @@ from tests.integration.fsutil import PYTHON, REPO, serve_fs_mount
 
 _PROBE = r'''
 import json, sys
-import stages.serve_fs, cntr.fs.server, cntr.fs.tree
+import cntr.stages.serve_fs, cntr.fs.server, cntr.fs.tree
 print(json.dumps(sorted(m for m in ("pyfuse3", "trio", "importlib.metadata")
                         if m in sys.modules)))
 '''
@@ -37,7 +37,7 @@ def test_default_import_skips_pyfuse3_and_trio() -> None:
 
 
 def _serve_and_read(tmp_path: Path, env: dict[str, str],
-                    launcher: Sequence[str] = ("-m", "stages.serve_fs")) -> None:
+                    launcher: Sequence[str] = ("-m", "cntr.stages.serve_fs")) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("through the loop\n")
     with serve_fs_mount(tmp_path / "src", env=env, launcher=launcher) as served:
@@ -59,7 +59,8 @@ def test_libfuse_session_serves(tmp_path: Path) -> None:
 
 def test_unknown_loop_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
-    res = subprocess.run([PYTHON, "-m", "stages.serve_fs", str(tmp_path), str(tmp_path / "mnt")],
+    res = subprocess.run([PYTHON, "-m", "cntr.stages.serve_fs", str(tmp_path),
+                          str(tmp_path / "mnt")],
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
                          env={**os.environ, "CNTR_SERVE_FS_LOOP": "bogus"})
     assert res.returncode == 1

@@ -169,8 +169,11 @@ def open_session(name: str, engine: str) -> Iterator[Session]:
             (reaper,) = _children(setup[0])
             kids = _children(reaper)
             deadline = time.monotonic() + 10
-            while len(kids) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)  # the inner sh's sleep is being reparented to the reaper
+            # The inner sh's child is reparented to the reaper, and is sh until it has
+            # executed sleep.
+            while ((len(kids) < 2 or _comm(kids[-1]) != "sleep")
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
                 kids = _children(reaper)
             command, leftover = kids
             assert _comm(leftover) == "sleep", kids

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from cntr.linux import fuseprobe
-from stages import doctor
+from cntr.stages import doctor
 
 
 def init_request(minor: int, flags: int, opcode: int = fuseprobe.FUSE_INIT) -> bytes:

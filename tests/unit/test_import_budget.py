@@ -13,13 +13,13 @@ nothing here measures a clock.
 
 Three views of it:
 - the console entry ``cntr.entry.main`` run on ``attach ID -- true`` up to the point it
-  would act (``check_host``, the first thing ``stages.attach.attach`` does), in a fresh
+  would act (``check_host``, the first thing ``cntr.stages.attach.attach`` does), in a fresh
   interpreter, with serve-fs's prestart turned off (it forks; its imports are its own
   process's): needs no privileges;
 - a real ``cntr attach ID -- true`` into the demo and the docker test container, with
   ``PYTHONPROFILEIMPORTTIME=1``: every module the attach process and the setup child
   import on the way, including the lazy imports of resolve, capture and enter (none but
-  the engines resolve asks may be imported after stages.attach).  serve-fs
+  the engines resolve asks may be imported after cntr.stages.attach).  serve-fs
   sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
 - serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never
   pyfuse3 or trio.
@@ -46,17 +46,17 @@ FORBIDDEN = frozenset({
     "importlib.metadata",     # pyfuse3's (the libfuse session's) only
     "click",                  # cntr.entry's plain attach
     "trio", "pyfuse3",        # serve-fs's own process only
-    "cntr.cli", "stages.serve_fs", "cntr.fs",
+    "cntr.cli", "cntr.stages.serve_fs", "cntr.fs",
 })
 """Modules (and packages: their submodules too) the attach process never imports."""
 
 MAX_STDLIB_MODULES = 50
-"""Modules outside cntr and stages that the entry may add to a bare interpreter's on the
+"""Modules outside cntr that the entry may add to a bare interpreter's on the
 way to attaching (44 when this was written): a new dependency of the attach path must
 fit here or raise this on purpose."""
 
 MAX_RUN_STDLIB_MODULES = 85
-"""Distinct modules outside cntr and stages that a whole ``cntr attach ID -- true``
+"""Distinct modules outside cntr that a whole ``cntr attach ID -- true``
 imports, the interpreter's own start-up included (75 when this was written, by name
 through docker; cntr's own modules are not counted, so splitting one is free)."""
 
@@ -71,11 +71,11 @@ def stop():
     os._exit(0)
 
 launch.prestart = lambda: None  # forks serve-fs: its imports are another process's
-launch.check_host = stop  # stages.attach.attach's first call, bound when it is imported
+launch.check_host = stop  # cntr.stages.attach.attach's first call, bound when it is imported
 sys.argv = ["cntr", "attach", "cntr-import-budget", "--", "true"]
 from cntr.entry import main
 main()
-sys.exit("the entry returned without reaching stages.attach.attach")
+sys.exit("the entry returned without reaching cntr.stages.attach.attach")
 """
 
 
@@ -95,14 +95,14 @@ def entry_modules() -> set[str]:
 
 def test_attach_entry_imports_nothing_forbidden() -> None:
     modules = entry_modules()
-    assert {"cntr.entry", "stages.attach", "stages.enter", "stages.resolve",
-            "stages.capture"} <= modules
+    assert {"cntr.entry", "cntr.stages.attach", "cntr.stages.enter", "cntr.stages.resolve",
+            "cntr.stages.capture"} <= modules
     assert forbidden(modules) == []
 
 
 def test_attach_entry_stays_within_its_module_count() -> None:
     modules = entry_modules()
-    stdlib = sorted(m for m in modules if m.split(".")[0] not in ("cntr", "stages"))
+    stdlib = sorted(m for m in modules if m.split(".")[0] != "cntr")
     assert len(stdlib) <= MAX_STDLIB_MODULES, stdlib
 
 
@@ -112,8 +112,8 @@ from cntr import launch
 
 def stop():
     print(gc.isenabled())
-    import stages.attach
-    stages.attach._collect_again()  # what attach does before enter
+    import cntr.stages.attach
+    cntr.stages.attach._collect_again()  # what attach does before enter
     print(gc.isenabled(), gc.get_freeze_count() > 0)
     os._exit(0)
 
@@ -169,22 +169,22 @@ def test_real_attach_imports_nothing_forbidden(which: str,
                                                request: pytest.FixtureRequest) -> None:
     container: Container = request.getfixturevalue(which)
     names = run_imports(container.ident)
-    assert "stages.attach" in names
+    assert "cntr.stages.attach" in names
     assert forbidden(set(names)) == []
-    # Nothing is imported once stages.attach is but the engines resolve asks (each is
+    # Nothing is imported once cntr.stages.attach is but the engines resolve asks (each is
     # imported when it is first asked): not lazily by capture or enter, and not in the
     # session's processes, whose / is the served tree (an import there, such as
     # os.execvpe's of warnings, is a round of FUSE requests before the command).
-    later = names[names.index("stages.attach") + 1:]
+    later = names[names.index("cntr.stages.attach") + 1:]
     assert [m for m in later if not m.startswith("cntr.engines.")] == [], later
     if container.ident.isdigit():  # by pid: process_id answers, no other engine is loaded
         assert [m for m in later if m.startswith("cntr.engines.")] == ["cntr.engines.process_id"]
-    stdlib = sorted({m for m in names if m.split(".")[0] not in ("cntr", "stages")})
+    stdlib = sorted({m for m in names if m.split(".")[0] != "cntr"})
     assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
 
 SERVE_FS_FORBIDDEN = frozenset({"pyfuse3", "trio", "importlib.metadata", "cntr.fs.libfuse",
-                                "click", "cntr.cli", "stages", "shutil"})
+                                "click", "cntr.cli", "cntr.stages", "shutil"})
 """What serve-fs's own process never imports on its default (wire) session: neither
 pyfuse3 nor trio (~140 ms; only `cntr.fs.libfuse`, the libfuse session, imports them) nor
 importlib.metadata (~15 ms, pyfuse3's), nor shutil (~2.5 ms with bz2, lzma and zlib: only
@@ -205,7 +205,7 @@ def test_serve_fs_imports_neither_pyfuse3_nor_trio(
 
 def imports_of(path: Path) -> set[str]:
     """Every module ``path`` imports, at its top or inside a function (``from X import
-    Y``: X, and X.Y where that is a module of cntr or stages)."""
+    Y``: X, and X.Y where that is a module of cntr)."""
     import ast
 
     out: set[str] = set()
@@ -222,15 +222,20 @@ def imports_of(path: Path) -> set[str]:
 
 
 def module_name(path: Path) -> str:
+    """The module a file of the checkout is: ``stages/X.py`` is ``cntr.stages.X`` (the
+    package's directory is linked into cntr/ as cntr/stages)."""
     rel = path.relative_to(REPO).with_suffix("")
-    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(("cntr", *parts) if parts[0] == "stages" else parts)
 
 
 def test_the_library_never_imports_a_stage() -> None:
-    """cntr/ is the floor the stages stand on: no module of it imports ``stages`` but the
-    command line above them (``cntr.cli`` and the console entry ``cntr.entry``)."""
+    """cntr/ is the floor the stages stand on: no module of it imports ``cntr.stages`` but
+    the command line above them (``cntr.cli`` and the console entry ``cntr.entry``).
+    (``rglob`` does not follow the cntr/stages link.)"""
     upward = {module_name(p) for p in sorted((REPO / "cntr").rglob("*.py"))
-              if any(m.split(".")[0] == "stages" for m in imports_of(p))}
+              if any(m == "cntr.stages" or m.startswith("cntr.stages.")
+                     for m in imports_of(p))}
     assert upward == {"cntr.cli", "cntr.entry"}
 
 
@@ -256,7 +261,7 @@ def test_the_session_modules_import_one_way() -> None:
     found = {module_name(p): {m for m in imports_of(p) if m.startswith("cntr.session")}
              for p in sorted((REPO / "cntr/session").glob("*.py"))}
     assert found == SESSION_IMPORTS
-    # and the stage is the only one above them: only stages.enter imports the supervisor
+    # and the stage is the only one above them: only cntr.stages.enter imports the supervisor
     users = sorted(module_name(p) for p in sorted(REPO.glob("[cs]*/**/*.py"))
                    if "cntr.session.supervisor" in imports_of(p))
-    assert users == ["stages.enter"]
+    assert users == ["cntr.stages.enter"]

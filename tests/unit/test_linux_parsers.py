@@ -137,7 +137,7 @@ def test_verify_names_what_changed(tmp_path: Path) -> None:
     """enter's identity check on a fake proc tree: each field has its own message."""
     from cntr.errors import StaleContext
     from cntr.record import replace
-    from stages.enter import verify
+    from cntr.stages.enter import verify
     from tests.unit.test_records import sample_context
 
     proc = tmp_path / "proc"

@@ -9,7 +9,7 @@ import pytest
 
 from cntr.context import Resolved, Tools
 from cntr.errors import NotFound
-from stages import capture
+from cntr.stages import capture
 
 
 def test_directory_absolute_and_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +41,7 @@ def test_container_sources_resolve_as_ids(monkeypatch: pytest.MonkeyPatch, sourc
         asked.append((i, t))
         return Resolved("docker", "c" * 64, "toolbox", os.getpid(), 42)
 
-    monkeypatch.setattr("stages.resolve.resolve", resolve)
+    monkeypatch.setattr("cntr.stages.resolve.resolve", resolve)
     tools = capture.capture_tools(source)
     assert asked == [(ident, types)]
     assert tools == Tools(source, f"/proc/{os.getpid()}/root", "docker", "c" * 64, "toolbox",
