@@ -58,6 +58,13 @@ def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
     return params | {"root": op.root, "exec_helper": helper, "synthetic": list(op.synthetic)}
 
 
+def below(path: str, dirs: list[str]) -> bool:
+    """``path`` (as written, or with its links resolved here) is one of ``dirs`` or below
+    one."""
+    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs
+               for p in (os.path.normpath(path), os.path.realpath(path)))
+
+
 def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
     """Where ``execute``'s search of ``argv[0]`` ends in the supervisor's tree (the host's,
     which serve-fs serves as the session's /): the first PATH entry that holds a regular
@@ -73,9 +80,8 @@ def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> 
         if not entry.startswith("/"):
             return None
         path = os.path.join(entry, name)
-        for p in (os.path.normpath(path), os.path.realpath(path)):
-            if any(p == d or p.startswith(d.rstrip("/") + "/") for d in differs):
-                return None
+        if below(path, differs):
+            return None
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -135,9 +141,11 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     exec_path = None
     ahead: tuple[str, ...] = ()
     if serve is not None and serve.tools is None:  # the session's / is the host's tree
-        exec_path = host_exec_path(exe.argv, exe.env, session.mounted_over())
+        mounted = session.mounted_over()
+        exec_path = host_exec_path(exe.argv, exe.env, mounted)
         # (a path such as $SHELL's is not searched, but looked up ahead all the same)
-        ahead = exec_prefetch(exec_path or (exe.argv[0] if exe.argv[0].startswith("/")
+        given = exe.argv[0] if exe.argv[0].startswith("/") else None
+        ahead = exec_prefetch(exec_path or (given if given and not below(given, mounted)
                                             else None))
     start: Callable[[int], None] | None = None
     if server is not None and serve is not None and fuse_fd is not None:
