@@ -97,8 +97,8 @@ def prefetch(paths: tuple[str, ...]) -> int:
 
 
 def _end_prefetch(pid: int) -> None:
-    """Reap the prefetching process (ended first: it may wait on a serve-fs that is
-    gone)."""
+    """End and reap the prefetching process when the set-up ends before the reaper is
+    forked (killed first: it may wait on a serve-fs that is gone)."""
     if pid:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -273,9 +273,15 @@ def setup_child(inh: Inherited) -> None:
     reaper = pid
     code = 125
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(ended_w)
-        send(status_w, messages.REAPER, str(pid))
+        send(status_w, messages.REAPER, str(pid))  # first: signals go to the reaper now
+        if steps.prefetching:
+            # Reaped now, a few look-ups from its end: the reaper is again this process's
+            # only child (with SIGTERM blocked still, stop() never signals a reaped pid).
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(steps.prefetching, 0)
+            steps.prefetching = 0
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(status_w)
         if inh.slave is not None:
             os.close(inh.slave)
