@@ -248,6 +248,8 @@ class Session:
             COPY_FILE_RANGE_64: (self._copy_file_range_64, False),
             INIT: (self._init, False), DESTROY: (self._destroy, False),
         }
+        #: opcode -> requests answered, when counting (`cntr.fs.server`: CNTR_SERVE_FS_COUNTS)
+        self.counts: dict[int, int] | None = None
         #: requests that take no reply
         self._silent: dict[int, Handler | None] = {
             FORGET: self._forget, BATCH_FORGET: self._batch_forget,
@@ -266,6 +268,8 @@ class Session:
         reentrant: one request at a time (`lock`)."""
         _len, opcode, _unique, nodeid, req.uid, req.gid, req.pid, _ext, _ = (
             IN_HEADER.unpack_from(header))
+        if self.counts is not None:
+            self.counts[opcode] = self.counts.get(opcode, 0) + 1
         entry = self._table.get(opcode)
         if entry is None:
             if opcode in self._silent:
