@@ -52,6 +52,8 @@ ENVIRONMENT = [
      "discarded)"),
     ("CNTR_SERVE_FS_LOOP", "how serve-fs takes FUSE requests: wire (default), uring (FUSE "
      "over io_uring, needs fuse.enable_uring=Y) or libfuse (pyfuse3's session under trio)"),
+    ("CNTR_SERVE_FS_COUNTS", "file serve-fs writes the requests it answered to, by opcode "
+     "as JSON, on SIGUSR1 and when it ends (its own session only; for scripts/bench)"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "
