@@ -108,6 +108,7 @@ import mmap
 import os
 import select
 import stat
+import time
 from collections.abc import Callable, Iterable
 from typing import NewType
 
@@ -971,13 +972,20 @@ class Passthrough:
     # --- directories -----------------------------------------------------------------
     def opendir(self, nodeid: InodeT) -> bytes:
         """fuse_open_out of a new directory handle: the kernel keeps the listing while the
-        directory's mtime does not change (FOPEN_CACHE_DIR)."""
+        directory's mtime does not change (FOPEN_CACHE_DIR), and keeps the one it has
+        (FOPEN_KEEP_CACHE) if it was listed less than ``entry_timeout`` ago.
+
+        An older listing is dropped: its entries have expired, so every name walked from
+        it would cost a LOOKUP (``rm -r``, ``find``, a tree walked again after a second),
+        where listing it again (READDIRPLUS) refreshes them all in a request or two."""
         node = self._node(nodeid)
         self.table.fd(node)  # fail now (ESTALE/ENOENT) rather than at readdir
         fh = self._next_dir
         self._next_dir = fh + 1
         self._dirs[fh] = _Dir(node)
-        return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, 0)
+        if time.monotonic() - node.listed < self.entry_timeout:
+            return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, 0)
+        return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR, 0)
 
     def open_dir_handle(self, fh: int) -> int:
         """A new O_RDONLY descriptor of the directory open as ``fh`` (an opendir
@@ -1010,6 +1018,7 @@ class Passthrough:
         entries = d.entries
         grafts = self.grafts
         if entries is None or start == 0:
+            node.listed = time.monotonic()
             entries = d.entries = [b".", b"..", *os.listdir(b"/proc/self/fd/%d" % pfd)]
             entries += [n for (p, n) in grafts if p == nodeid and n not in entries]
         statx = self.statbuf.at

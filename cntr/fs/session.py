@@ -14,11 +14,13 @@ EIO and a log line.
 What INIT asks the kernel for (and what the core does with it, see its docstring):
 FUSE_PASSTHROUGH (backing files: the kernel reads and writes regular files itself),
 ``FOPEN_CACHE_DIR`` (directory listings stay cached between opens while the directory's
-mtime is unchanged, so a second walk of a tree sends OPENDIR/RELEASEDIR but no
-READDIRPLUS), ``CACHE_SYMLINKS``, ``max_pages`` 256 (1 MiB requests for what still goes
-through serve-fs), ``HANDLE_KILLPRIV_V2``, ``DONT_MASK``, ``SETXATTR_EXT``,
-``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL`` (with ``acl``), ``PARALLEL_DIROPS``,
-``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over io_uring with ``uring``.
+mtime is unchanged and the listing is younger than the entry timeout, so a second walk of
+a tree soon after sends OPENDIR/RELEASEDIR but no READDIRPLUS; a later one, READDIRPLUS
+rather than a LOOKUP per name: `Passthrough.opendir`), ``CACHE_SYMLINKS``, ``max_pages``
+256 (1 MiB requests for what still goes through serve-fs), ``HANDLE_KILLPRIV_V2``,
+``DONT_MASK``, ``SETXATTR_EXT``, ``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL``
+(with ``acl``), ``PARALLEL_DIROPS``, ``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over
+io_uring with ``uring``.
 
 Requests are served one at a time by one thread; before sleeping in poll(2) the loop
 keeps polling without a timeout (yielding the CPU between polls) for ``spin_ns``: a
