@@ -172,3 +172,17 @@ def test_stat_and_seek_of_a_file_open_for_writing_ask_only_after_writes(
         assert cost == {"GETATTR": 1}, cost  # the bound: asked again once expired
     finally:
         os.close(fd)
+
+
+def test_serve_fs_sleeps_after_writing_its_counts(counted: Counted) -> None:
+    """SIGUSR1 leaves serve-fs asleep in poll(2) once it has written the counts (the
+    signal's byte on its wakeup pipe is read back, else poll would return at once,
+    forever)."""
+    counted.requests()
+    counted.requests()
+    states = []
+    for _ in range(20):
+        time.sleep(0.01)
+        stat_line = Path(f"/proc/{counted.served.pid}/stat").read_text()
+        states.append(stat_line.rpartition(")")[2].split()[0])
+    assert states.count("S") >= 18, states  # a busy loop is "R" all along
