@@ -55,6 +55,8 @@ ENVIRONMENT = [
     ("CNTR_SERVE_FS_WORKERS", "threads at most that answer serve-fs's requests that can "
      "block on the host (fsync, fallocate, copy_file_range), default 8; 0 answers them "
      "on the reading thread"),
+    ("CNTR_SERVE_FS_COUNTS", "file serve-fs writes the requests it answered to, by opcode "
+     "as JSON, on SIGUSR1 and when it ends (its own session only; for scripts/bench)"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "

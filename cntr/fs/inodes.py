@@ -122,7 +122,8 @@ class Mount:
 class Inode:
     """One file the kernel holds a lookup count on."""
 
-    __slots__ = ("fd", "gen", "ident", "mount", "nlookup", "nodeid", "ref", "stamp")
+    __slots__ = ("fd", "gen", "ident", "listed", "mount", "nlookup", "nodeid", "ref",
+                 "stamp")
 
     def __init__(self, nodeid: int, ident: int, ref: bytes | tuple[Inode, bytes],
                  mount: Mount | None) -> None:
@@ -138,6 +139,8 @@ class Inode:
         self.fd = -1
         #: (mtime_ns, size) when last opened or released: decides FOPEN_KEEP_CACHE
         self.stamp: tuple[int, int] | None = None
+        #: a directory: time.monotonic() of its last listing from the start (readdir)
+        self.listed = 0.0
 
     def __repr__(self) -> str:
         return (f"<Inode {self.nodeid:#x} gen={self.gen} nlookup={self.nlookup} "

@@ -14,11 +14,13 @@ EIO and a log line.
 What INIT asks the kernel for (and what the core does with it, see its docstring):
 FUSE_PASSTHROUGH (backing files: the kernel reads and writes regular files itself),
 ``FOPEN_CACHE_DIR`` (directory listings stay cached between opens while the directory's
-mtime is unchanged, so a second walk of a tree sends OPENDIR/RELEASEDIR but no
-READDIRPLUS), ``CACHE_SYMLINKS``, ``max_pages`` 256 (1 MiB requests for what still goes
-through serve-fs), ``HANDLE_KILLPRIV_V2``, ``DONT_MASK``, ``SETXATTR_EXT``,
-``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL`` (with ``acl``), ``PARALLEL_DIROPS``,
-``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over io_uring with ``uring``.
+mtime is unchanged and the listing is younger than the entry timeout, so a second walk of
+a tree soon after sends OPENDIR/RELEASEDIR but no READDIRPLUS; a later one, READDIRPLUS
+rather than a LOOKUP per name: `Passthrough.opendir`), ``CACHE_SYMLINKS``, ``max_pages``
+256 (1 MiB requests for what still goes through serve-fs), ``HANDLE_KILLPRIV_V2``,
+``DONT_MASK``, ``SETXATTR_EXT``, ``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL``
+(with ``acl``), ``PARALLEL_DIROPS``, ``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over
+io_uring with ``uring``.
 
 Requests are served one at a time by one thread; before sleeping in poll(2) the loop
 keeps polling without a timeout (yielding the CPU between polls) for ``spin_ns``: a
@@ -251,6 +253,8 @@ class Session:
             COPY_FILE_RANGE_64: (self._copy_file_range_64, False),
             INIT: (self._init, False), DESTROY: (self._destroy, False),
         }
+        #: opcode -> requests answered, when counting (`cntr.fs.server`: CNTR_SERVE_FS_COUNTS)
+        self.counts: dict[int, int] | None = None
         #: requests that take no reply
         self._silent: dict[int, Handler | None] = {
             FORGET: self._forget, BATCH_FORGET: self._batch_forget,
@@ -269,6 +273,8 @@ class Session:
         reentrant: one request at a time (`lock`)."""
         _len, opcode, _unique, nodeid, req.uid, req.gid, req.pid, _ext, _ = (
             IN_HEADER.unpack_from(header))
+        if self.counts is not None:
+            self.counts[opcode] = self.counts.get(opcode, 0) + 1
         entry = self._table.get(opcode)
         if entry is None:
             if opcode in self._silent:
