@@ -70,14 +70,11 @@ def _stop_on_signals(stop: Callable[[int], None]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _counting(session: Session, path: str | None, wakeup_fd: int) -> Iterator[None]:
+def _counting(session: Session, path: str | None) -> Iterator[None]:
     """With ``path`` (CNTR_SERVE_FS_COUNTS, for the benchmark): count the requests by
     opcode, and on each SIGUSR1 and at the end replace ``path`` with them as JSON,
-    ``{"seq": N, "counts": {"LOOKUP": n, ...}}`` (N: the dumps so far).
-
-    The signal also writes a byte to ``wakeup_fd`` (`_stop_on_signals`), which the
-    handler reads back: left there, it would keep the request loop's poll(2) returning
-    at once, with nothing to read on /dev/fuse (a busy loop)."""
+    ``{"seq": N, "counts": {"LOOKUP": n, ...}}`` (N: the dumps so far).  (The byte the
+    signal writes to the wakeup pipe is read away by the request loop.)"""
     if not path:
         yield
         return
@@ -89,8 +86,6 @@ def _counting(session: Session, path: str | None, wakeup_fd: int) -> Iterator[No
 
     def dump(_signum: int = 0, _frame: object = None) -> None:
         nonlocal seq
-        with contextlib.suppress(BlockingIOError):
-            os.read(wakeup_fd, 512)
         seq += 1
         doc = {"seq": seq, "counts": {OPCODE_NAMES.get(op, str(op)): n
                                       for op, n in sorted(counts.items())}}
@@ -165,7 +160,7 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
     counts_path = os.environ.get("CNTR_SERVE_FS_COUNTS")
     try:
         with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd, \
-                _counting(session, counts_path, wakeup_fd):
+                _counting(session, counts_path):
             session.wakeup_fd = wakeup_fd
             if mountpoint is not None:
                 try:

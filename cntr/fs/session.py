@@ -359,7 +359,9 @@ class Session:
                 start()
 
     def _wait(self) -> None:
-        """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable."""
+        """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable
+        (or a signal's byte arrives on the wakeup pipe: the loop then looks at
+        ``stopping``)."""
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()
@@ -367,7 +369,7 @@ class Session:
             if self.wakeup_fd is not None:
                 poller.register(self.wakeup_fd, select.POLLIN)
         poll = poller.poll
-        if poll(0):
+        if self._fuse_ready(poll(0)) or self.stopping:
             return
         spin = self.spin_ns
         if self.workers is not None and self.workers.busy:
@@ -378,15 +380,25 @@ class Session:
             clock = time.monotonic_ns
             while clock() < deadline:
                 yield_cpu()  # a requester on this CPU runs first
-                if poll(0):
+                if self._fuse_ready(poll(0)) or self.stopping:
                     return
         if not self.stopping:
-            for ready, _ in poller.poll():
-                if ready == self.wakeup_fd:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(ready, 512)
+            self._fuse_ready(poll())
             if self.settle_s and not self.stopping:
                 time.sleep(self.settle_s)
+
+    def _fuse_ready(self, events: list[tuple[int, int]]) -> bool:
+        """Whether /dev/fuse is among the poll ``events``.  A signal's byte on the wakeup
+        pipe is read away here, whatever the signal (a handler of its own may have left
+        it): left there, every later poll would return at once."""
+        fuse = False
+        for ready, _ in events:
+            if ready == self.fd:
+                fuse = True
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(ready, 512)
+        return fuse
 
     # --- session ----------------------------------------------------------------------
     def _init(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:

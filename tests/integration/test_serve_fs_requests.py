@@ -176,8 +176,8 @@ def test_stat_and_seek_of_a_file_open_for_writing_ask_only_after_writes(
 
 def test_serve_fs_sleeps_after_writing_its_counts(counted: Counted) -> None:
     """SIGUSR1 leaves serve-fs asleep in poll(2) once it has written the counts (the
-    signal's byte on its wakeup pipe is read back, else poll would return at once,
-    forever)."""
+    request loop reads the signal's byte on its wakeup pipe away, whatever the signal,
+    else poll would return at once, forever)."""
     counted.requests()
     counted.requests()
     states = []
