@@ -70,6 +70,8 @@ log = logging.getLogger("cntr.fs")
 InodeT = NewType("InodeT", int)
 
 ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID
+#: inodes the table holds before the session asks the kernel to forget the oldest
+MAX_INODES = 131_072
 STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -153,10 +155,15 @@ class InodeTable:
     """
 
     def __init__(self, root_fd: int, *, fd_cache_size: int = 2048,
-                 use_handles: bool = True) -> None:
+                 use_handles: bool = True, max_inodes: int = MAX_INODES) -> None:
         if fd_cache_size < 1:
             raise ValueError("fd_cache_size must be >= 1")
         self.fd_cache_size = fd_cache_size
+        #: how many inodes the table aims to hold (0: no bound); past it `prune_ids`
+        #: names the oldest for the session to ask the kernel to forget
+        self.max_inodes = max_inodes
+        #: the table size past which the session prunes (`prune_ids`, `pruned`)
+        self.prune_above = max_inodes if max_inodes > 0 else 1 << 62
         self.use_handles = use_handles
         self.statbuf = stat_buffer()
         st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
@@ -327,6 +334,35 @@ class InodeTable:
         node.nlookup -= nlookup
         if node.nlookup <= 0:
             self._remove(node)
+
+    def prune_ids(self) -> list[int]:
+        """The node ids to ask the kernel to forget (FUSE_NOTIFY_PRUNE) so that the table
+        gets back to 7/8 of `max_inodes`: the ones learned longest ago (the dict keeps
+        insertion order), never the root.  They move to the end of the order: the kernel
+        refuses those still in use (an open file, a cwd, a directory with cached entries),
+        and they are not asked for again before the rest.  Until the forgets of these come
+        in (`pruned`), the table may grow by 1/8 of the bound before the next prune."""
+        by_id = self.by_id
+        slack = max(1, self.max_inodes // 8)
+        count = len(by_id) - self.max_inodes + slack
+        self.prune_above = len(by_id) + slack
+        if count <= 0:
+            return []
+        ids: list[int] = []
+        for nodeid in by_id:
+            if nodeid != ROOT_INODE:
+                ids.append(nodeid)
+                if len(ids) == count:
+                    break
+        for nodeid in ids:
+            by_id[nodeid] = by_id.pop(nodeid)
+        return ids
+
+    def pruned(self) -> None:
+        """Forgets came in: once the table is within its bound, the next prune is due
+        as soon as it is past the bound again."""
+        if 0 < len(self.by_id) <= self.max_inodes:
+            self.prune_above = self.max_inodes
 
     def renamed(self, st: StatT, new_parent: Inode, new_name: bytes) -> None:
         """Keep a (parent, name) inode reachable after a rename done through serve-fs.
