@@ -63,6 +63,7 @@ import struct
 from collections import OrderedDict
 from typing import NewType
 
+from cntr.errors import CntrError
 from cntr.linux import syscalls as sc
 
 log = logging.getLogger("cntr.fs")
@@ -72,6 +73,21 @@ InodeT = NewType("InodeT", int)
 ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID
 #: inodes the table holds before the session asks the kernel to forget the oldest
 MAX_INODES = 131_072
+_NO_BOUND = 1 << 62
+
+
+def max_inodes_from_env() -> int:
+    """``CNTR_SERVE_FS_INODES`` (a number >= 0, 0: no bound), `MAX_INODES` when unset."""
+    raw = os.environ.get("CNTR_SERVE_FS_INODES", "")
+    if not raw:
+        return MAX_INODES
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise CntrError(f"CNTR_SERVE_FS_INODES must be a number >= 0, not {raw!r}")
+    return size
 STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -159,11 +175,9 @@ class InodeTable:
         if fd_cache_size < 1:
             raise ValueError("fd_cache_size must be >= 1")
         self.fd_cache_size = fd_cache_size
-        #: how many inodes the table aims to hold (0: no bound); past it `prune_ids`
-        #: names the oldest for the session to ask the kernel to forget
-        self.max_inodes = max_inodes
-        #: the table size past which the session prunes (`prune_ids`, `pruned`)
-        self.prune_above = max_inodes if max_inodes > 0 else 1 << 62
+        self.max_inodes = 0
+        self.prune_above = 0
+        self.set_bound(max_inodes)
         self.use_handles = use_handles
         self.statbuf = stat_buffer()
         st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
@@ -334,6 +348,16 @@ class InodeTable:
         node.nlookup -= nlookup
         if node.nlookup <= 0:
             self._remove(node)
+
+    def set_bound(self, max_inodes: int) -> None:
+        """Aim to hold at most ``max_inodes`` inodes (0: no bound): past it `prune_ids`
+        names the oldest for the session to ask the kernel to forget."""
+        if max_inodes < 0:
+            raise ValueError("max_inodes must be >= 0")
+        #: how many inodes the table aims to hold (0: no bound)
+        self.max_inodes = max_inodes
+        #: the table size past which the session prunes (`prune_ids`, `pruned`)
+        self.prune_above = max_inodes if max_inodes > 0 else _NO_BOUND
 
     def prune_ids(self) -> list[int]:
         """The node ids to ask the kernel to forget (FUSE_NOTIFY_PRUNE) so that the table

@@ -455,8 +455,7 @@ class Session:
                 if exc.errno == errno.EINVAL and table.max_inodes:
                     log.info("serve-fs: the kernel cannot prune inodes (FUSE_NOTIFY_PRUNE: "
                              "%s): the inode table is unbounded", exc.strerror)
-                    table.max_inodes = 0
-                    table.prune_above = 1 << 62
+                    table.set_bound(0)
                 elif exc.errno != errno.ENODEV:
                     log.warning("serve-fs: pruning %d inodes: %s", len(chunk), exc)
                 return

@@ -12,32 +12,34 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.fsutil import Served, serve_fs_mount
+from cntr.errors import CntrError
+from tests.integration.fsutil import REPO, Served, is_mounted, serve_fs_mount
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
 DIRS, FILES, BOUND = 6, 500, 400
+_ENV = {"CNTR_SERVE_FS_INODES": str(BOUND)}
 
-# serve-fs with a table bound of BOUND inodes that writes its table size to a file on
-# SIGUSR1 (argv: the file, then serve-fs's own arguments).
-_BOUNDED = (
+# serve-fs that writes its table size to a file on SIGUSR1 (argv: the file, then
+# serve-fs's own arguments).
+_REPORTING = (
     "import os, signal, sys, stages.serve_fs as s, cntr.fs.passthrough as p\n"
     "out = sys.argv.pop(1)\n"
     "init = p.Passthrough.__init__\n"
-    "def bounded(self, fd, **kw):\n"
+    "def reporting(self, fd, **kw):\n"
     "    init(self, fd, **kw)\n"
-    f"    self.table.max_inodes = self.table.prune_above = {BOUND}\n"
     "    def report(_sig, _frame):\n"
     "        with open(out + '.tmp', 'w') as f:\n"
     "            f.write(str(len(self.table.by_id)))\n"
     "        os.rename(out + '.tmp', out)\n"
     "    signal.signal(signal.SIGUSR1, report)\n"
-    "p.Passthrough.__init__ = bounded\n"
+    "p.Passthrough.__init__ = reporting\n"
     "sys.exit(s._main(sys.argv[1:]))\n"
 )
 
@@ -81,7 +83,8 @@ def test_walk_past_the_bound_leaves_the_table_within_it(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
     out = tmp_path / "table"
-    with serve_fs_mount(src, launcher=("-c", _BOUNDED, str(out))) as served:
+    with serve_fs_mount(src, env=_ENV,
+                        launcher=("-c", _REPORTING, str(out))) as served:
         mnt = served.mountpoint
         inos = {name: os.lstat(mnt / "d0" / name).st_ino for name in ("f000", "f001")}
         assert _walk_and_read(mnt) == DIRS * FILES
@@ -94,11 +97,37 @@ def test_walk_past_the_bound_leaves_the_table_within_it(tmp_path: Path) -> None:
         assert served.proc.poll() is None, served.log_text()
 
 
+def test_without_a_bound_the_kernel_keeps_every_inode(tmp_path: Path) -> None:
+    """What the bound is for: no memory pressure here, so nothing is ever forgotten."""
+    src = tmp_path / "src"
+    _tree(src)
+    out = tmp_path / "table"
+    with serve_fs_mount(src, env={"CNTR_SERVE_FS_INODES": "0"},
+                        launcher=("-c", _REPORTING, str(out))) as served:
+        assert _walk_and_read(served.mountpoint) == DIRS * FILES
+        # the root, the directories and every file
+        assert _table_size(served, out) == 1 + DIRS + DIRS * FILES
+
+
+def test_a_bad_bound_is_refused(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "stages.serve_fs", str(tmp_path), str(mnt)],
+                          env={**os.environ, "CNTR_SERVE_FS_INODES": "lots"}, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ("cntr: serve-fs: CNTR_SERVE_FS_INODES must be a number >= 0, "
+                           "not 'lots'\n")
+    assert proc.returncode == CntrError.exit_code == 1
+    assert not is_mounted(mnt)
+    assert os.listdir(mnt) == []
+
+
 def test_inodes_in_use_are_kept_past_the_bound(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
     out = tmp_path / "table"
-    with serve_fs_mount(src, launcher=("-c", _BOUNDED, str(out))) as served:
+    with serve_fs_mount(src, env=_ENV,
+                        launcher=("-c", _REPORTING, str(out))) as served:
         mnt = served.mountpoint
         fd = os.open(mnt / "d0" / "f001", os.O_RDWR)
         cwd = subprocess.Popen(["sleep", "600"], cwd=mnt / "d1")

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from cntr.fs.inodes import BTIME_NS, INO, MODE, ROOT_INODE, InodeTable, StatT
+from cntr.errors import CntrError
+from cntr.fs.inodes import (
+    BTIME_NS,
+    INO,
+    MAX_INODES,
+    MODE,
+    ROOT_INODE,
+    InodeTable,
+    StatT,
+    max_inodes_from_env,
+)
 from cntr.fs.passthrough import host_root_id
 from cntr.linux import syscalls as sc
 
@@ -313,7 +323,7 @@ def _synthetic(table: InodeTable, tmp_path: Path, count: int) -> list[int]:
 
 
 def test_prune_names_the_oldest_and_moves_them_last(table: InodeTable, tmp_path: Path) -> None:
-    table.max_inodes = table.prune_above = 16
+    table.set_bound(16)
     ids = _synthetic(table, tmp_path, 20)
     assert len(table.by_id) == 21 > table.prune_above
     # back to 7/8 of the bound: 21 - 14 = 7, the root never
@@ -328,10 +338,10 @@ def test_prune_names_the_oldest_and_moves_them_last(table: InodeTable, tmp_path:
     assert len(table.by_id) == 16 and table.prune_above == 16
     # the ones kept come after the rest next time
     assert table.prune_ids() == ids[7:9]
-    table.max_inodes = 0  # no bound: nothing to prune, ever
-    table.prune_above = 1 << 62
+    table.set_bound(0)  # no bound: nothing to prune, ever
     table.pruned()
-    assert table.prune_above == 1 << 62
+    assert len(table.by_id) > table.max_inodes == 0
+    assert table.prune_above > 1 << 61
 
 
 def test_per_inode_footprint(table: InodeTable, tmp_path: Path) -> None:
@@ -348,3 +358,22 @@ def test_per_inode_footprint(table: InodeTable, tmp_path: Path) -> None:
         tracemalloc.stop()
     per_inode = (after - before - count * 8) / count  # minus the list of ids
     assert per_inode < 300, f"{per_inode:.0f} bytes per inode"
+
+
+@pytest.mark.parametrize(("raw", "size"), [("", MAX_INODES), ("0", 0), ("5000", 5000)])
+def test_max_inodes_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, size: int) -> None:
+    monkeypatch.setenv("CNTR_SERVE_FS_INODES", raw)
+    assert max_inodes_from_env() == size
+
+
+@pytest.mark.parametrize("raw", ["-1", "many", "2.5"])
+def test_max_inodes_from_env_refuses(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("CNTR_SERVE_FS_INODES", raw)
+    with pytest.raises(CntrError) as err:
+        max_inodes_from_env()
+    assert str(err.value) == f"CNTR_SERVE_FS_INODES must be a number >= 0, not {raw!r}"
+
+
+def test_bound_must_not_be_negative(table: InodeTable) -> None:
+    with pytest.raises(ValueError):
+        table.set_bound(-1)
