@@ -365,7 +365,9 @@ class InodeTable:
         insertion order), never the root.  They move to the end of the order: the kernel
         refuses those still in use (an open file, a cwd, a directory with cached entries),
         and they are not asked for again before the rest.  Until the forgets of these come
-        in (`pruned`), the table may grow by 1/8 of the bound before the next prune."""
+        in (`pruned`), the table may grow by 1/8 of the bound before the next prune: the
+        forgets come after the reply that prompted the prune, or (io_uring) concurrently.
+        """
         by_id = self.by_id
         slack = max(1, self.max_inodes // 8)
         count = len(by_id) - self.max_inodes + slack
@@ -383,9 +385,9 @@ class InodeTable:
         return ids
 
     def pruned(self) -> None:
-        """Forgets came in: once the table is within its bound, the next prune is due
-        as soon as it is past the bound again."""
-        if 0 < len(self.by_id) <= self.max_inodes:
+        """Forgets came in: the next prune is due as soon as the table is past its bound
+        (those the kernel kept come last in the order: the next prune names others)."""
+        if self.max_inodes:
             self.prune_above = self.max_inodes
 
     def renamed(self, st: StatT, new_parent: Inode, new_name: bytes) -> None:

@@ -434,6 +434,12 @@ class Session:
         except OSError as exc:  # ENOENT: the kernel no longer has the inode
             log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
 
+    def prune_if_due(self) -> None:
+        """`prune` if the inode table is past its bound."""
+        table = self.fs.table
+        if len(table.by_id) > table.prune_above:
+            self.prune()
+
     def prune(self) -> None:
         """FUSE_NOTIFY_PRUNE of the table's oldest inodes past its bound
         (`cntr.fs.inodes.InodeTable.prune_ids`): the kernel drops those it holds no
