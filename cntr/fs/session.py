@@ -29,6 +29,14 @@ sides share a CPU, i.e. most of the cost of a request.  Spinning keeps that wake
 bursts of requests (untar, create: -30 to -40 % wall time there; neutral for read, delete
 and large writes) for at most ``spin_ns`` of CPU after each burst; 0 turns it off.
 
+The inode table stays within its bound (`cntr.fs.inodes`): once a reply has gone out and
+the table is past it, `prune` asks the kernel to forget the oldest inodes
+(FUSE_NOTIFY_PRUNE); their FORGETs take them out.  The kernel evicts them inside that
+write(2), and an unused inode has nothing for serve-fs to answer first: serve-fs never asks
+for FUSE_WRITEBACK_CACHE, and without it the kernel writes a file's dirty pages back
+synchronously at close and munmap (``fuse_flush``, ``fuse_vma_close``), before the inode
+can be unused.
+
 With ``uring`` (``CNTR_SERVE_FS_LOOP=uring``) and the kernel's consent, requests come
 over FUSE over io_uring instead, one pinned thread per CPU (`cntr.fs.uring`), answered
 under `Session.lock`; ``/dev/fuse`` then only brings forgets and interrupts, read in
