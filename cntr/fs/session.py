@@ -362,7 +362,8 @@ class Session:
                 if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
                     raise
             if len(by_id) > table.prune_above:  # after the reply: nothing waits on it
-                self.prune()
+                with lock:  # workers (and io_uring threads) read the table meanwhile
+                    self.prune()
             if self._uring_start is not None:  # the INIT reply granting io_uring is out
                 start, self._uring_start = self._uring_start, None
                 start()
