@@ -47,7 +47,10 @@ Caveats:
 - the table is not thread-safe; serve-fs answers one request at a time (the handler
   core's methods block), so requests never interleave;
 - between a generation bump in readdir and the entry reaching the kernel (a reply buffer
-  that was full), the kernel's inode of the old file is served as the new one.
+  that was full), the kernel's inode of the old file is served as the new one;
+- a file handle taken through the mount (name_to_handle_at(2) on serve-fs's mount) of an
+  inode that was pruned opens again only while it is among the latest 4,096 forgotten
+  (`forgotten`), ESTALE after.
 
 Memory: about 265 bytes per inode the kernel holds (the `Inode` 96, its id and identity
 40 each, its handle 56, one dict entry ~35-70; `tests/unit/test_fs_inodes.py` measures it),
