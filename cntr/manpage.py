@@ -57,6 +57,8 @@ ENVIRONMENT = [
      "on the reading thread"),
     ("CNTR_SERVE_FS_COUNTS", "file serve-fs writes the requests it answered to, by opcode "
      "as JSON, on SIGUSR1 and when it ends (its own session only; for scripts/bench)"),
+    ("CNTR_SERVE_FS_INODES", "inodes serve-fs keeps at most, default 131072: past it the "
+     "kernel is asked to forget the oldest unused ones (Linux 6.18+); 0 for no bound"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "

@@ -57,7 +57,9 @@ Session path latency (commands run in the benchmark's original mount namespace):
 
 Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of
 1,000,000 empty files (``--walk-files N``) through a serve-fs mount (the tree is made
-once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more).
+once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more), with
+serve-fs's inode table bound (``CNTR_SERVE_FS_INODES``, passed through: 0 measures the
+table without a bound).
 
 Request counts: serve-fs (its own session) counts the requests it answers by opcode
 (``CNTR_SERVE_FS_COUNTS``); the benchmark takes them before and after the timed part of
@@ -138,6 +140,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cntr.fs.inodes import max_inodes_from_env  # noqa: E402  # as below
 from cntr.linux import syscalls as sc  # noqa: E402  # the repository is put on sys.path first
 
 CACHE = Path(os.environ.get("CNTR_BENCH_CACHE", "/var/cache/cntr-bench"))
@@ -1332,7 +1335,7 @@ def memory_section(sizes: Sizes, tools: Tools, work: Path) -> dict[str, Any]:
     return {"files": files, "native_walk_s": native_s, "serve_fs_walk_s": serve_s,
             "rss_before_kib": before["VmRSS"], "rss_kib": after["VmRSS"],
             "hwm_kib": after["VmHWM"], "fds_before": before["fds"], "fds_after": after["fds"],
-            "fds_max": max_fds}
+            "fds_max": max_fds, "max_inodes": max_inodes_from_env()}
 
 
 # ----------------------------------------------------------------------------- report
@@ -1423,6 +1426,9 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
         print(f"  descriptors: {m['fds_before']} at mount, max {m['fds_max']} during the walk, "
               f"{m['fds_after']} after   goal bounded (<5,000): {'ok' if fds_ok else 'MISS'}",
               file=out)
+        bound = m.get("max_inodes", 0)
+        print(f"  inode table bound: {f'{bound:,} inodes' if bound else 'none'} "
+              "(CNTR_SERVE_FS_INODES)", file=out)
     print("\nmedian of the runs; spread = (max-min)/median; x limit = median / the limit's "
           "(native, nsenter, docker inspect); x ref = median / the reference's (c-ll = "
           "passthrough_ll default mode, docker exec); a tps row is a rate: higher is better",

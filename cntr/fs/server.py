@@ -26,6 +26,7 @@ import signal
 from collections.abc import Callable, Iterator
 
 from cntr.fs.gate import MountNsGate
+from cntr.fs.inodes import max_inodes_from_env
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.protocol import OPCODE_NAMES
 from cntr.fs.session import Session
@@ -154,6 +155,7 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
         fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mounted = False
     session = Session(fs, fuse_fd, gate=gate, uring=uring)
+    fs.table.set_bound(max_inodes_from_env())  # FUSE_NOTIFY_PRUNE: this session only
     size = workers_size()
     if size:
         session.workers = Workers(session.answer, fs.open_dir_handle, fuse_fd, size)

@@ -31,6 +31,14 @@ sides share a CPU, i.e. most of the cost of a request.  Spinning keeps that wake
 bursts of requests (untar, create: -30 to -40 % wall time there; neutral for read, delete
 and large writes) for at most ``spin_ns`` of CPU after each burst; 0 turns it off.
 
+The inode table stays within its bound (`cntr.fs.inodes`): once a reply has gone out and
+the table is past it, `prune` asks the kernel to forget the oldest inodes
+(FUSE_NOTIFY_PRUNE); their FORGETs take them out.  The kernel evicts them inside that
+write(2), and an unused inode has nothing for serve-fs to answer first: serve-fs never asks
+for FUSE_WRITEBACK_CACHE, and without it the kernel writes a file's dirty pages back
+synchronously at close and munmap (``fuse_flush``, ``fuse_vma_close``), before the inode
+can be unused.
+
 With ``uring`` (``CNTR_SERVE_FS_LOOP=uring``) and the kernel's consent, requests come
 over FUSE over io_uring instead, one pinned thread per CPU (`cntr.fs.uring`), answered
 under `Session.lock`; ``/dev/fuse`` then only brings forgets and interrupts, read in
@@ -45,6 +53,7 @@ import errno
 import logging
 import os
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -114,6 +123,8 @@ from cntr.fs.protocol import (
     MKNOD_IN,
     NOTIFY_INVAL_INODE,
     NOTIFY_INVAL_INODE_OUT,
+    NOTIFY_PRUNE,
+    NOTIFY_PRUNE_OUT,
     NOTIFY_REPLY,
     OPEN,
     OPENDIR,
@@ -323,6 +334,8 @@ class Session:
         wait = self._wait
         req = Request()
         workers = self.workers
+        table = self.fs.table
+        by_id = table.by_id
         while not self.stopping:
             wait()  # poll first: a read that finds nothing costs an exception
             try:
@@ -354,6 +367,9 @@ class Session:
                     return
                 if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
                     raise
+            if len(by_id) > table.prune_above:  # after the reply: nothing waits on it
+                with lock:  # workers (and io_uring threads) read the table meanwhile
+                    self.prune()
             if self._uring_start is not None:  # the INIT reply granting io_uring is out
                 start, self._uring_start = self._uring_start, None
                 start()
@@ -445,15 +461,49 @@ class Session:
         except OSError as exc:  # ENOENT: the kernel no longer has the inode
             log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
 
+    def prune_if_due(self) -> None:
+        """`prune` if the inode table is past its bound."""
+        table = self.fs.table
+        if len(table.by_id) > table.prune_above:
+            self.prune()
+
+    def prune(self) -> None:
+        """FUSE_NOTIFY_PRUNE of the table's oldest inodes past its bound
+        (`cntr.fs.inodes.InodeTable.prune_ids`): the kernel drops those it holds no
+        reference to (their unused dentries first) and FORGETs them, which takes them out
+        of the table; it keeps, and serve-fs keeps serving, whatever is still in use.  A
+        kernel without it (before FUSE 7.45) refuses with EINVAL: the table is then
+        unbounded, as the kernel's memory pressure is the only thing that forgets."""
+        table = self.fs.table
+        ids = table.prune_ids()
+        pack = NOTIFY_PRUNE_OUT.pack
+        step = 4096  # node ids per notification: 32 KiB, well within one write
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
+            try:
+                os.write(self.fd, pack(NOTIFY_PRUNE_OUT.size + 8 * len(chunk), NOTIFY_PRUNE,
+                                       0, len(chunk), 0, 0)
+                         + struct.pack(f"={len(chunk)}Q", *chunk))
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and table.max_inodes:
+                    log.info("serve-fs: the kernel cannot prune inodes (FUSE_NOTIFY_PRUNE: "
+                             "%s): the inode table is unbounded", exc.strerror)
+                    table.set_bound(0)
+                elif exc.errno != errno.ENODEV:
+                    log.warning("serve-fs: pruning %d inodes: %s", len(chunk), exc)
+                return
+
     def _destroy(self, _nodeid: InodeT, _req: Request, _body: memoryview) -> None:
         self.stopping = True
 
     def _forget(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         self.fs.forget(((nodeid, U64.unpack_from(body)[0]),))
+        self.fs.table.pruned()
 
     def _batch_forget(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
         count = U32.unpack_from(body)[0]
         self.fs.forget(FORGET_ONE.iter_unpack(body[8:8 + 16 * count]))
+        self.fs.table.pruned()
 
     # --- metadata ---------------------------------------------------------------------
     def _lookup(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
