@@ -418,7 +418,7 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
         if kind == "serve-fs-before":  # another tree's code: `-m` runs it from its cwd
             env.pop("CNTR_SERVE_FS_LOOP", None)
             if not os.path.exists(os.path.join(BEFORE, "cntr", "stages")):
-                stage = "stages.serve_fs"  # a tree from before the stages were cntr.stages
+                stage = "cntr.stages.serve_fs"  # a tree from before the stages were cntr.stages
         argv = [sys.executable, "-m", stage, f"--ready-fd={wfd}", str(root), str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"

@@ -37,7 +37,7 @@ _ENV = {"CNTR_SERVE_FS_INODES": str(BOUND)}
 # serve-fs that writes its table size to a file on SIGUSR1 (argv: the file, then
 # serve-fs's own arguments).
 _REPORTING = (
-    "import os, signal, sys, stages.serve_fs as s, cntr.fs.passthrough as p\n"
+    "import os, signal, sys, cntr.stages.serve_fs as s, cntr.fs.passthrough as p\n"
     "out = sys.argv.pop(1)\n"
     "init = p.Passthrough.__init__\n"
     "def reporting(self, fd, **kw):\n"
@@ -135,7 +135,7 @@ def test_without_a_bound_the_kernel_keeps_every_inode(tmp_path: Path) -> None:
 def test_a_bad_bound_is_refused(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "stages.serve_fs", str(tmp_path), str(mnt)],
+    proc = subprocess.run([sys.executable, "-m", "cntr.stages.serve_fs", str(tmp_path), str(mnt)],
                           env={**os.environ, "CNTR_SERVE_FS_INODES": "lots"}, cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.stderr == ("cntr: serve-fs: CNTR_SERVE_FS_INODES must be a number >= 0, "
