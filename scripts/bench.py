@@ -383,6 +383,13 @@ TARGETS = ("serve-fs", "serve-fs-uring", "serve-fs-libfuse", "serve-fs-inline",
 """the FUSE targets ``--targets`` may name (native always runs)."""
 
 
+def before_counts() -> bool:
+    """Whether the ``CNTR_BENCH_BEFORE`` tree's serve-fs counts its requests (SIGUSR1
+    would end one that does not)."""
+    server = Path(BEFORE, "cntr", "fs", "server.py")
+    return server.exists() and "CNTR_SERVE_FS_COUNTS" in server.read_text()
+
+
 def serve_fs_env(kind: str) -> dict[str, str] | None:
     """The environment of the serve-fs target ``kind``: ``serve-fs-inline`` answers
     fsync and the like on the reading thread (``CNTR_SERVE_FS_WORKERS=0``), any other
@@ -409,7 +416,8 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     counts_file: Path | None = None
     if kind.startswith("serve-fs"):
         env = serve_fs_env(kind) or dict(os.environ)
-        if kind != "serve-fs-libfuse":  # pyfuse3's session counts nothing
+        if kind != "serve-fs-libfuse" and (kind != "serve-fs-before" or before_counts()):
+            # (pyfuse3's session counts nothing, nor does a tree from before the counts)
             counts_file = logdir / f"{kind}-{mnt.parent.name}.counts.json"
             env["CNTR_SERVE_FS_COUNTS"] = str(counts_file)
         rfd, wfd = os.pipe()
