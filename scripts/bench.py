@@ -426,7 +426,7 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
         if kind == "serve-fs-before":  # another tree's code: `-m` runs it from its cwd
             env.pop("CNTR_SERVE_FS_LOOP", None)
             if not os.path.exists(os.path.join(BEFORE, "cntr", "stages")):
-                stage = "cntr.stages.serve_fs"  # a tree from before the stages were cntr.stages
+                stage = "stages.serve_fs"  # a tree from before the stages were cntr.stages
         argv = [sys.executable, "-m", stage, f"--ready-fd={wfd}", str(root), str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
@@ -1590,17 +1590,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", metavar="NAME[,NAME]",
                    help="workloads to run: " + ", ".join(
                        [w.name for w in make_workloads(DEFAULT)] + ["memory"]))
-    p.add_argument("--targets", metavar="NAME[,NAME]",
-                   help="the FUSE targets to mount (default: all there are; native always "
-                        "runs): serve-fs, serve-fs-uring, serve-fs-libfuse, serve-fs-before, "
-                        "c-ll, c-ll-wb, bindfs")
     p.add_argument("--walk-files", type=int, metavar="N",
                    help="files walked for the memory figures, a multiple of 1,000 "
                         "(default 1,000,000, quick 20,000)")
     p.add_argument("--targets", metavar="KIND[,KIND]",
-                   help="FUSE targets to mount (native always runs): serve-fs, "
-                        "serve-fs-uring, serve-fs-libfuse, serve-fs-inline (no worker "
-                        "threads), c-ll, c-ll-wb, bindfs")
+                   help="FUSE targets to mount (default: all there are but serve-fs-inline; "
+                        "native always runs): serve-fs, serve-fs-uring, serve-fs-libfuse, "
+                        "serve-fs-inline (no worker threads), serve-fs-before (with "
+                        "CNTR_BENCH_BEFORE=DIR), c-ll, c-ll-wb, bindfs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
