@@ -55,6 +55,10 @@ ENVIRONMENT = [
     ("CNTR_SERVE_FS_WORKERS", "threads at most that answer serve-fs's requests that can "
      "block on the host (fsync, fallocate, copy_file_range), default 8; 0 answers them "
      "on the reading thread"),
+    ("CNTR_SERVE_FS_COUNTS", "file serve-fs writes the requests it answered to, by opcode "
+     "as JSON, on SIGUSR1 and when it ends (its own session only; for scripts/bench)"),
+    ("CNTR_SERVE_FS_INODES", "inodes serve-fs keeps at most, default 131072: past it the "
+     "kernel is asked to forget the oldest unused ones (Linux 6.18+); 0 for no bound"),
     ("CNTR_CONTAINER_PATH", "set in a session: the container's own PATH, which cntr exec "
      "restores"),
     ("CNTR_HOST_ROOT", "where the host's root is mounted when cntr runs in a container "

@@ -19,6 +19,8 @@ Filesystem workloads, each on seven targets:
   ``serve-fs-inline`` (only when named in ``--targets``, which picks the targets of a
               run) serve-fs without its worker threads (``CNTR_SERVE_FS_WORKERS=0``):
               fsync and the like answered on the reading thread.
+  ``serve-fs-before`` with ``CNTR_BENCH_BEFORE=DIR``: serve-fs from another checkout
+              (the code before a change, A/B in one run).
   Workloads: sequential write of a large file (write + close; the flush to disk is not
   timed), sequential read cold (after ``drop_caches``) and warm, 4 KiB random reads of the
   warm file (fio, fixed seed), creating 4,000 small files in 40 directories, stat of every
@@ -55,7 +57,13 @@ Session path latency (commands run in the benchmark's original mount namespace):
 
 Memory: serve-fs's VmRSS/VmHWM and open descriptors after a walk (lstat of every entry) of
 1,000,000 empty files (``--walk-files N``) through a serve-fs mount (the tree is made
-once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more).
+once, natively, in /var/cache/cntr-bench/walk and grown when a walk needs more), with
+serve-fs's inode table bound (``CNTR_SERVE_FS_INODES``, passed through: 0 measures the
+table without a bound).
+
+Request counts: serve-fs (its own session) counts the requests it answers by opcode
+(``CNTR_SERVE_FS_COUNTS``); the benchmark takes them before and after the timed part of
+every run and prints the median per workload and opcode (JSON: ``requests``).
 
 Output: per workload and target the median of N runs, its spread ((max-min)/median), the
 ratios to ``native`` (or the workload's limit) and to the reference (``c-ll``, ``docker
@@ -132,12 +140,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cntr.fs.inodes import max_inodes_from_env  # noqa: E402  # as below
 from cntr.linux import syscalls as sc  # noqa: E402  # the repository is put on sys.path first
 
 CACHE = Path(os.environ.get("CNTR_BENCH_CACHE", "/var/cache/cntr-bench"))
 LL_SRC_DIR = Path("/usr/share/doc/libfuse3-dev/examples")
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 CNTR = str(REPO / ".venv" / "bin" / "cntr")
+#: ``CNTR_BENCH_BEFORE=DIR``: another checkout of cntr (the code before a change), served
+#: as the target ``serve-fs-before`` with this tree's virtualenv
+BEFORE = os.environ.get("CNTR_BENCH_BEFORE", "")
 CONTAINER = "cntr-test-docker"
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
@@ -282,6 +294,23 @@ class Mount:
     mountpoint: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    counts_file: Path | None = None
+    """serve-fs's request counts (CNTR_SERVE_FS_COUNTS), None for the other servers."""
+    counts_seq: int = 0
+
+    def requests(self) -> dict[str, int]:
+        """The requests served so far by opcode: SIGUSR1 has serve-fs write them anew."""
+        assert self.counts_file is not None
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(self.counts_file.read_text())
+                if doc["seq"] > self.counts_seq:
+                    self.counts_seq = doc["seq"]
+                    return dict(doc["counts"])
+            time.sleep(0.005)
+        raise BenchError(f"{self.name}: no request counts in {self.counts_file}")
 
     def status(self) -> dict[str, int]:
         """VmRSS/VmHWM (KiB) and the descriptor count of the server."""
@@ -348,20 +377,31 @@ def build_passthrough_ll() -> Path | None:
     return exe
 
 
-TARGETS = ("serve-fs", "serve-fs-uring", "serve-fs-libfuse", "serve-fs-inline", "c-ll",
+TARGETS = ("serve-fs", "serve-fs-uring", "serve-fs-libfuse", "serve-fs-inline",
+           "serve-fs-before", "c-ll",
            "c-ll-wb", "bindfs")
 """the FUSE targets ``--targets`` may name (native always runs)."""
+
+
+def before_counts() -> bool:
+    """Whether the ``CNTR_BENCH_BEFORE`` tree's serve-fs counts its requests (SIGUSR1
+    would end one that does not)."""
+    server = Path(BEFORE, "cntr", "fs", "server.py")
+    return server.exists() and "CNTR_SERVE_FS_COUNTS" in server.read_text()
 
 
 def serve_fs_env(kind: str) -> dict[str, str] | None:
     """The environment of the serve-fs target ``kind``: ``serve-fs-inline`` answers
     fsync and the like on the reading thread (``CNTR_SERVE_FS_WORKERS=0``), any other
-    ``serve-fs-LOOP`` sets ``CNTR_SERVE_FS_LOOP``."""
+    ``serve-fs-LOOP`` sets ``CNTR_SERVE_FS_LOOP``; ``serve-fs-before`` is another
+    checkout's default session."""
     suffix = kind.removeprefix("serve-fs").removeprefix("-")
     if not suffix:
         return None
     if suffix == "inline":
         return {**os.environ, "CNTR_SERVE_FS_WORKERS": "0"}
+    if suffix == "before":  # another checkout's default session
+        return {**os.environ}
     return {**os.environ, "CNTR_SERVE_FS_LOOP": suffix}
 
 
@@ -373,15 +413,24 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
     pass_fds: tuple[int, ...] = ()
     rfd = wfd = -1
     env = None
+    counts_file: Path | None = None
     if kind.startswith("serve-fs"):
-        env = serve_fs_env(kind)
+        env = serve_fs_env(kind) or dict(os.environ)
+        if kind != "serve-fs-libfuse" and (kind != "serve-fs-before" or before_counts()):
+            # (pyfuse3's session counts nothing, nor does a tree from before the counts)
+            counts_file = logdir / f"{kind}-{mnt.parent.name}.counts.json"
+            env["CNTR_SERVE_FS_COUNTS"] = str(counts_file)
         rfd, wfd = os.pipe()
         pass_fds = (wfd,)
-        argv = [sys.executable, "-m", "cntr.stages.serve_fs", f"--ready-fd={wfd}", str(root),
-                str(mnt)]
+        stage = "cntr.stages.serve_fs"
+        if kind == "serve-fs-before":  # another tree's code: `-m` runs it from its cwd
+            env.pop("CNTR_SERVE_FS_LOOP", None)
+            if not os.path.exists(os.path.join(BEFORE, "cntr", "stages")):
+                stage = "stages.serve_fs"  # a tree from before the stages were cntr.stages
+        argv = [sys.executable, "-m", stage, f"--ready-fd={wfd}", str(root), str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
-            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "cntr.stages.serve_fs"]
+            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", stage]
     elif kind in ("c-ll", "c-ll-wb"):
         assert tools.passthrough_ll is not None
         # allow_other: the database workloads' server runs as the postgres user.
@@ -396,11 +445,12 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
         raise ValueError(kind)
     # The benchmark never starts threads, so preexec_fn is safe here.
     with open(logfile, "wb") as logf:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, pass_fds=pass_fds,
+        proc = subprocess.Popen(argv, cwd=BEFORE if kind == "serve-fs-before" else REPO,
+                                env=env, pass_fds=pass_fds,
                                 stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=logf,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509  # no threads
-    mount = Mount(kind, mnt, proc, logfile)
+    mount = Mount(kind, mnt, proc, logfile, counts_file)
     if wfd >= 0:
         os.close(wfd)
     try:
@@ -439,6 +489,25 @@ class Target:
     path: Path
     mount: Mount | None = None
     big_warm: bool = False
+    counted: dict[str, dict[str, int]] = field(default_factory=dict)
+    """requests of the timed part of the last run (`start`, `stop`), by workload"""
+    _before: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> float:
+        """The clock at the start of a timed part (after taking the request counts)."""
+        if self.mount is not None and self.mount.counts_file is not None:
+            self._before = self.mount.requests()
+        return time.perf_counter()
+
+    def stop(self, t0: float, workload: str = "") -> float:
+        """Seconds since ``t0``; the requests since `start` go to ``counted``."""
+        elapsed = time.perf_counter() - t0
+        if self.mount is not None and self.mount.counts_file is not None:
+            after = self.mount.requests()
+            self.counted[workload] = {op: n - self._before.get(op, 0)
+                                      for op, n in after.items()
+                                      if n - self._before.get(op, 0)}
+        return elapsed
 
 
 @dataclass
@@ -660,28 +729,28 @@ def ensure_tree(ctx: FsContext, t: Target) -> Path:
     return tree
 
 
-def timed_fill(dest: Path, fill: Callable[[Path], None]) -> float:
+def timed_fill(t: Target, dest: Path, fill: Callable[[Path], None]) -> float:
     """Seconds ``fill(dest)`` takes to write ``dest`` anew (an old one is removed and the
     disk synced first, untimed)."""
     if dest.exists():
         shutil.rmtree(dest)
     os.sync()
-    t0 = time.perf_counter()
+    t0 = t.start()
     fill(dest)
-    return time.perf_counter() - t0
+    return t.stop(t0)
 
 
 def wl_create(ctx: FsContext, t: Target) -> float:
-    return timed_fill(t.path / "tree", partial(make_tree, ctx))
+    return timed_fill(t, t.path / "tree", partial(make_tree, ctx))
 
 
 def wl_stat_tree(ctx: FsContext, t: Target) -> float:
     tree = ensure_tree(ctx, t)
     os.sync()  # before the untimed pass: a long sync must not let the caches expire
     want = stat_tree(tree)  # untimed: the tree is warm
-    t0 = time.perf_counter()
+    t0 = t.start()
     n = stat_tree(tree)
-    elapsed = time.perf_counter() - t0
+    elapsed = t.stop(t0)
     if n != want or n != ctx.sizes.files + ctx.sizes.dirs:
         raise BenchError(f"{t.name}: stat saw {n} entries, expected "
                          f"{ctx.sizes.files + ctx.sizes.dirs}")
@@ -691,9 +760,9 @@ def wl_stat_tree(ctx: FsContext, t: Target) -> float:
 def wl_read_tree(ctx: FsContext, t: Target) -> float:
     tree = ensure_tree(ctx, t)
     os.sync()
-    t0 = time.perf_counter()
+    t0 = t.start()
     n = read_tree(tree)
-    elapsed = time.perf_counter() - t0
+    elapsed = t.stop(t0)
     if n != sum(ctx.file_sizes):
         raise BenchError(f"{t.name}: read {n} bytes of the tree, expected {sum(ctx.file_sizes)}")
     return elapsed
@@ -706,7 +775,7 @@ def extract(ctx: FsContext, dest: Path) -> None:
 
 
 def wl_untar(ctx: FsContext, t: Target) -> float:
-    return timed_fill(t.path / "untar", partial(extract, ctx))
+    return timed_fill(t, t.path / "untar", partial(extract, ctx))
 
 
 def wl_delete(ctx: FsContext, t: Target) -> float:
@@ -715,10 +784,10 @@ def wl_delete(ctx: FsContext, t: Target) -> float:
     if not dest.exists():
         extract(ctx, dest)
     os.sync()  # untimed: written-back files are cheaper to delete than dirty ones
-    t0 = time.perf_counter()
+    t0 = t.start()
     shutil.rmtree(tree)
     shutil.rmtree(dest)
-    return time.perf_counter() - t0
+    return t.stop(t0)
 
 
 def wl_exec(argv: list[str]) -> Callable[[FsContext, Target], float]:
@@ -1006,16 +1075,18 @@ def wl_pgbench(ctx: FsContext, t: Target) -> dict[str, float]:
                      "-o", f"-c listen_addresses='' -k {sock}", "start"],
                     what=f"pg_ctl start on {t.name}")
     try:
-        t0 = time.perf_counter()
+        t0 = t.start()
         run_as_postgres([str(bindir / "pgbench"), *client, "-i", "-q",
                          "-s", str(ctx.sizes.pg_scale), PG_USER],
                         what=f"pgbench -i on {t.name}")
-        init_s = time.perf_counter() - t0
+        init_s = t.stop(t0, "pg-init")
         run_as_postgres([str(bindir / "psql"), *client, "-q", "-c", "CHECKPOINT", PG_USER],
                         what="CHECKPOINT")
+        t0 = t.start()
         out = run_as_postgres([str(bindir / "pgbench"), *client, "-c", "4",
                                "-T", str(ctx.sizes.pg_seconds), PG_USER],
                               what=f"pgbench -c 4 on {t.name}")
+        t.stop(t0, "pg-tps")
     finally:
         try:
             run_as_postgres([*pg_ctl, "-w", "-t", "60", "-m", "fast", "stop"],
@@ -1084,6 +1155,8 @@ class Workload:
     """one run on one target: seconds, or {workload name: figure} for a run that yields
     the figures of several workloads (see ``run_by``)."""
     samples: dict[str, list[float]] = field(default_factory=dict)
+    requests: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    """target -> per run, the requests serve-fs answered in the timed part, by opcode"""
     errors: dict[str, str] = field(default_factory=dict)
     unit: str = "s"
     """"s" (lower is better) or "tps" (transactions per second: higher is better)."""
@@ -1276,7 +1349,7 @@ def memory_section(sizes: Sizes, tools: Tools, work: Path) -> dict[str, Any]:
     return {"files": files, "native_walk_s": native_s, "serve_fs_walk_s": serve_s,
             "rss_before_kib": before["VmRSS"], "rss_kib": after["VmRSS"],
             "hwm_kib": after["VmHWM"], "fds_before": before["fds"], "fds_after": after["fds"],
-            "fds_max": max_fds}
+            "fds_max": max_fds, "max_inodes": max_inodes_from_env()}
 
 
 # ----------------------------------------------------------------------------- report
@@ -1321,7 +1394,8 @@ def summarize(wl: Workload) -> dict[str, Any]:
                           "met": g.met(ratio)})
     return {"name": wl.name, "description": wl.description, "limit": wl.baseline,
             "reference": wl.reference, "unit": wl.unit, "targets": targets, "goals": goals,
-            "errors": wl.errors}
+            "errors": wl.errors,
+            "requests": {t: median_requests(r) for t, r in wl.requests.items() if r}}
 
 
 def fmt_figure(value: float, unit: str) -> str:
@@ -1366,11 +1440,42 @@ def print_table(summaries: list[dict[str, Any]], memory: dict[str, Any] | None,
         print(f"  descriptors: {m['fds_before']} at mount, max {m['fds_max']} during the walk, "
               f"{m['fds_after']} after   goal bounded (<5,000): {'ok' if fds_ok else 'MISS'}",
               file=out)
+        bound = m.get("max_inodes", 0)
+        print(f"  inode table bound: {f'{bound:,} inodes' if bound else 'none'} "
+              "(CNTR_SERVE_FS_INODES)", file=out)
     print("\nmedian of the runs; spread = (max-min)/median; x limit = median / the limit's "
           "(native, nsenter, docker inspect); x ref = median / the reference's (c-ll = "
           "passthrough_ll default mode, docker exec); a tps row is a rate: higher is better",
           file=out)
     print("\n".join(notes), file=out)
+
+
+def record_requests(workloads: list[Workload], name: str, t: Target) -> None:
+    """File the requests ``t`` counted in a run of the workload ``name``."""
+    by_name = {w.name: w for w in workloads}
+    for key, counts in t.counted.items():
+        wl = by_name.get(key or name)
+        if wl is not None:
+            wl.requests.setdefault(t.name, []).append(counts)
+
+
+def median_requests(runs: list[dict[str, int]]) -> dict[str, float]:
+    """Per opcode, the median over runs (a run without an opcode counts 0)."""
+    ops = sorted({op for r in runs for op in r})
+    return {op: statistics.median(r.get(op, 0) for r in runs) for op in ops}
+
+
+def print_requests(summaries: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+    """Requests per run of each workload on each counting serve-fs target (medians)."""
+    rows = [["workload", "target", "requests", "by opcode"]]
+    for s in summaries:
+        for target, med in s.get("requests", {}).items():
+            ops = sorted(med.items(), key=lambda kv: -kv[1])
+            rows.append([s["name"], target, f"{sum(med.values()):,.0f}",
+                         " ".join(f"{op}={n:g}" for op, n in ops)])
+    if len(rows) > 1:
+        print("\nrequests per run (median; the timed part only)", file=out)
+        print_rows(rows, {2}, out)
 
 
 def record_figures(workloads: list[Workload], target: str, figures: dict[str, float],
@@ -1495,9 +1600,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="files walked for the memory figures, a multiple of 1,000 "
                         "(default 1,000,000, quick 20,000)")
     p.add_argument("--targets", metavar="KIND[,KIND]",
-                   help="FUSE targets to mount (native always runs): serve-fs, "
-                        "serve-fs-uring, serve-fs-libfuse, serve-fs-inline (no worker "
-                        "threads), c-ll, c-ll-wb, bindfs")
+                   help="FUSE targets to mount (default: all there are but serve-fs-inline; "
+                        "native always runs): serve-fs, serve-fs-uring, serve-fs-libfuse, "
+                        "serve-fs-inline (no worker threads), serve-fs-before (with "
+                        "CNTR_BENCH_BEFORE=DIR), c-ll, c-ll-wb, bindfs")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="run serve-fs under cProfile, stats in DIR (timings inflated)")
@@ -1523,6 +1629,10 @@ def main(argv: list[str]) -> int:
     if args.targets and (unknown_targets := set(args.targets.split(",")) - set(TARGETS)):
         print(f"bench: unknown target(s) {', '.join(sorted(unknown_targets))}; one of: "
               f"{', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    if args.targets and "serve-fs-before" in args.targets.split(",") and not BEFORE:
+        print("bench: target serve-fs-before needs CNTR_BENCH_BEFORE=DIR (another checkout)",
+              file=sys.stderr)
         return 2
     workloads = make_workloads(sizes)
     names = [w.name for w in workloads] + ["memory"]
@@ -1568,6 +1678,8 @@ def main(argv: list[str]) -> int:
         kinds += ["c-ll", "c-ll-wb"]
     if tools.bindfs is not None:
         kinds.append("bindfs")
+    if BEFORE and wanted is None:
+        kinds.insert(1, "serve-fs-before")
     if wanted is not None:
         kinds = wanted
     work = Path(tempfile.mkdtemp(prefix="cntr-bench-", dir="/var/tmp"))
@@ -1632,6 +1744,8 @@ def main(argv: list[str]) -> int:
                     if item.name in wl.errors:
                         continue
                     sec: float | dict[str, float]
+                    if isinstance(item, Target):
+                        item.counted = {}
                     try:
                         if wl.group == "session":
                             n = (sizes.attach_launches if wl.name == "attach"
@@ -1648,6 +1762,8 @@ def main(argv: list[str]) -> int:
                         failures.append(f"{wl.name} on {item.name}: {exc}")
                         log(f"FAILED {wl.name} on {item.name}: {exc}")
                         continue
+                    if isinstance(item, Target):
+                        record_requests(workloads, wl.name, item)
                     if isinstance(sec, dict):
                         record_figures(workloads, item.name, sec, f"{rep + 1}/{sizes.runs}")
                         continue
@@ -1687,6 +1803,7 @@ def main(argv: list[str]) -> int:
     print_table(summaries, memory)
     print_scaling(scal)
     print_goals(goals)
+    print_requests(summaries)
     print(f"\n{sizes.runs} runs, {elapsed / 60:.1f} min, load average "
           f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} "
           f"(5 min: {load['after'][1]:.2f}) after"

@@ -47,10 +47,21 @@ Caveats:
 - the table is not thread-safe; serve-fs answers one request at a time (the handler
   core's methods block), so requests never interleave;
 - between a generation bump in readdir and the entry reaching the kernel (a reply buffer
-  that was full), the kernel's inode of the old file is served as the new one.
+  that was full), the kernel's inode of the old file is served as the new one;
+- a file handle taken through the mount (name_to_handle_at(2) on serve-fs's mount) of an
+  inode that was pruned opens again only while it is among the latest 4,096 forgotten
+  (`forgotten`), ESTALE after.
 
-Memory: about 270 bytes per inode the kernel holds (the `Inode`, its id, identity and
-handle, one dict entry); the kernel holds an inode per cached dentry.
+Memory: about 265 bytes per inode the kernel holds (the `Inode` 96, its id and identity
+40 each, its handle 56, one dict entry ~35-70; `tests/unit/test_fs_inodes.py` measures it),
+and the kernel holds an inode per cached dentry until memory pressure: a walk of 1,000,000
+files would keep ~270 MiB.  The table is bounded instead (`max_inodes`, `MAX_INODES` =
+131,072, ``CNTR_SERVE_FS_INODES``): past it `prune_ids` names the inodes learned longest ago,
+the session asks the kernel to drop them (FUSE_NOTIFY_PRUNE, Linux 6.18) and the kernel
+FORGETs those it holds no reference to: an open file, a cwd, a directory with cached entries
+stay, in the kernel and here.  A pruned file looked up again gets its node id back (ids are
+derived from the file).  Without FUSE_NOTIFY_PRUNE (an older kernel, the libfuse session)
+the table is as large as the kernel's cache.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ import struct
 from collections import OrderedDict
 from typing import NewType
 
+from cntr.errors import CntrError
 from cntr.linux import syscalls as sc
 
 log = logging.getLogger("cntr.fs")
@@ -70,6 +82,23 @@ log = logging.getLogger("cntr.fs")
 InodeT = NewType("InodeT", int)
 
 ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID
+#: inodes the table holds before the session asks the kernel to forget the oldest
+MAX_INODES = 131_072
+_NO_BOUND = 1 << 62
+
+
+def max_inodes_from_env() -> int:
+    """``CNTR_SERVE_FS_INODES`` (a number >= 0, 0: no bound), `MAX_INODES` when unset."""
+    raw = os.environ.get("CNTR_SERVE_FS_INODES", "")
+    if not raw:
+        return MAX_INODES
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise CntrError(f"CNTR_SERVE_FS_INODES must be a number >= 0, not {raw!r}")
+    return size
 STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -122,7 +151,8 @@ class Mount:
 class Inode:
     """One file the kernel holds a lookup count on."""
 
-    __slots__ = ("fd", "gen", "ident", "mount", "nlookup", "nodeid", "ref", "stamp")
+    __slots__ = ("fd", "gen", "ident", "listed", "mount", "nlookup", "nodeid", "ref",
+                 "stamp")
 
     def __init__(self, nodeid: int, ident: int, ref: bytes | tuple[Inode, bytes],
                  mount: Mount | None) -> None:
@@ -138,6 +168,8 @@ class Inode:
         self.fd = -1
         #: (mtime_ns, size) when last opened or released: decides FOPEN_KEEP_CACHE
         self.stamp: tuple[int, int] | None = None
+        #: a directory: time.monotonic() of its last listing from the start (readdir)
+        self.listed = 0.0
 
     def __repr__(self) -> str:
         return (f"<Inode {self.nodeid:#x} gen={self.gen} nlookup={self.nlookup} "
@@ -153,10 +185,13 @@ class InodeTable:
     """
 
     def __init__(self, root_fd: int, *, fd_cache_size: int = 2048,
-                 use_handles: bool = True) -> None:
+                 use_handles: bool = True, max_inodes: int = MAX_INODES) -> None:
         if fd_cache_size < 1:
             raise ValueError("fd_cache_size must be >= 1")
         self.fd_cache_size = fd_cache_size
+        self.max_inodes = 0
+        self.prune_above = 0
+        self.set_bound(max_inodes)
         self.use_handles = use_handles
         self.statbuf = stat_buffer()
         st = self.statbuf.at(root_fd, b"", os.AT_EMPTY_PATH if hasattr(os, "AT_EMPTY_PATH")
@@ -327,6 +362,47 @@ class InodeTable:
         node.nlookup -= nlookup
         if node.nlookup <= 0:
             self._remove(node)
+
+    def set_bound(self, max_inodes: int) -> None:
+        """Aim to hold at most ``max_inodes`` inodes (0: no bound): past it `prune_ids`
+        names the oldest for the session to ask the kernel to forget."""
+        if max_inodes < 0:
+            raise ValueError("max_inodes must be >= 0")
+        #: how many inodes the table aims to hold (0: no bound)
+        self.max_inodes = max_inodes
+        #: the table size past which the session prunes (`prune_ids`, `pruned`)
+        self.prune_above = max_inodes if max_inodes > 0 else _NO_BOUND
+
+    def prune_ids(self) -> list[int]:
+        """The node ids to ask the kernel to forget (FUSE_NOTIFY_PRUNE) so that the table
+        gets back to 7/8 of `max_inodes`: the ones learned longest ago (the dict keeps
+        insertion order), never the root.  They move to the end of the order: the kernel
+        refuses those still in use (an open file, a cwd, a directory with cached entries),
+        and they are not asked for again before the rest.  Until the forgets of these come
+        in (`pruned`), the table may grow by 1/8 of the bound before the next prune: the
+        forgets come after the reply that prompted the prune, or (io_uring) concurrently.
+        """
+        by_id = self.by_id
+        slack = max(1, self.max_inodes // 8)
+        count = len(by_id) - self.max_inodes + slack
+        self.prune_above = len(by_id) + slack
+        if count <= 0:
+            return []
+        ids: list[int] = []
+        for nodeid in by_id:
+            if nodeid != ROOT_INODE:
+                ids.append(nodeid)
+                if len(ids) == count:
+                    break
+        for nodeid in ids:
+            by_id[nodeid] = by_id.pop(nodeid)
+        return ids
+
+    def pruned(self) -> None:
+        """Forgets came in: the next prune is due as soon as the table is past its bound
+        (those the kernel kept come last in the order: the next prune names others)."""
+        if self.max_inodes:
+            self.prune_above = self.max_inodes
 
     def renamed(self, st: StatT, new_parent: Inode, new_name: bytes) -> None:
         """Keep a (parent, name) inode reachable after a rename done through serve-fs.

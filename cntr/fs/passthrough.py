@@ -54,9 +54,10 @@ session negotiates none of them; README lists what that changes):
   every write.
 - FUSE_NOTIFY_INVAL_INODE where the kernel's cached attributes go stale behind its back
   (`inval_attrs`): the mode after an O_TRUNC open cleared set-ID bits, and at the first
-  writable passthrough open of an inode, whose attributes are then not cached at all
-  while it is open for writing (writes through a shared mapping of the backing file
-  change mtime unseen by the kernel).
+  writable passthrough open of an inode, whose attributes are then cached for 0.1 s only
+  (`writer_attr_timeout`) while it is open for writing: writes through a shared mapping
+  of the backing file change mtime unseen by the kernel, so stat shows them up to 0.1 s
+  late (write(2)s the kernel sees: it keeps the size and asks again after each).
 - ``DONT_MASK``: modes come without the umask; `create_mode` lets the host apply it, or
   the directory's default ACL instead (POSIX).
 - ``SETXATTR_EXT``: setting an access ACL clears set-group-ID when the kernel says so
@@ -107,6 +108,7 @@ import mmap
 import os
 import select
 import stat
+import time
 from collections.abc import Callable, Iterable
 from typing import NewType
 
@@ -305,6 +307,8 @@ class Passthrough:
         ev, evn = _timeout(entry_timeout)
         av, avn = _timeout(attr_timeout)
         self._timeouts = (ev, av, evn, avn)
+        #: the attribute timeout of inodes open for writing in passthrough mode
+        self._writer_timeout = _timeout(min(attr_timeout, self.writer_attr_timeout))
         #: the reply to a lookup of a missing name: a negative entry cached for
         #: entry_timeout (PATH searches and Python's import probing ask for many)
         self._negative = _ENTRY_PACK(0, 0, ev, 0, evn, 0, *(0,) * 16)
@@ -341,7 +345,7 @@ class Passthrough:
         self._cached_files: dict[int, int] = {}
         #: node id -> writable passthrough opens; the file handles of those opens.  The
         #: kernel does not see writes through a shared mapping of a backing file, so
-        #: the attributes of these inodes are not cached (timeout 0): stat asks the host.
+        #: the attributes of these inodes are cached for `writer_attr_timeout` only.
         self._pt_writers: dict[int, int] = {}
         self._pt_writer_files: set[int] = set()
         self.debug = debug
@@ -356,7 +360,7 @@ class Passthrough:
         ev, av, evn, avn = self._timeouts
         nodeid = node.nodeid
         if nodeid in self._pt_writers:
-            av = avn = 0
+            av, avn = self._writer_timeout
         return _ENTRY_PACK(
             nodeid, node.gen, ev, av, evn, avn, nodeid, st[SIZE], st[BLOCKS], st[ATIME],
             st[MTIME], st[CTIME], st[ATIME_NS], st[MTIME_NS], st[CTIME_NS], st[MODE],
@@ -369,7 +373,7 @@ class Passthrough:
         _, av, _, avn = self._timeouts
         nodeid = node.nodeid
         if nodeid in self._pt_writers:
-            av = avn = 0
+            av, avn = self._writer_timeout
         return _ATTR_OUT_PACK(
             av, avn, 0, nodeid, st[SIZE], st[BLOCKS], st[ATIME], st[MTIME], st[CTIME],
             st[ATIME_NS], st[MTIME_NS], st[CTIME_NS], st[MODE], st[NLINK], uid, gid,
@@ -565,7 +569,7 @@ class Passthrough:
         uid, gid = self.shown_ids(st)
         _, av, _, avn = self._timeouts
         if nodeid in self._pt_writers:
-            av = avn = 0
+            av, avn = self._writer_timeout
         return STATX_OUT.pack(
             av, avn, 0, 0, 0,
             st[0] & STATX_REPLY_MASK, st[BLKSIZE], st[2], st[NLINK], uid, gid, st[MODE], 0,
@@ -806,10 +810,16 @@ class Passthrough:
                 self._cached_files[fh] = nodeid
         return OPEN_OUT.pack(fh, open_flags, 0)
 
+    #: the bound on how late stat shows a write through a shared mapping of a file open
+    #: for writing in passthrough mode (the kernel sees write(2)s itself: it updates the
+    #: size and asks again after each).  Timeout 0 cost a GETATTR per lseek(SEEK_END) and
+    #: per stat of such a file (a database asks for its tables' sizes all the time).
+    writer_attr_timeout = 0.1
+
     def _pt_writer(self, nodeid: int, fh: int, new: bool) -> None:
         """Count a writable passthrough open of ``nodeid``; at the first, drop the
-        attributes the kernel cached (replies carry timeout 0 from now on; a ``new``
-        file's come with this reply)."""
+        attributes the kernel cached (replies carry `writer_attr_timeout` from now on; a
+        ``new`` file's come with this reply)."""
         count = self._pt_writers.get(nodeid, 0)
         self._pt_writers[nodeid] = count + 1
         self._pt_writer_files.add(fh)
@@ -962,13 +972,20 @@ class Passthrough:
     # --- directories -----------------------------------------------------------------
     def opendir(self, nodeid: InodeT) -> bytes:
         """fuse_open_out of a new directory handle: the kernel keeps the listing while the
-        directory's mtime does not change (FOPEN_CACHE_DIR)."""
+        directory's mtime does not change (FOPEN_CACHE_DIR), and keeps the one it has
+        (FOPEN_KEEP_CACHE) if it was listed less than ``entry_timeout`` ago.
+
+        An older listing is dropped: its entries have expired, so every name walked from
+        it would cost a LOOKUP (``rm -r``, ``find``, a tree walked again after a second),
+        where listing it again (READDIRPLUS) refreshes them all in a request or two."""
         node = self._node(nodeid)
         self.table.fd(node)  # fail now (ESTALE/ENOENT) rather than at readdir
         fh = self._next_dir
         self._next_dir = fh + 1
         self._dirs[fh] = _Dir(node)
-        return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, 0)
+        if time.monotonic() - node.listed < self.entry_timeout:
+            return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, 0)
+        return OPEN_OUT.pack(fh, FOPEN_CACHE_DIR, 0)
 
     def open_dir_handle(self, fh: int) -> int:
         """A new O_RDONLY descriptor of the directory open as ``fh`` (an opendir
@@ -1001,6 +1018,7 @@ class Passthrough:
         entries = d.entries
         grafts = self.grafts
         if entries is None or start == 0:
+            node.listed = time.monotonic()
             entries = d.entries = [b".", b"..", *os.listdir(b"/proc/self/fd/%d" % pfd)]
             entries += [n for (p, n) in grafts if p == nodeid and n not in entries]
         statx = self.statbuf.at

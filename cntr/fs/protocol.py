@@ -24,6 +24,15 @@ ACCESS, CREATE, INTERRUPT, DESTROY, POLL, NOTIFY_REPLY = 34, 35, 36, 38, 40, 41
 BATCH_FORGET, READDIRPLUS, RENAME2 = 42, 44, 45
 IOCTL, FALLOCATE, LSEEK, COPY_FILE_RANGE = 39, 43, 46, 47
 TMPFILE, STATX, COPY_FILE_RANGE_64 = 51, 52, 53
+#: opcode -> its name (request counts)
+OPCODE_NAMES = dict(enumerate((
+    "", "LOOKUP", "FORGET", "GETATTR", "SETATTR", "READLINK", "SYMLINK", "", "MKNOD",
+    "MKDIR", "UNLINK", "RMDIR", "RENAME", "LINK", "OPEN", "READ", "WRITE", "STATFS",
+    "RELEASE", "", "FSYNC", "SETXATTR", "GETXATTR", "LISTXATTR", "REMOVEXATTR", "FLUSH",
+    "INIT", "OPENDIR", "READDIR", "RELEASEDIR", "FSYNCDIR", "GETLK", "SETLK", "SETLKW",
+    "ACCESS", "CREATE", "INTERRUPT", "BMAP", "DESTROY", "IOCTL", "POLL", "NOTIFY_REPLY",
+    "BATCH_FORGET", "FALLOCATE", "READDIRPLUS", "RENAME2", "LSEEK", "COPY_FILE_RANGE",
+    "SETUPMAPPING", "REMOVEMAPPING", "SYNCFS", "TMPFILE", "STATX", "COPY_FILE_RANGE_64")))
 
 # --- INIT flags (flags2 holds bits 32-63) ---------------------------------------------
 ASYNC_READ = 1 << 0
@@ -60,6 +69,7 @@ FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0
 FUSE_IOCTL_DIR = 1 << 4
 FSYNC_FDATASYNC = 1
 NOTIFY_INVAL_INODE = 2
+NOTIFY_PRUNE = 9  # FUSE 7.45 (Linux 6.18): the kernel drops unused inodes by node id
 
 # --- /dev/fuse ioctls: _IOW(229, 1, struct fuse_backing_map), _IOW(229, 2, uint32_t) ---
 FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501
@@ -113,6 +123,8 @@ BACKING_MAP = struct.Struct("=iIQ")
 SETXATTR_IN_SIZE = 8  # FUSE_COMPAT_SETXATTR_IN_SIZE, without FUSE_SETXATTR_EXT
 SETXATTR_EXT_IN = struct.Struct("=IIII")  # size, flags, setxattr_flags, padding
 NOTIFY_INVAL_INODE_OUT = struct.Struct("=IiQQqq")  # out header + fuse_notify_inval_inode_out
+# out header + fuse_notify_prune_out (count, padding, spare), then count u64 node ids
+NOTIFY_PRUNE_OUT = struct.Struct("=IiQIIQ")
 FALLOCATE_IN = struct.Struct("=QQQI")  # fh, offset, length, mode
 LSEEK_IN = struct.Struct("=QQI")  # fh, offset, whence
 COPY_FILE_RANGE_IN = struct.Struct("=7Q")

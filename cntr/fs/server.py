@@ -13,6 +13,8 @@ Caveats:
   syscall that blocks (a hung NFS server) blocks the whole filesystem.
 - in ``fuse_fd`` mode the mount options were chosen by the mounter; ours only configure
   the session.
+- ``CNTR_SERVE_FS_COUNTS=FILE`` (serve-fs's own session, for the benchmark) counts the
+  requests by opcode and writes them to FILE on SIGUSR1 and at the end (`_counting`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import signal
 from collections.abc import Callable, Iterator
 
 from cntr.fs.gate import MountNsGate
+from cntr.fs.inodes import max_inodes_from_env
 from cntr.fs.passthrough import Passthrough
+from cntr.fs.protocol import OPCODE_NAMES
 from cntr.fs.session import Session
 from cntr.fs.workers import Workers
 from cntr.fs.workers import size_from_env as workers_size
@@ -64,6 +68,38 @@ def _stop_on_signals(stop: Callable[[int], None]) -> Iterator[int]:
         signal.set_wakeup_fd(old_wakeup)
         os.close(rfd)
         os.close(wfd)
+
+
+@contextlib.contextmanager
+def _counting(session: Session, path: str | None) -> Iterator[None]:
+    """With ``path`` (CNTR_SERVE_FS_COUNTS, for the benchmark): count the requests by
+    opcode, and on each SIGUSR1 and at the end replace ``path`` with them as JSON,
+    ``{"seq": N, "counts": {"LOOKUP": n, ...}}`` (N: the dumps so far).  (The byte the
+    signal writes to the wakeup pipe is read away by the request loop.)"""
+    if not path:
+        yield
+        return
+    import json  # the benchmark's alone: no import on a session's path
+
+    counts: dict[int, int] = {}
+    session.counts = counts
+    seq = 0
+
+    def dump(_signum: int = 0, _frame: object = None) -> None:
+        nonlocal seq
+        seq += 1
+        doc = {"seq": seq, "counts": {OPCODE_NAMES.get(op, str(op)): n
+                                      for op, n in sorted(counts.items())}}
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(path + ".tmp", path)
+
+    old = signal.signal(signal.SIGUSR1, dump)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        dump()
 
 
 def _signal_ready(ready_fd: int | None) -> None:
@@ -119,11 +155,14 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
         fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mounted = False
     session = Session(fs, fuse_fd, gate=gate, uring=uring)
+    fs.table.set_bound(max_inodes_from_env())  # FUSE_NOTIFY_PRUNE: this session only
     size = workers_size()
     if size:
         session.workers = Workers(session.answer, fs.open_dir_handle, fuse_fd, size)
+    counts_path = os.environ.get("CNTR_SERVE_FS_COUNTS")
     try:
-        with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd:
+        with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd, \
+                _counting(session, counts_path):
             session.wakeup_fd = wakeup_fd
             if mountpoint is not None:
                 try:

@@ -14,11 +14,13 @@ EIO and a log line.
 What INIT asks the kernel for (and what the core does with it, see its docstring):
 FUSE_PASSTHROUGH (backing files: the kernel reads and writes regular files itself),
 ``FOPEN_CACHE_DIR`` (directory listings stay cached between opens while the directory's
-mtime is unchanged, so a second walk of a tree sends OPENDIR/RELEASEDIR but no
-READDIRPLUS), ``CACHE_SYMLINKS``, ``max_pages`` 256 (1 MiB requests for what still goes
-through serve-fs), ``HANDLE_KILLPRIV_V2``, ``DONT_MASK``, ``SETXATTR_EXT``,
-``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL`` (with ``acl``), ``PARALLEL_DIROPS``,
-``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over io_uring with ``uring``.
+mtime is unchanged and the listing is younger than the entry timeout, so a second walk of
+a tree soon after sends OPENDIR/RELEASEDIR but no READDIRPLUS; a later one, READDIRPLUS
+rather than a LOOKUP per name: `Passthrough.opendir`), ``CACHE_SYMLINKS``, ``max_pages``
+256 (1 MiB requests for what still goes through serve-fs), ``HANDLE_KILLPRIV_V2``,
+``DONT_MASK``, ``SETXATTR_EXT``, ``HAS_IOCTL_DIR``, ``EXPORT_SUPPORT``, ``POSIX_ACL``
+(with ``acl``), ``PARALLEL_DIROPS``, ``ATOMIC_O_TRUNC``, ``DO_READDIRPLUS``, and FUSE over
+io_uring with ``uring``.
 
 Requests are served one at a time by one thread; before sleeping in poll(2) the loop
 keeps polling without a timeout (yielding the CPU between polls) for ``spin_ns``: a
@@ -28,6 +30,14 @@ exit: measured 60-90 us per request on a 2-vCPU Firecracker guest against ~8 us 
 sides share a CPU, i.e. most of the cost of a request.  Spinning keeps that wake-up out of
 bursts of requests (untar, create: -30 to -40 % wall time there; neutral for read, delete
 and large writes) for at most ``spin_ns`` of CPU after each burst; 0 turns it off.
+
+The inode table stays within its bound (`cntr.fs.inodes`): once a reply has gone out and
+the table is past it, `prune` asks the kernel to forget the oldest inodes
+(FUSE_NOTIFY_PRUNE); their FORGETs take them out.  The kernel evicts them inside that
+write(2), and an unused inode has nothing for serve-fs to answer first: serve-fs never asks
+for FUSE_WRITEBACK_CACHE, and without it the kernel writes a file's dirty pages back
+synchronously at close and munmap (``fuse_flush``, ``fuse_vma_close``), before the inode
+can be unused.
 
 With ``uring`` (``CNTR_SERVE_FS_LOOP=uring``) and the kernel's consent, requests come
 over FUSE over io_uring instead, one pinned thread per CPU (`cntr.fs.uring`), answered
@@ -43,6 +53,7 @@ import errno
 import logging
 import os
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +123,8 @@ from cntr.fs.protocol import (
     MKNOD_IN,
     NOTIFY_INVAL_INODE,
     NOTIFY_INVAL_INODE_OUT,
+    NOTIFY_PRUNE,
+    NOTIFY_PRUNE_OUT,
     NOTIFY_REPLY,
     OPEN,
     OPENDIR,
@@ -251,6 +264,8 @@ class Session:
             COPY_FILE_RANGE_64: (self._copy_file_range_64, False),
             INIT: (self._init, False), DESTROY: (self._destroy, False),
         }
+        #: opcode -> requests answered, when counting (`cntr.fs.server`: CNTR_SERVE_FS_COUNTS)
+        self.counts: dict[int, int] | None = None
         #: requests that take no reply
         self._silent: dict[int, Handler | None] = {
             FORGET: self._forget, BATCH_FORGET: self._batch_forget,
@@ -269,6 +284,8 @@ class Session:
         reentrant: one request at a time (`lock`)."""
         _len, opcode, _unique, nodeid, req.uid, req.gid, req.pid, _ext, _ = (
             IN_HEADER.unpack_from(header))
+        if self.counts is not None:
+            self.counts[opcode] = self.counts.get(opcode, 0) + 1
         entry = self._table.get(opcode)
         if entry is None:
             if opcode in self._silent:
@@ -317,6 +334,8 @@ class Session:
         wait = self._wait
         req = Request()
         workers = self.workers
+        table = self.fs.table
+        by_id = table.by_id
         while not self.stopping:
             wait()  # poll first: a read that finds nothing costs an exception
             try:
@@ -348,12 +367,17 @@ class Session:
                     return
                 if exc.errno != errno.ENOENT:  # ENOENT: interrupted, nobody waits
                     raise
+            if len(by_id) > table.prune_above:  # after the reply: nothing waits on it
+                with lock:  # workers (and io_uring threads) read the table meanwhile
+                    self.prune()
             if self._uring_start is not None:  # the INIT reply granting io_uring is out
                 start, self._uring_start = self._uring_start, None
                 start()
 
     def _wait(self) -> None:
-        """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable."""
+        """Spin on /dev/fuse for ``spin_ns``, then sleep in poll(2) until it is readable
+        (or a signal's byte arrives on the wakeup pipe: the loop then looks at
+        ``stopping``)."""
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()
@@ -361,7 +385,7 @@ class Session:
             if self.wakeup_fd is not None:
                 poller.register(self.wakeup_fd, select.POLLIN)
         poll = poller.poll
-        if poll(0):
+        if self._fuse_ready(poll(0)) or self.stopping:
             return
         spin = self.spin_ns
         if self.workers is not None and self.workers.busy:
@@ -372,15 +396,25 @@ class Session:
             clock = time.monotonic_ns
             while clock() < deadline:
                 yield_cpu()  # a requester on this CPU runs first
-                if poll(0):
+                if self._fuse_ready(poll(0)) or self.stopping:
                     return
         if not self.stopping:
-            for ready, _ in poller.poll():
-                if ready == self.wakeup_fd:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(ready, 512)
+            self._fuse_ready(poll())
             if self.settle_s and not self.stopping:
                 time.sleep(self.settle_s)
+
+    def _fuse_ready(self, events: list[tuple[int, int]]) -> bool:
+        """Whether /dev/fuse is among the poll ``events``.  A signal's byte on the wakeup
+        pipe is read away here, whatever the signal (a handler of its own may have left
+        it): left there, every later poll would return at once."""
+        fuse = False
+        for ready, _ in events:
+            if ready == self.fd:
+                fuse = True
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(ready, 512)
+        return fuse
 
     # --- session ----------------------------------------------------------------------
     def _init(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
@@ -427,15 +461,49 @@ class Session:
         except OSError as exc:  # ENOENT: the kernel no longer has the inode
             log.debug("serve-fs: invalidating node %#x: %s", nodeid, exc)
 
+    def prune_if_due(self) -> None:
+        """`prune` if the inode table is past its bound."""
+        table = self.fs.table
+        if len(table.by_id) > table.prune_above:
+            self.prune()
+
+    def prune(self) -> None:
+        """FUSE_NOTIFY_PRUNE of the table's oldest inodes past its bound
+        (`cntr.fs.inodes.InodeTable.prune_ids`): the kernel drops those it holds no
+        reference to (their unused dentries first) and FORGETs them, which takes them out
+        of the table; it keeps, and serve-fs keeps serving, whatever is still in use.  A
+        kernel without it (before FUSE 7.45) refuses with EINVAL: the table is then
+        unbounded, as the kernel's memory pressure is the only thing that forgets."""
+        table = self.fs.table
+        ids = table.prune_ids()
+        pack = NOTIFY_PRUNE_OUT.pack
+        step = 4096  # node ids per notification: 32 KiB, well within one write
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
+            try:
+                os.write(self.fd, pack(NOTIFY_PRUNE_OUT.size + 8 * len(chunk), NOTIFY_PRUNE,
+                                       0, len(chunk), 0, 0)
+                         + struct.pack(f"={len(chunk)}Q", *chunk))
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and table.max_inodes:
+                    log.info("serve-fs: the kernel cannot prune inodes (FUSE_NOTIFY_PRUNE: "
+                             "%s): the inode table is unbounded", exc.strerror)
+                    table.set_bound(0)
+                elif exc.errno != errno.ENODEV:
+                    log.warning("serve-fs: pruning %d inodes: %s", len(chunk), exc)
+                return
+
     def _destroy(self, _nodeid: InodeT, _req: Request, _body: memoryview) -> None:
         self.stopping = True
 
     def _forget(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         self.fs.forget(((nodeid, U64.unpack_from(body)[0]),))
+        self.fs.table.pruned()
 
     def _batch_forget(self, _nodeid: InodeT, _req: Request, body: memoryview) -> None:
         count = U32.unpack_from(body)[0]
         self.fs.forget(FORGET_ONE.iter_unpack(body[8:8 + 16 * count]))
+        self.fs.table.pruned()
 
     # --- metadata ---------------------------------------------------------------------
     def _lookup(self, nodeid: InodeT, _req: Request, body: memoryview) -> bytes:

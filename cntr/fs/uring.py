@@ -136,6 +136,9 @@ class Served(Protocol):
                req: Request) -> tuple[int, bytes | None] | None:
         """(0 or -errno, reply payload) for one request, None for no reply."""
 
+    def prune_if_due(self) -> None:
+        """Ask the kernel to forget inodes past the table's bound, if it is past it."""
+
 
 #: entries per queue: one being answered, one already fetched behind it
 DEPTH = 2
@@ -217,6 +220,7 @@ class _Queue:
         self.lock = transport.lock
         self.answer: Callable[[memoryview, memoryview, Request], tuple[
             int, bytes | None] | None] = transport.session.answer
+        self.prune_if_due = transport.session.prune_if_due
         #: the requester of the request being answered (each queue fills its own)
         self.req = Request()
         self.payload = transport.payload
@@ -360,6 +364,8 @@ class _Queue:
             view = entry.view  # answer reads the fuse_in_header at its start
             with self.lock:
                 result = self.answer(view, view[start:_PAYLOAD_AT + size], self.req)
+                # before the reply is committed: the prune blocks on nothing it waits for
+                self.prune_if_due()
         else:
             log.error("serve-fs: io_uring request of %d bytes with %d of payload", length,
                       size)
