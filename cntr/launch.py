@@ -101,6 +101,13 @@ class SessionServer:
         os.close(self.start_w)
         self.start_w = -1
 
+    def handed_over(self) -> None:
+        """Close this process's end of the parameter pipe: a forked child that holds it
+        (the setup child) calls ``start``; serve-fs ends if it exits first."""
+        if self.start_w >= 0:
+            os.close(self.start_w)
+            self.start_w = -1
+
     def release_fuse_fd(self) -> None:
         """Close this process's copy once the setup child has it (forked)."""
         if self.fuse_fd >= 0:
@@ -245,14 +252,12 @@ def _import_shared() -> None:
     serve-fs's ~20 ms of imports here): the fork inherits them instead of importing them a
     second time, and this process needs each of them on the way to a session anyway
     (json for ``start``, select for ``close``, the mount and syscall layers for capture
-    and enter, contextlib, fcntl and threading for enter and the engines, warnings for
-    the session's execvpe: see cntr.stages.attach)."""
+    and enter, contextlib, fcntl and threading for enter and the engines)."""
     import contextlib  # noqa: F401
     import fcntl  # noqa: F401
     import json  # noqa: F401
     import select  # noqa: F401
     import threading  # noqa: F401
-    import warnings  # noqa: F401
 
     from cntr.linux import mounts  # noqa: F401
 

@@ -1246,6 +1246,12 @@ class SessionTargets:
         return self._script("demo", "start")
 
     def variants(self) -> dict[str, list[SessionVariant]]:
+        # Every cntr launch imports cntr's modules from their byte-code: with
+        # PYTHONDONTWRITEBYTECODE set, a tree changed since its last compile would compile
+        # them again on every launch (~25 ms an attach), a cost no installed cntr has.
+        # (cntr/stages is a link to stages/, which compileall does not follow)
+        run_quiet([sys.executable, "-m", "compileall", "-q", str(REPO / "cntr"),
+                   str(REPO / "stages")], what="python -m compileall cntr stages")
         attach: list[SessionVariant] = []
         resolve: list[SessionVariant] = []
         try:

@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import gc
 
-# os.execvpe imports warnings when it is first called (os.get_exec_path): in the session's
-# command process, where / is the served tree, that import is ~10 FUSE requests (~4 ms) on
-# the way to the command; imported here, the forked processes have it already.
-import warnings  # noqa: F401
-
 from cntr.launch import check_host
 from cntr.linux import cgroups
 from cntr.stages.capture import capture, capture_tools

@@ -25,7 +25,7 @@ from cntr import audit, launch
 from cntr.context import Context
 from cntr.errors import StaleContext
 from cntr.launch import SessionServer, check_host
-from cntr.linux import namespaces, procfs
+from cntr.linux import cgroups, namespaces, procfs
 from cntr.session import plan, supervisor
 from cntr.session.plan import EnterOptions, default_command, wants_tty
 from cntr.stages.capture import verify_tools
@@ -104,7 +104,11 @@ def enter(ctx: Context, opts: EnterOptions | None = None,
         verify_tools(ctx.tools)
     if server is None and not opts.container_root:
         with open_server(opts.base_dir) as own:
+            cgroups.warm_up()  # after serve-fs's fork, which would end it
             return _enter(ctx, opts, own)
+    # The setup child's cgroup join then finds the migration lock ready (attach started
+    # it already: this does nothing there).
+    cgroups.warm_up()
     return _enter(ctx, opts, server)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from cntr.errors import CommandNotRun, NotFound, PermissionDenied
 from cntr.launch import DEFAULT_BASE_DIR, check_host
+from cntr.linux import cgroups
 from cntr.stages.capture import capture
 from cntr.stages.enter import EnterOptions, enter
 from cntr.stages.resolve import resolve
@@ -53,6 +54,7 @@ def exec_in_session(command: Sequence[str]) -> int:
 def exec_in_container(ident: str, types: list[str] | None, command: Sequence[str]) -> int:
     """From the host: run ``command`` in the container's root, namespaces and ids."""
     check_host()
+    cgroups.warm_up()  # while resolve and capture run: the session's cgroup join is faster
     resolved = resolve(ident, types)
     ctx = capture(resolved.pid, resolved)
     return enter(ctx, EnterOptions(command=list(command) or ["/bin/sh"],

@@ -18,7 +18,6 @@ Caveats:
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Sequence
 
@@ -171,6 +170,10 @@ def _graft(ops: Passthrough, synthetic: Sequence[str], exec_helper: str | None) 
         # (~2 MB; a copy because the host's may be on a filesystem without file handles,
         # overlayfs in cntr's image, which serve-fs could not reopen a graft from).
         helper = f"/proc/self/fd/{tmp}/{HELPER_DIR}"
+        # shutil only here (a --tools session): it imports bz2, lzma and zlib, ~2.5 ms of
+        # every serve-fs's start, which is on the way to a session's first request.
+        import shutil
+
         with open(exec_helper, "rb") as src, open(f"{helper}/busybox", "xb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         with open(f"{helper}/cntr", "xb") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 from cntr.context import Context
 from cntr.linux.namespaces import NamespaceFds
@@ -41,6 +42,15 @@ class Inherited:
     """the pty's master (the supervisor's: closed in the setup child)."""
     log_fd: int | None = None
     """``CNTR_PLAN_LOG``'s file, or None."""
+    exec_path: str | None = None
+    """where the command's PATH search ends in the host's tree, tried first
+    (`cntr.session.supervisor.host_exec_path`); None: search."""
+    prefetch: tuple[str, ...] = ()
+    """paths the command's execve will look up, the last one read, looked up ahead by
+    `cntr.session.setup.prefetch` (empty: none)."""
+    start_serve_fs: Callable[[int], None] | None = None
+    """hands serve-fs its parameters, given the inode of the session's mount namespace:
+    the setup child calls it once the FUSE filesystem is mounted (None: no serve-fs)."""
 
     def log(self, op: Op) -> None:
         """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run

@@ -1,7 +1,6 @@
 """The message pipe from a session's processes to the supervisor: one line each, a tag
 byte and a text.
 
-- ``M``: the FUSE filesystem exists: serve-fs may start reading (setup child);
 - ``P<pid>``: the reaper's host pid (setup child);
 - ``W<text>``: a warning, printed as ``cntr: warning: TEXT``;
 - ``E<text>``: something failed: set-up (the sender exits 125) or the command's execve
@@ -23,7 +22,6 @@ import time
 
 from cntr.errors import os_error
 
-MOUNTED = b"M"
 REAPER = b"P"
 WARNING = b"W"
 ERROR = b"E"

@@ -199,8 +199,8 @@ class MakeBaseDir(Op):
 
 @record(frozen=True)
 class ServeFs(Op):
-    """serve-fs's parameters: it starts serving once the setup child has mounted the
-    FUSE filesystem (message ``M``)."""
+    """serve-fs's parameters: the setup child hands them over once it has mounted the
+    FUSE filesystem, and serve-fs starts serving."""
 
     where = "supervisor"
     root: str
@@ -534,6 +534,17 @@ class Plan:
 
     def show(self) -> list[dict[str, Any]]:
         return [op.show() for op in self.ops]
+
+    def mounted_over(self) -> list[str]:
+        """The targets the session mounts over the served tree, as the plan shows them
+        (the FUSE mount itself, ``/``, aside): where the session's / is not the served
+        tree."""
+        out: list[str] = []
+        for op in self.ops:
+            if not isinstance(op, MountFuse):
+                shown = op.show()
+                out += [shown["target"]] if "target" in shown else shown.get("targets", [])
+        return out
 
 
 # --------------------------------------------------------------------------- builder

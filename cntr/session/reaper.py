@@ -204,6 +204,38 @@ def _reap(cmd: int, status_w: int, ended_w: int, tty: int | None) -> None:
                     os.kill(cmd, info.si_signo)
 
 
+def execute(argv: list[str], env: dict[str, str], first: str | None) -> None:
+    """``os.execvpe(argv[0], argv, env)``: ``argv[0]`` looked up in ``env``'s PATH (the
+    default path without one), each entry tried with execve, the first error that is not
+    ENOENT or ENOTDIR raised when none runs (else the last).  Without os.execvpe's
+    ``import warnings`` (os.get_exec_path): here, where / is the served tree, an import is
+    a round of FUSE requests before the command.
+
+    ``first``: where the supervisor found the search ends in the host's tree
+    (`cntr.session.supervisor.host_exec_path`), tried first: every entry before it is
+    absent there, and so in the served tree, so a miss through FUSE is saved per entry.
+    If it does not run here (the session's ids may not execute it, the tree changed), the
+    search runs as os.execvpe's, whose result it then is. Returns only by raising OSError."""
+    name = argv[0]
+    if first is not None:
+        with contextlib.suppress(OSError):
+            os.execve(first, argv, env)
+    if "/" in name:  # os.execvpe: a path is executed as it is, not searched
+        os.execve(name, argv, env)
+    saved: OSError | None = None
+    last: OSError | None = None
+    for entry in env.get("PATH", os.defpath).split(os.pathsep):
+        try:
+            os.execve(os.path.join(entry, name), argv, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            saved = saved or exc
+    assert last is not None  # str.split gives at least one entry
+    raise saved or last
+
+
 def command(inh: Inherited, fork: plan.ForkCommand) -> None:
     """The command, forked by the reaper: a process group of its own (in the terminal's
     foreground when ``fork.foreground``), default signal dispositions, then the plan's
@@ -233,7 +265,7 @@ def command(inh: Inherited, fork: plan.ForkCommand) -> None:
                 argv = op.argv
                 step = f"run {argv[0]}"
                 inh.log(op)
-                os.execvpe(argv[0], argv, op.env)
+                execute(argv, op.env, inh.exec_path)
             else:
                 raise AssertionError(f"not an operation of the command: {op!r}")
         raise AssertionError("the plan has no exec")

@@ -6,7 +6,9 @@ namespaces: it joins the container's cgroups, builds the session's mount namespa
 (``cntr.linux.mounts``), joins the container's namespaces (the user namespace last, so the
 others are joined with the host's privileges), mounts the fresh /proc and /sys it needs in
 between, and forks the reaper (``cntr.session.reaper``), in the container's pid namespace.
-Any failure is one ``E`` message and exit status 125.
+It hands serve-fs its parameters itself once the FUSE filesystem is mounted, and once in
+the session's tree starts `prefetch` (the command's execve then finds what it looks up
+known to the kernel).  Any failure is one ``E`` message and exit status 125.
 
 SIGTERM (from the supervisor, or the parent-death signal when cntr dies) kills every
 process of the session, descendants first, found in the host's /proc; once the command has
@@ -74,6 +76,36 @@ def kill_session(proc_fd: int, reaper: int) -> None:
         os.waitpid(reaper, 0)
 
 
+def prefetch(paths: tuple[str, ...]) -> int:
+    """Fork a process that looks up ``paths`` (and reads the last one), so that the kernel
+    knows their entries, and the last one's pages, before the command's execve walks the
+    same paths through FUSE: the round trips are made while the setup child and the reaper
+    still work.  It holds no descriptor of the session's and only reads; its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the setup child's stop()
+            os.closerange(0, os.sysconf("SC_OPEN_MAX"))
+            for path in paths[:-1]:
+                with contextlib.suppress(OSError):
+                    os.stat(path)
+            with contextlib.suppress(OSError), open(paths[-1], "rb") as f:
+                f.read()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _end_prefetch(pid: int) -> None:
+    """End and reap the prefetching process when the set-up ends before the reaper is
+    forked (killed first: it may wait on a serve-fs that is gone)."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
 def _command_ended(ended_r: int) -> bool:
     try:
         os.read(ended_r, 1)
@@ -86,8 +118,12 @@ class _Steps:
     """The setup child's interpreter over the plan's ``setup`` part; ``step`` is what an
     error names."""
 
-    def __init__(self, inh: Inherited) -> None:
+    def __init__(self, inh: Inherited, proc_fd: int) -> None:
         self.inh = inh
+        self.proc_fd = proc_fd
+        """the host's /proc"""
+        self.prefetching = 0
+        """pid of the `prefetch` process, or 0"""
         self.step = "join the container's cgroups"
         self.root_open = True
 
@@ -144,6 +180,8 @@ class _Steps:
             self.step = "build the session's mount namespace"
             mounts.pivot()
             self.close_root()
+            if inh.prefetch:  # in the session's tree now, while the rest is set up
+                self.prefetching = prefetch(inh.prefetch)
         elif isinstance(op, plan.Warn):
             self.warn(op.text)
         elif isinstance(op, plan.Setns):
@@ -169,7 +207,10 @@ class _Steps:
 
         def mounted() -> None:
             os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
-            send(inh.status_w, messages.MOUNTED)
+            if inh.start_serve_fs is not None:
+                # Here, not by the supervisor on a message: one wake-up less on the way
+                # to serve-fs's first answer, which every later step waits for.
+                inh.start_serve_fs(os.stat(f"{os.getpid()}/ns/mnt", dir_fd=self.proc_fd).st_ino)
 
         items: list[mounts.Item] = [
             (b.source, b.target, b.recursive) if isinstance(b, plan.Bind) else (None, "dev", True)
@@ -191,6 +232,7 @@ def setup_child(inh: Inherited) -> None:
     proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     ended_r, ended_w = os.pipe()
     os.set_blocking(ended_r, False)
+    steps = _Steps(inh, proc_fd)
 
     def stop(_signum: int, _frame: object) -> None:
         # SIGTERM: cntr asks to end the session (it was told to stop, or gave up on the
@@ -198,6 +240,7 @@ def setup_child(inh: Inherited) -> None:
         if reaper and os.getppid() != inh.supervisor and _command_ended(ended_r):
             return  # cntr ended after the command: what it left running goes on (README)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _end_prefetch(steps.prefetching)
         if reaper:
             kill_session(proc_fd, reaper)
         os._exit(128 + signal.SIGKILL)
@@ -208,7 +251,6 @@ def setup_child(inh: Inherited) -> None:
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != inh.supervisor:
         os._exit(125)  # it died before the line above
-    steps = _Steps(inh)
     ops = inh.plan.part("setup")
     fork = ops.pop()
     assert isinstance(fork, plan.ForkReaper)
@@ -223,6 +265,7 @@ def setup_child(inh: Inherited) -> None:
         pid = os.fork()
     except BaseException as exc:  # noqa: BLE001 - report anything, then exit
         messages.fail(status_w, steps.step, exc)
+        _end_prefetch(steps.prefetching)
         os._exit(125)
     if pid == 0:
         os.close(ended_r)
@@ -230,9 +273,15 @@ def setup_child(inh: Inherited) -> None:
     reaper = pid
     code = 125
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(ended_w)
-        send(status_w, messages.REAPER, str(pid))
+        send(status_w, messages.REAPER, str(pid))  # first: signals go to the reaper now
+        if steps.prefetching:
+            # Reaped now, a few look-ups from its end: the reaper is again this process's
+            # only child (with SIGTERM blocked still, stop() never signals a reaped pid).
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(steps.prefetching, 0)
+            steps.prefetching = 0
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.close(status_w)
         if inh.slave is not None:
             os.close(inh.slave)
@@ -244,4 +293,5 @@ def setup_child(inh: Inherited) -> None:
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code
     finally:
+        _end_prefetch(steps.prefetching)
         os._exit(code)  # a fork must never return to the caller

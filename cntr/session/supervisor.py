@@ -1,8 +1,8 @@
 """The supervisor: cntr's own process, in the host's namespaces, for the session's lifetime.
 
-``run`` forks the setup child (``cntr.session.setup``) with the plan, hands serve-fs its
-parameters once the setup child says the FUSE filesystem is mounted (``M``), relays the
-pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
+``run`` forks the setup child (``cntr.session.setup``) with the plan and serve-fs's
+parameters (the setup child hands them over once the FUSE filesystem is mounted), relays
+the pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
 the reaper exists) and returns the command's exit status; a set-up that fails is a
 ``SessionSetupError`` (exit 125), one that takes longer than ``SETUP_TIMEOUT`` too.
 
@@ -17,6 +17,8 @@ import contextlib
 import os
 import select
 import signal
+import stat
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +58,71 @@ def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
     return params | {"root": op.root, "exec_helper": helper, "synthetic": list(op.synthetic)}
 
 
+def below(path: str, dirs: list[str]) -> bool:
+    """``path`` (as written, or with its links resolved here) is one of ``dirs`` or below
+    one."""
+    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs
+               for p in (os.path.normpath(path), os.path.realpath(path)))
+
+
+def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
+    """Where ``execute``'s search of ``argv[0]`` ends in the supervisor's tree (the host's,
+    which serve-fs serves as the session's /): the first PATH entry that holds a regular
+    file with an execute bit, as ``os.path.join(entry, argv[0])``; None when the search
+    cannot be decided here: ``argv[0]`` is a path, an entry before it is relative (the
+    session's working directory), or it or an entry before it is at or below one of
+    ``differs`` (the session's own mounts: the container's root, /proc, /dev, /sys, the
+    bound files), or not found.  Entries absent here are absent in the session too."""
+    name = argv[0]
+    if not name or "/" in name:
+        return None
+    for entry in env.get("PATH", os.defpath).split(os.pathsep):
+        if not entry.startswith("/"):
+            return None
+        path = os.path.join(entry, name)
+        if below(path, differs):
+            return None
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return path
+        # Not executable: execve fails with EACCES there and the search goes on.
+    return None
+
+
+def exec_prefetch(path: str | None) -> tuple[str, ...]:
+    """What the execve of ``path`` (`host_exec_path`'s answer) looks up through FUSE that
+    is worth looking up ahead (`cntr.session.setup.prefetch`): the file, its ELF
+    interpreter (``PT_INTERP``, elf(5)) and the dynamic loader's cache, read last; nothing
+    for a static, non-ELF (a script) or unreadable file."""
+    if path is None:
+        return ()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":  # 64-bit, little-endian
+                return ()
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                at = i * phentsize
+                if struct.unpack_from("<I", table, at)[0] == 3:  # PT_INTERP
+                    offset, = struct.unpack_from("<Q", table, at + 8)
+                    size, = struct.unpack_from("<Q", table, at + 32)
+                    f.seek(offset)
+                    interp = f.read(min(size, 4096)).split(b"\0")[0].decode()
+                    return (path, interp, "/etc/ld.so.cache") if interp.startswith("/") else ()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return ()
+    return ()
+
+
 def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
         server: SessionServer | None, root_fd: int, nsfds: NamespaceFds,
         started: Callable[[int], None] | None = None) -> int:
@@ -71,8 +138,29 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     status_r, status_w = os.pipe()
     fuse_fd = server.fuse_fd if server is not None and serve is not None else None
     log_fd = open_log()
+    exec_path = None
+    ahead: tuple[str, ...] = ()
+    if serve is not None and serve.tools is None:  # the session's / is the host's tree
+        mounted = session.mounted_over()
+        exec_path = host_exec_path(exe.argv, exe.env, mounted)
+        # (a path such as $SHELL's is not searched, but looked up ahead all the same)
+        given = exe.argv[0] if exe.argv[0].startswith("/") else None
+        ahead = exec_prefetch(exec_path or (given if given and not below(given, mounted)
+                                            else None))
+    start: Callable[[int], None] | None = None
+    if server is not None and serve is not None and fuse_fd is not None:
+        params = serve_fs_params(serve)
+        fs = server
+
+        def start(mnt_ns: int) -> None:
+            if launch.SERVE_FS_ISOLATION:
+                # The session's own mount namespace: serve-fs refuses requests from
+                # processes outside it (the container's, via /proc/PID/root).
+                params["allowed_mnt_ns"] = mnt_ns
+            fs.start(params)
+
     inh = Inherited(ctx, opts, session, nsfds, root_fd, fuse_fd, slave, status_w,
-                    os.getpid(), master, log_fd)
+                    os.getpid(), master, log_fd, exec_path, ahead, start)
     for op in session.part("supervisor"):  # done: the context checked, serve-fs started
         inh.log(op)
     child = os.fork()
@@ -88,19 +176,19 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
         os.close(slave)
     if log_fd is not None:
         os.close(log_fd)
-    params: dict[str, Any] = {}
-    if serve is not None and fuse_fd is not None:
-        params = serve_fs_params(serve)
     if server is not None:
         server.release_fuse_fd()
-    return supervise(child, server=server if fuse_fd is not None else None, params=params,
+        if start is not None:
+            server.handed_over()
+    return supervise(child, server=server if fuse_fd is not None else None,
                      status_r=status_r, master=master, pid=ctx.pid)
 
 
-def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any],
-              status_r: int, master: int | None, pid: int) -> int:
+def supervise(child: int, *, server: SessionServer | None, status_r: int,
+              master: int | None, pid: int) -> int:
     """Read the setup child's and the reaper's messages until the command has ended (or
-    the set-up failed); its exit status.  Closes ``status_r`` and ``master``."""
+    the set-up failed); its exit status.  Closes ``status_r`` and ``master``.  ``server``
+    (the setup child starts it) is killed when the set-up times out."""
     reaper = 0
 
     def container_gone() -> bool:
@@ -141,13 +229,7 @@ def supervise(child: int, *, server: SessionServer | None, params: dict[str, Any
         try:
             while not started and (msg := msgs.next(deadline)) is not None:
                 tag, text = msg
-                if tag == messages.MOUNTED and server is not None:
-                    if launch.SERVE_FS_ISOLATION:
-                        # The session's own mount namespace: serve-fs refuses requests
-                        # from processes outside it (the container's, via /proc/PID/root).
-                        params["allowed_mnt_ns"] = os.stat(f"/proc/{child}/ns/mnt").st_ino
-                    server.start(params)
-                elif tag == messages.REAPER:
+                if tag == messages.REAPER:
                     reaper = int(text)
                     audit.SESSION_PID = reaper
                 elif tag == messages.WARNING:

@@ -184,10 +184,11 @@ def test_real_attach_imports_nothing_forbidden(which: str,
 
 
 SERVE_FS_FORBIDDEN = frozenset({"pyfuse3", "trio", "importlib.metadata", "cntr.fs.libfuse",
-                                "click", "cntr.cli", "cntr.stages"})
+                                "click", "cntr.cli", "cntr.stages", "shutil"})
 """What serve-fs's own process never imports on its default (wire) session: neither
 pyfuse3 nor trio (~140 ms; only `cntr.fs.libfuse`, the libfuse session, imports them) nor
-importlib.metadata (~15 ms, pyfuse3's); and nothing of the stages above it: cntr.launch
+importlib.metadata (~15 ms, pyfuse3's), nor shutil (~2.5 ms with bz2, lzma and zlib: only
+a --tools session's helper copy needs it); and nothing of the stages above it: cntr.launch
 forks it with `cntr.fs.tree` alone."""
 
 
