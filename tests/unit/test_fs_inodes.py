@@ -307,7 +307,7 @@ def test_unnamed_files_keep_a_pinned_descriptor(table: InodeTable, tmp_path: Pat
         os.close(fd)
 
 
-def _synthetic(table: InodeTable, tmp_path: Path, count: int) -> list[int]:
+def synthetic_inodes(table: InodeTable, tmp_path: Path, count: int) -> list[int]:
     """``count`` inodes learned from one real file's statx with other inode numbers (the
     handle, where there is one, is that file's): node ids in the order learned."""
     (tmp_path / "f").write_text("")
@@ -324,7 +324,7 @@ def _synthetic(table: InodeTable, tmp_path: Path, count: int) -> list[int]:
 
 def test_prune_names_the_oldest_and_moves_them_last(table: InodeTable, tmp_path: Path) -> None:
     table.set_bound(16)
-    ids = _synthetic(table, tmp_path, 20)
+    ids = synthetic_inodes(table, tmp_path, 20)
     assert len(table.by_id) == 21 > table.prune_above
     # back to 7/8 of the bound: 21 - 14 = 7, the root never
     pruned = table.prune_ids()
@@ -352,7 +352,7 @@ def test_per_inode_footprint(table: InodeTable, tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        _synthetic(table, tmp_path, count)
+        synthetic_inodes(table, tmp_path, count)
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from cntr.fs import protocol
-from cntr.fs.inodes import INO, ROOT_INODE
+from cntr.fs.inodes import ROOT_INODE
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.session import Session
-from cntr.linux import syscalls as sc
+from tests.unit.test_fs_inodes import synthetic_inodes
 
 
 @pytest.fixture
@@ -29,19 +29,8 @@ def fs(tmp_path: Path) -> Iterator[Passthrough]:
 
 
 def learn(fs: Passthrough, tmp_path: Path, count: int) -> list[int]:
-    """``count`` inodes learned (one lookup each) from one file's statx with other inode
-    numbers: their node ids, oldest first."""
-    (tmp_path / "f").write_text("")
-    table = fs.table
-    st = list(table.statbuf.at(table.root.fd, b"f", sc.AT_SYMLINK_NOFOLLOW))
-    first = st[INO]
-    ids = []
-    for i in range(count):
-        st[INO] = first + 1 + i
-        node = table.learn(table.root, table.root.fd, b"f", tuple(st))
-        node.nlookup += 1
-        ids.append(node.nodeid)
-    return ids
+    """``count`` inodes learned in ``fs``'s table (`synthetic_inodes`), oldest first."""
+    return synthetic_inodes(fs.table, tmp_path, count)
 
 
 def notifications(fd: int) -> list[list[int]]:
