@@ -34,7 +34,9 @@ session negotiates none of them; README lists what that changes):
 - **FUSE passthrough** (Linux 6.9+, ``passthrough`` and ``dev_fd`` set at INIT): regular
   files are opened on the host and handed to the kernel as backing files
   (``FUSE_DEV_IOC_BACKING_OPEN``); the kernel then reads, writes and maps them itself and
-  serve-fs sees no READ or WRITE at all.  One backing id per inode while it has
+  serve-fs sees no WRITE, and READs only from readahead of the FUSE inode's own page cache,
+  which the kernel still does for a prefetch (posix_fadvise(WILLNEED), readahead(2)) though
+  nothing reads those pages: `read` fails them unread.  One backing id per inode while it has
   passthrough opens (the kernel refuses two backing files for one inode).  Not used for
   read-only opens of files under 64 KiB (their pages stay in the FUSE inode's cache
   between opens, cheaper for trees of small files read again), for files opened with
@@ -877,6 +879,13 @@ class Passthrough:
                 log.debug("serve-fs: closing backing id %d: %s", entry[0], exc)
 
     def read(self, fh: FileHandle, offset: int, size: int) -> bytes:
+        """pread(2); EIO, unread, for a file open in passthrough mode (`_pt_files`)."""
+        if fh in self._pt_files:
+            # Its reads and maps go to the backing file: a READ on it is readahead of
+            # the FUSE inode's own page cache (posix_fadvise(WILLNEED), readahead(2):
+            # a database's prefetch), pages nothing reads and passthrough writes would
+            # leave stale.  A failed readahead leaves them out of the cache, silently.
+            raise OSError(errno.EIO, "readahead of a file open in passthrough mode")
         return os.pread(fh, size, offset)
 
     def write(self, nodeid: InodeT, fh: FileHandle, offset: int, data: bytes | memoryview,
