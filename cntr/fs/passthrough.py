@@ -697,18 +697,20 @@ class Passthrough:
                 # The kernel keeps the mode it had cached (O_TRUNC invalidates only
                 # size and times): it must ask again.
                 self.inval_attrs(nodeid)
+                st = os.fstat(fd)  # the mode without the bits just cleared
             size = st.st_size
             if size == 0 and self.pseudo_file(fd, st.st_dev):
                 # procfs and friends report size 0 for files with contents: read them
                 # through serve-fs, not through a page cache that believes the size.
                 node.stamp = None
-                return self._opened(nodeid, FileHandle(fd), flags, FOPEN_DIRECT_IO)
+                return self._opened(nodeid, FileHandle(fd), flags, FOPEN_DIRECT_IO,
+                                    st.st_mode, size)
             # FOPEN_KEEP_CACHE only when size and mtime match what the kernel cached.
             stamp = (st.st_mtime_ns, size)
             keep = node.stamp == stamp
             node.stamp = stamp
             return self._opened(nodeid, FileHandle(fd), flags,
-                                FOPEN_KEEP_CACHE if keep else 0)
+                                FOPEN_KEEP_CACHE if keep else 0, st.st_mode, size)
         except BaseException:
             self.release(FileHandle(fd))
             raise
@@ -772,7 +774,8 @@ class Passthrough:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writers[fh] = node
         try:
-            opened = self._opened(node.nodeid, fh, flags, FOPEN_KEEP_CACHE, new=True)
+            opened = self._opened(node.nodeid, fh, flags, FOPEN_KEEP_CACHE, st[MODE],
+                                  st[SIZE], new=True)
         except BaseException:
             self.release(fh)
             self.table.drop_if_unused(node)  # the kernel never gets it
@@ -780,10 +783,11 @@ class Passthrough:
         node.nlookup += 1
         return self._entry(node, st) + opened
 
-    def _opened(self, nodeid: int, fh: FileHandle, flags: int, open_flags: int, *,
-                new: bool = False) -> bytes:
-        """fuse_open_out for ``fh``, in passthrough mode where it can be (``new``: a file
-        just created, whose attributes the kernel has not cached yet).
+    def _opened(self, nodeid: int, fh: FileHandle, flags: int, open_flags: int,  # noqa: PLR0917  # one open's facts
+                mode: int, size: int, *, new: bool = False) -> bytes:
+        """fuse_open_out for ``fh`` (whose file has ``mode`` and ``size`` now), in
+        passthrough mode where it can be (``new``: a file just created, whose attributes
+        the kernel has not cached yet).
 
         The kernel fails an open (EIO) whose mode differs from the inode's open files'
         (passthrough with this backing id, or the page cache), so an inode that has files
@@ -800,7 +804,7 @@ class Passthrough:
                 return OPEN_OUT.pack(fh, FOPEN_PASSTHROUGH, entry[0])
             direct_io = open_flags & FOPEN_DIRECT_IO
             if (not direct_io and nodeid not in self._cached
-                    and self._pass_through(fh, writable)):
+                    and self._pass_through(mode, size, writable)):
                 backing = self._backing_open(nodeid, fh)
                 if backing:
                     self._pt_files[fh] = nodeid
@@ -833,13 +837,13 @@ class Passthrough:
     #: (each passthrough open and release also registers and drops a backing file)
     passthrough_min_size = 64 << 10
 
-    def _pass_through(self, fh: int, writable: bool) -> bool:
-        """Whether a new open of an inode with no other open files is passed through:
-        writable ones unless set-user/group-ID, read-only ones of larger files."""
-        st = os.fstat(fh)
+    def _pass_through(self, mode: int, size: int, writable: bool) -> bool:
+        """Whether a new open of an inode with no other open files, of a file with
+        ``mode`` and ``size``, is passed through: writable ones unless
+        set-user/group-ID, read-only ones of larger files."""
         if writable:
-            return not st.st_mode & _SUID_SGID
-        return st.st_size >= self.passthrough_min_size
+            return not mode & _SUID_SGID
+        return size >= self.passthrough_min_size
 
     def _backing_open(self, nodeid: int, fh: int) -> int:
         """A backing id for the inode from its host file ``fh``; 0 if the kernel refuses."""
