@@ -887,8 +887,8 @@ class Passthrough:
         if fh in self._pt_files:
             # Its reads and maps go to the backing file: a READ on it is readahead of
             # the FUSE inode's own page cache (posix_fadvise(WILLNEED), readahead(2):
-            # a database's prefetch), pages nothing reads and passthrough writes would
-            # leave stale.  A failed readahead leaves them out of the cache, silently.
+            # a database's prefetch), pages nothing reads and passthrough writes do not
+            # update.  A failed readahead leaves them out of the cache, silently.
             raise OSError(errno.EIO, "readahead of a file open in passthrough mode")
         return os.pread(fh, size, offset)
 
