@@ -5,7 +5,8 @@ forked first, before cntr has even parsed its arguments (``prestart``, called by
 console entry for ``cntr attach``), or else by ``enter``; it then waits on a pipe for its
 parameters and serves the ``/dev/fuse`` descriptor opened here once the setup child has
 mounted it.  Only ``os``, ``sys`` and ``_signal`` (built in) are imported up front: this
-module runs before anything else of cntr; ``prestart`` imports what both processes need before it forks.
+module runs before anything else of cntr; ``prestart`` imports what both processes need
+before it forks.
 """
 
 from __future__ import annotations
