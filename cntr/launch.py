@@ -4,8 +4,9 @@ serve-fs's start-up (its imports) would be the longest wait on the attach path, 
 forked first, before cntr has even parsed its arguments (``prestart``, called by the
 console entry for ``cntr attach``), or else by ``enter``; it then waits on a pipe for its
 parameters and serves the ``/dev/fuse`` descriptor opened here once the setup child has
-mounted it.  Only ``os`` and ``sys`` are imported up front: this module runs before
-anything else of cntr; ``prestart`` imports what both processes need before it forks.
+mounted it.  Only ``os``, ``sys`` and ``_signal`` (built in) are imported up front: this
+module runs before anything else of cntr; ``prestart`` imports what both processes need
+before it forks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import os
 import sys
 
 from cntr.errors import CntrError, PermissionDenied, Unsupported, os_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
+    import _signal as signal
 
 FUSE_DEVICE = "/dev/fuse"
 DEFAULT_BASE_DIR = "/var/lib/cntr"
@@ -95,9 +102,9 @@ class SessionServer:
 
     def start(self, params: dict[str, object]) -> None:
         """Hand serve-fs its parameters: it starts reading the mounted descriptor."""
-        import json
+        from cntr import cjson
 
-        os.write(self.start_w, b"G" + json.dumps(params).encode() + b"\n")
+        os.write(self.start_w, b"G" + cjson.dumps(params).encode() + b"\n")
         os.close(self.start_w)
         self.start_w = -1
 
@@ -118,7 +125,7 @@ class SessionServer:
         """End serve-fs at once (a session that cannot be built)."""
         if self.pid > 0:
             try:
-                os.kill(self.pid, 9)  # SIGKILL; the signal module is not imported here
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 return
 
@@ -192,7 +199,6 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
     code = 1
     try:
         os.setsid()
-        import signal
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
@@ -213,8 +219,8 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
         _set_comm(SERVE_FS_COMM)
         # Imports first: they are what this early start overlaps with the caller's work.
         import gc
-        import json
 
+        from cntr import cjson
         from cntr.fs.tree import serve_tree
 
         # The console entry turned garbage collection off for the start-up; serve-fs runs
@@ -225,7 +231,7 @@ def _serve_child(start_fd: int, fuse_fd: int, ready_fd: int, keep: tuple[int, ..
             line = start.readline()
         if not line.startswith(b"G"):
             os._exit(0)
-        params = json.loads(line[1:])
+        params = cjson.loads(line[1:])
         code = serve_tree(params.pop("root", "/"), loop=serve_fs_loop(), fuse_fd=fuse_fd,
                           ready_fd=ready_fd, **params)
     except BaseException:  # noqa: BLE001 - a forked child must never return to the caller
@@ -248,17 +254,18 @@ _prestarted: SessionServer | None = None
 
 
 def _import_shared() -> None:
-    """Import, before serve-fs is forked, the modules both processes import (~6 ms of
-    serve-fs's ~20 ms of imports here): the fork inherits them instead of importing them a
-    second time, and this process needs each of them on the way to a session anyway
-    (json for ``start``, select for ``close``, the mount and syscall layers for capture
-    and enter, contextlib, fcntl and threading for enter and the engines)."""
+    """Import, before serve-fs is forked, the modules both processes import: the fork
+    inherits them instead of importing them a second time, and this process needs each
+    of them on the way to a session anyway (cntr.cjson for ``start``, select for
+    ``close``, the mount and syscall layers for capture and enter, contextlib, fcntl and
+    threading for enter and the engines).  Not json: cntr.cjson does without it (and
+    without the re and enum it imports)."""
     import contextlib  # noqa: F401
     import fcntl  # noqa: F401
-    import json  # noqa: F401
     import select  # noqa: F401
     import threading  # noqa: F401
 
+    from cntr import cjson  # noqa: F401
     from cntr.linux import mounts  # noqa: F401
 
 

@@ -18,7 +18,6 @@ validator.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cache
 
@@ -45,6 +44,8 @@ class SchemaError(ValueError):
 @cache
 def load(name: str) -> dict[str, Any]:
     """Load ``schemas/NAME.json`` (e.g. ``context.v1``)."""
+    import json  # not at the top: a plain attach validates no record
+
     with open(os.path.join(SCHEMA_DIR, f"{name}.json")) as f:
         schema: dict[str, Any] = json.load(f)
     _check_keywords(schema, name)

@@ -30,11 +30,11 @@ Caveats:
 from __future__ import annotations
 
 import _socket  # not socket: see cntr.engines.base
-import json
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from cntr import cjson
 from cntr.context import Offline
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
@@ -113,7 +113,7 @@ def parse_namespaces(text: str) -> list[str]:
 def parse_info_labels(text: str) -> dict[str, str]:
     """The Labels of `ctr containers info ID` (JSON)."""
     try:
-        data = json.loads(text)
+        data = cjson.loads(text)
     except ValueError as exc:
         raise EngineError(
             f"containerd: `ctr containers info` printed no JSON: {text[:80]!r}"
@@ -356,7 +356,7 @@ def describe_stopped(ctr: Ctr, namespace: str, cid: str) -> Offline | None:
     """What an offline session over container `cid` needs: its OCI spec and the layers of
     its snapshot (`ctr snapshots mounts` only prints them); None when unreadable."""
     try:
-        info = json.loads(ctr.ok("containers", "info", cid, namespace=namespace))
+        info = cjson.loads(ctr.ok("containers", "info", cid, namespace=namespace))
         key, snapshotter = str(info.get("SnapshotKey") or ""), str(info.get("Snapshotter"))
         if not key or snapshotter not in ("overlayfs", "native"):
             return None

@@ -21,9 +21,9 @@ Caveats:
 
 from __future__ import annotations
 
-import json
 import os
 
+from cntr import cjson
 from cntr.context import Offline
 from cntr.engines.base import (
     NO_SUCH_CONTAINER,
@@ -182,7 +182,7 @@ def parse_inspect(obj: Any, engine: str) -> Match:
 def parse_inspect_list(text: str, engine: str) -> list[Match]:
     """Matches from the JSON array `docker inspect` / `podman inspect` print."""
     try:
-        data = json.loads(text) if text.strip() else []
+        data = cjson.loads(text) if text.strip() else []
     except ValueError as exc:
         raise EngineError(f"{engine}: inspect printed no JSON: {text[:80]!r}") from exc
     if not isinstance(data, list):
@@ -346,7 +346,7 @@ class DockerCompatEngine(BaseEngine):
                 raise NoSuchImage(f"{self.name}: no such image '{ref}'")
             raise EngineError(f"{self.name}: {first_line(err) or f'image inspect exit {rc}'}")
         try:
-            data = json.loads(out)
+            data = cjson.loads(out)
         except ValueError as exc:
             raise EngineError(f"{self.name}: image inspect printed no JSON") from exc
         if not isinstance(data, list) or not data or not isinstance(data[0], dict):
@@ -409,7 +409,7 @@ def _parse_ids(res: tuple[int, str, str] | None) -> list[str]:
 
 def _parse_each(text: str, engine: str) -> list[Match]:
     try:
-        data = json.loads(text) if text.strip() else []
+        data = cjson.loads(text) if text.strip() else []
     except ValueError:
         return []
     out = []

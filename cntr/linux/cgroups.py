@@ -85,11 +85,17 @@ def cgroup_dirs(
 def join(dirs: Sequence[str], pid: int) -> None:
     """Move ``pid`` into each cgroup directory of ``dirs`` (``cgroup_dirs``); OSError
     names the file."""
+    data = str(pid).encode()
     for d in dirs:
         path = os.path.join(d, "cgroup.procs")
+        # os.open and os.write: a text file object costs as much as the migration itself
+        # (the setup child joins a dozen hierarchies of a v1 host on the way to its mounts).
         try:
-            with open(path, "w") as f:
-                f.write(str(pid))
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise OSError(exc.errno, f"join cgroup: {exc.strerror}", path) from exc
 
@@ -101,7 +107,7 @@ ready after one (measured here)."""
 WARM_FOR = 2.0
 """Seconds after which the warm-up stops by itself (a caller that never forks)."""
 
-_warm: tuple[Any, Callable[[], None]] | None = None  # (stop event, join) of the thread
+_warm: tuple[Any, Callable[[], None]] | None = None  # (stop lock, join) of the thread
 _hooked = False
 
 
@@ -125,30 +131,41 @@ def warm_up() -> None:
     dirs = cgroup_dirs(own[:1], cgroup_mounts(mountinfo))
     if not dirs:
         return
-    import threading
+    import _thread
 
     path = os.path.join(dirs[0], "cgroup.procs")
-    stop = threading.Event()
+    # _thread, not threading: Thread.start waits until the new thread runs, a wait a
+    # loaded machine can make last milliseconds on the attach path; nothing here needs
+    # more than two locks (both held by this thread until it stops and joins).
+    stop = _thread.allocate_lock()
+    stop.acquire()
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def move() -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except OSError:
+            done.release()
             return
         try:
             pid = str(os.getpid()).encode()
             for _ in range(int(WARM_FOR / WARM_INTERVAL)):
                 os.write(fd, pid)
-                if stop.wait(WARM_INTERVAL):
+                if stop.acquire(timeout=WARM_INTERVAL):
                     break
         except OSError:
             pass
         finally:
             os.close(fd)
+            done.release()  # its last step: the thread only returns after it
 
-    thread = threading.Thread(target=move, name="cntr-cgroup-warm-up", daemon=True)
-    thread.start()
-    _warm = (stop, thread.join)
+    _thread.start_new_thread(move, ())
+
+    def join() -> None:
+        done.acquire()
+
+    _warm = (stop, join)
     global _hooked
     if not _hooked:  # whoever forks next (enter's setup child) forks without the thread
         os.register_at_fork(before=warmed)
@@ -162,5 +179,5 @@ def warmed() -> None:
     if _warm is not None:
         stop, join = _warm
         _warm = None
-        stop.set()
+        stop.release()
         join()

@@ -19,13 +19,16 @@ import errno
 import fcntl
 import os
 import select
-import signal
 import struct
 import termios
 import tty
 from collections.abc import Iterator
 
 TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
+    import _signal as signal
 if TYPE_CHECKING:
     from typing import Protocol
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import stat
 import struct
 import sys
@@ -35,6 +34,10 @@ from cntr.session.messages import Messages, SetupTimeout
 from cntr.session.setup import setup_child
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
+if TYPE_CHECKING:
+    import signal
+else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
+    import _signal as signal
 if TYPE_CHECKING:
     from typing import Any
 

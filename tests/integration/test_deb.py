@@ -109,6 +109,22 @@ def test_attach_and_exec_through_usr_bin_cntr(deb: Path, docker_container: Conta
 
 @pytest.mark.fuse
 @pytest.mark.docker
+def test_usr_bin_cntr_attaches_within_the_import_budget(deb: Path,
+                                                       docker_container: Container) -> None:
+    """The package's launcher runs without site (``-sS``): its attach imports nothing the
+    venv's may not (tests/unit/test_import_budget.py), on Debian's python3."""
+    from tests.unit.test_import_budget import forbidden, imported
+
+    out = run("/usr/bin/cntr", "attach", docker_container.ident, "--", "true",
+              env=dict(ENV, PYTHONPROFILEIMPORTTIME="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = imported(out.stderr)
+    assert "cntr.stages.attach" in names
+    assert forbidden(set(names)) == []
+
+
+@pytest.mark.fuse
+@pytest.mark.docker
 def test_installed_man_page_and_completions(deb: Path, docker_container: Container,
                                             tmp_path: Path) -> None:
     page = tmp_path / "cntr.1"
