@@ -18,6 +18,13 @@ pipe's with dup2 failed with EINVAL 20 times out of 20), and the kernel may RELE
 file meanwhile (its requester was killed), after which a later open may reuse its number.
 The duplicate is closed when the completion is reaped.
 
+The reply is written by the reading thread, not by a write linked to the fsync
+(IOSQE_IO_LINK, which the io-wq thread would run right after it, sparing the reading
+thread a wake-up): a link breaks only on a request the kernel marks failed, and a failed
+IORING_OP_FSYNC is not (measured on 6.18: the fsync of a pipe completed with -EINVAL, its
+linked write ran anyway, and with IOSQE_CQE_SKIP_SUCCESS the failure posted no CQE at
+all), so the requester would have been told its failed fsync succeeded.
+
 Requests go to the ring only while fewer than its CQ size are out (more would overflow
 it): the others go where they would without it (`cntr.fs.workers`, or inline).
 `setup` returns None when the kernel refuses a ring (``kernel.io_uring_disabled``, a
@@ -50,18 +57,7 @@ from cntr.fs.protocol import (
     U32,
     U64,
 )
-from cntr.linux.io_uring import (
-    CQE_SIZE,
-    FSYNC_DATASYNC,
-    OP_FSYNC,
-    OP_WRITE,
-    SQE_CQE_SKIP_SUCCESS,
-    SQE_FIXED_FILE,
-    SQE_IO_LINK,
-    U32_MASK,
-    Buffer,
-    Ring,
-)
+from cntr.linux.io_uring import CQE_SIZE, FSYNC_DATASYNC, OP_FSYNC, U32_MASK, Ring
 
 log = logging.getLogger("cntr.fs")
 
@@ -77,24 +73,15 @@ _OUT_SIZE = OUT_HEADER.size
 #: fsync_flags, user_data, buf_index, personality, splice_fd_in, addr3, pad
 _SQE = struct.Struct("=BBHiQQIIQHHiQQ")
 _CQE = struct.Struct("=QiI")  # user_data, res, flags
-_NO_OFFSET = 0xFFFFFFFFFFFFFFFF  # -1: the file's position (/dev/fuse has none to keep)
 
 OpenDir = Callable[[int], int]
 
 
 class Completions:
     """The ring of one session: `take` (on the reading thread) queues a request, `reap`
-    (on the reading thread too) handles the completions there are; `ready` says whether
-    there are any, ``fd`` is what to poll for them.  Nothing here is thread-safe: the
-    reading thread alone uses it.
-
-    Each request is two linked SQEs: the fsync (no CQE when it succeeds), then the write
-    of its reply, 0, to ``fuse_fd`` (registered as the ring's fixed file 0), which the
-    kernel starts only once the fsync succeeded, on the io-wq thread that ran it: the
-    requester is woken by that thread, not by this one.  The write's completion frees the
-    request's slot (its reply header in ``replies``, its descriptor); a failed fsync's
-    completion has its error written back by `reap` (the write then completes with
-    -ECANCELED)."""
+    (on the reading thread too) writes the replies of those done to ``fuse_fd``; `ready`
+    says whether there are any, ``fd`` is what to poll for them.  Nothing here is
+    thread-safe: the reading thread alone uses it."""
 
     def __init__(self, ring: Ring, fuse_fd: int, open_dir: OpenDir) -> None:
         self.ring = ring
@@ -103,16 +90,10 @@ class Completions:
         self._fuse_fd = fuse_fd
         #: a new descriptor of an open directory's handle (`Passthrough.open_dir_handle`)
         self.open_dir = open_dir
-        self._limit = limit = ring.cq_entries // 2  # two CQEs at most per request
-        #: slot -> (the request's unique, the descriptor its fsync was queued on)
+        #: user_data -> (the request's unique, the descriptor its fsync was queued on)
         self.pending: dict[int, tuple[int, int]] = {}
-        self._free = list(range(limit - 1, -1, -1))
-        #: the reply headers, one per slot, where the linked writes find them
-        self.replies = Buffer(limit * _OUT_SIZE)
-        if ring.register_file(fuse_fd):
-            self._reply_fd, self._reply_flags = 0, SQE_FIXED_FILE
-        else:
-            self._reply_fd, self._reply_flags = fuse_fd, 0
+        self._limit = ring.cq_entries
+        self._next = 0
         self._cq_head, self._cq_tail = ring.cq_head, ring.cq_tail
 
     @classmethod
@@ -132,7 +113,7 @@ class Completions:
         answers it; False: answer it elsewhere (not one of `OPCODES`, the ring full, a
         handle that names no descriptor: the handler gives the error)."""
         opcode = U32.unpack_from(buf, 4)[0]
-        if opcode not in OPCODES or not self._free or n < _IN_SIZE + 8:
+        if opcode not in OPCODES or len(self.pending) >= self._limit or n < _IN_SIZE + 8:
             return False
         fh, flags = FSYNC_IN.unpack_from(buf, _IN_SIZE)
         try:
@@ -140,30 +121,20 @@ class Completions:
         except OSError:
             return False
         ring = self.ring
-        slot = self._free.pop()
-        unique = U64.unpack_from(buf, 8)[0]
-        at = slot * _OUT_SIZE
-        OUT_HEADER.pack_into(self.replies.mem, at, _OUT_SIZE, 0, unique)
-        sqes, mask, size = ring.sqes, ring.sq_mask, ring.sqe_size
+        tag = self._next
+        self._next = (tag + 1) & 0xFFFFFFFFFFFFFFFF
         tail = ring.sq_tail.value
-        _SQE.pack_into(sqes, (tail & mask) * size, OP_FSYNC,
-                       SQE_IO_LINK | SQE_CQE_SKIP_SUCCESS, 0, fd, 0, 0, 0,
-                       FSYNC_DATASYNC if flags & FSYNC_FDATASYNC else 0, 2 * slot,
+        _SQE.pack_into(ring.sqes, (tail & ring.sq_mask) * ring.sqe_size, OP_FSYNC, 0, 0, fd,
+                       0, 0, 0, FSYNC_DATASYNC if flags & FSYNC_FDATASYNC else 0, tag,
                        0, 0, 0, 0, 0)
-        _SQE.pack_into(sqes, ((tail + 1) & mask) * size, OP_WRITE, self._reply_flags, 0,
-                       self._reply_fd, _NO_OFFSET, self.replies.address + at, _OUT_SIZE,
-                       0, 2 * slot + 1, 0, 0, 0, 0, 0)
-        ring.sq_tail.value = (tail + 2) & U32_MASK  # after the SQEs: x86_64 keeps the order
-        submitted = ring.enter(2, 0, 0)
-        if submitted != 2:  # nothing consumed (EAGAIN, EBUSY, ...): take them back
-            if submitted > 0:  # cannot happen with a link: the kernel takes it whole
-                raise OSError(errno.EIO, f"io_uring_enter: {submitted} of 2 submitted")
+        ring.sq_tail.value = (tail + 1) & U32_MASK  # after the SQE: x86_64 keeps the order
+        submitted = ring.enter(1, 0, 0)
+        if submitted != 1:  # not consumed (EAGAIN, EBUSY, ...): take it back
             ring.sq_tail.value = tail
             os.close(fd)
-            self._free.append(slot)
             log.debug("serve-fs: io_uring_enter: %s", os.strerror(-submitted or errno.EIO))
             return False
-        self.pending[slot] = (unique, fd)
+        self.pending[tag] = (U64.unpack_from(buf, 8)[0], fd)
         return True
 
     def ready(self) -> bool:
@@ -171,36 +142,27 @@ class Completions:
         return self._cq_head.value != self._cq_tail.value
 
     def reap(self) -> None:
-        """Handle every completion there is: a failed fsync's error written back, a
-        reply's write done (its slot freed)."""
+        """Write the reply of every request completed: 0 or the fsync's -errno."""
         ring = self.ring
         cq, at, mask = ring.cq, ring.cqes_at, ring.cq_mask
         head, tail = self._cq_head.value, self._cq_tail.value
         pending = self.pending
+        pack = OUT_HEADER.pack
         while head != tail:
             tag, res, _flags = _CQE.unpack_from(cq, at + (head & mask) * CQE_SIZE)
             head = (head + 1) & U32_MASK
             self._cq_head.value = head  # the slot is free once read
-            slot, write = divmod(tag, 2)
-            entry = pending.get(slot)
+            entry = pending.pop(tag, None)
             if entry is None:
                 continue
-            if not write:  # the fsync failed: its write comes next, cancelled
-                self._reply(entry[0], min(res, -1))
-                continue
-            del pending[slot]
-            os.close(entry[1])
-            self._free.append(slot)
-            if res < 0 and res not in (-errno.ECANCELED, -errno.ENOENT, -errno.ENODEV):
+            unique, fd = entry
+            os.close(fd)
+            try:
+                os.write(self._fuse_fd, pack(_OUT_SIZE, min(res, 0), unique))
+            except OSError as exc:
                 # ENOENT: interrupted, nobody waits; ENODEV: unmounted meanwhile.
-                log.error("serve-fs: writing an fsync's reply: %s", os.strerror(-res))
-
-    def _reply(self, unique: int, err: int) -> None:
-        try:
-            os.write(self._fuse_fd, OUT_HEADER.pack(_OUT_SIZE, err, unique))
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENODEV):
-                log.error("serve-fs: writing an fsync's reply: %s", exc)
+                if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                    log.error("serve-fs: writing an fsync's reply: %s", exc)
 
     def close(self) -> None:
         """Close the ring (cancelling what it has not started) and the descriptors of
@@ -210,4 +172,4 @@ class Completions:
         for _unique, fd in self.pending.values():
             os.close(fd)
         self.pending.clear()
-        self.replies.release()
+
