@@ -6,10 +6,10 @@ wake-up and the GIL taken back twice (~50-100 us per request).  Here the reading
 queues an IORING_OP_FSYNC (IORING_FSYNC_DATASYNC for fdatasync) on a ring of its own and
 goes back to reading: the kernel runs it on one of its io-wq threads, and the request
 loop (`cntr.fs.session.Session._read_loop`) waits on ``/dev/fuse`` and on the ring's fd
-together (poll(2): POLLIN when a completion is there), looks at the CQ ring in memory
-while it spins (no syscall), and writes each reply when its completion is reaped
-(`reap`).  No Python thread is involved, so nothing waits for the GIL and the reading
-thread keeps spinning while fsyncs are out.
+together (poll(2): POLLIN when a completion is there; `ready` looks at the CQ ring in
+memory, no syscall), and writes each reply when its completion is reaped (`reap`).  No
+Python thread is involved, so nothing waits for the GIL.  The loop does not spin while
+fsyncs are out (`cntr.fs.session.Session._wait`: measured, it cost CPU and won nothing).
 
 The descriptor is still duplicated (``dup(2)``; FSYNCDIR opens the directory, as the
 handler would): io_uring looks a request's file up when an io-wq thread issues it, not
