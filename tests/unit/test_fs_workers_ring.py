@@ -1,8 +1,8 @@
 """cntr.fs.completions without FUSE, on a real io_uring: FSYNC and FSYNCDIR queued on
-the ring, their replies written (to a pipe standing in for /dev/fuse) by the kernel once
-the fsync succeeded or by `reap` with its errno, the file an fsync was asked for still the
-one synced after its number was reused, nothing left open; and the fallback when the
-kernel refuses a ring (a seccomp filter)."""
+the ring, their replies (0 or the fsync's errno) written by `reap` to a pipe standing in
+for /dev/fuse, the file an fsync was asked for still the one synced after its number was
+reused, nothing left open; and the fallback when the kernel refuses a ring (a seccomp
+filter)."""
 
 from __future__ import annotations
 
@@ -87,8 +87,7 @@ def test_an_fsync_is_answered_by_the_kernel(tmp_path: Path, pipe: Pipe, flags: i
 
 
 def test_a_failed_fsync_gets_its_errno(pipe: Pipe) -> None:
-    """fsync(2) of a pipe is EINVAL: the reply says so (written by `reap`: the reply
-    linked to the fsync is cancelled)."""
+    """fsync(2) of a pipe is EINVAL: the reply says so."""
     r, w = os.pipe()
     with pytest.raises(OSError) as native:
         os.fsync(r)
