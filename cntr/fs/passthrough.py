@@ -332,6 +332,11 @@ class Passthrough:
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: node id -> a file handle open on it, for files created for writing: it stands
+        #: in for the inode's O_PATH descriptor while that is not cached (`_fd`): the
+        #: GETXATTR of security.capability at the first write, and whatever else comes
+        #: before the release, then cost no open_by_handle_at(2)
+        self._files: dict[int, int] = {}
         #: the process umask `create_mode` set last (None: not known)
         self._umask: int | None = None
         #: st_dev -> whether that filesystem is a pseudo filesystem (`PSEUDO_FS_TYPES`)
@@ -392,6 +397,17 @@ class Passthrough:
             raise OSError(errno.ESTALE, "unknown node id")
         return node
 
+    def _fd(self, node: Inode) -> int:
+        """A descriptor of ``node`` for metadata calls (statx, chmod, chown, utimens and
+        xattrs through /proc/self/fd/N, truncate): its cached O_PATH descriptor, else a
+        file created on it that is still open (the same inode; `_files`), else the
+        table's (reopened and cached)."""
+        if node.fd < 0:
+            fh = self._files.get(node.nodeid)
+            if fh is not None:
+                return fh
+        return self.table.fd(node)
+
     def _new_entry(self, parent: Inode, pfd: int, name: bytes) -> bytes:
         """statx ``name`` (just created or linked), count a lookup, build the reply."""
         st = self.statbuf.at(pfd, name, _NOFOLLOW)
@@ -442,12 +458,14 @@ class Passthrough:
         return bool(status.cap_effective >> _CAP_FSETID & 1)
 
     def _owner(self, req: Request, pfd: int) -> tuple[int, int]:
-        """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
+        """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group).
+        root:root is answered without looking at the parent: whether it is set-group-ID
+        or not, the file keeps what serve-fs (root) created it with."""
         if self.effective_user is not None:
             uid, gid = self.effective_user
         else:
             uid, gid = req.uid, req.gid
-        if os.stat(pfd).st_mode & stat.S_ISGID:
+        if (uid or gid) and os.stat(pfd).st_mode & stat.S_ISGID:
             gid = -1
         return uid, gid
 
@@ -559,13 +577,13 @@ class Passthrough:
     def getattr(self, nodeid: InodeT) -> bytes:
         """fuse_attr_out of ``nodeid``."""
         node = self._node(nodeid)
-        return self._attr(node, self.statbuf.at(self.table.fd(node), b"", _EMPTY))
+        return self._attr(node, self.statbuf.at(self._fd(node), b"", _EMPTY))
 
     def statx(self, nodeid: InodeT, sx_flags: int) -> bytes:
         """fuse_statx_out of ``nodeid``: getattr with the birth time (and the host's
         attribute flags); ``sx_flags``' sync type is passed on."""
         node = self._node(nodeid)
-        st = self.statbuf.at(self.table.fd(node), b"", _EMPTY | (sx_flags & STATX_SYNC_TYPE))
+        st = self.statbuf.at(self._fd(node), b"", _EMPTY | (sx_flags & STATX_SYNC_TYPE))
         uid, gid = self.shown_ids(st)
         _, av, _, avn = self._timeouts
         if nodeid in self._pt_writers:
@@ -585,7 +603,7 @@ class Passthrough:
         already resolved (FATTR_*_NOW: the caller's clock); FATTR_KILL_SUIDGID clears
         set-ID bits and capabilities afterwards (`_kill_privs`)."""
         node = self._node(nodeid)
-        fd = self.table.fd(node)
+        fd = self._fd(node)
         if valid & FATTR_SIZE:
             if fh is not None:
                 os.ftruncate(fh, size)
@@ -769,6 +787,7 @@ class Passthrough:
         node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writers[fh] = node
+            self._files[node.nodeid] = fh
         try:
             opened = self._opened(node.nodeid, fh, flags, FOPEN_KEEP_CACHE, new=True)
         except BaseException:
@@ -905,13 +924,23 @@ class Passthrough:
         raise OSError(errno.ENOSYS, "no flush")
 
     def release(self, fh: FileHandle) -> None:
-        """Close ``fh``; its inode keeps the (mtime, size) it was left with."""
+        """Close ``fh``; its inode keeps the (mtime, size) it was left with, or no stamp
+        at all after a writable open in passthrough mode: its writes bypassed the FUSE
+        inode's page cache, so the next open through that cache must not keep whatever
+        it holds (FOPEN_KEEP_CACHE), and an fstat would not change that."""
+        passed_through = fh in self._pt_files
         self._released(fh)
         node = self._writers.pop(fh, None)
         try:
             if node is not None:
-                st = os.fstat(fh)
-                node.stamp = (st.st_mtime_ns, st.st_size)
+                files = self._files
+                if files.get(node.nodeid) == fh:
+                    del files[node.nodeid]
+                if passed_through:
+                    node.stamp = None
+                else:
+                    st = os.fstat(fh)
+                    node.stamp = (st.st_mtime_ns, st.st_size)
         finally:
             os.close(fh)
 
@@ -1065,16 +1094,24 @@ class Passthrough:
     # An O_PATH descriptor cannot be passed to f*xattr(2); /proc/self/fd/N, followed,
     # resolves to the inode itself (a symlink stays the symlink, not its target).
     def _xpath(self, nodeid: int) -> bytes:
-        return b"/proc/self/fd/%d" % self.table.fd(self._node(nodeid))
+        return b"/proc/self/fd/%d" % self._fd(self._node(nodeid))
 
     def getxattr(self, nodeid: InodeT, name: bytes) -> bytes:
-        """The value of ``name`` (the caller applies the size the kernel asked for)."""
-        return os.getxattr(self._xpath(nodeid), name)
+        """The value of ``name`` (the caller applies the size the kernel asked for).  A
+        file created for writing and still open is asked through that descriptor
+        (fgetxattr(2): no open_by_handle_at, no walk through procfs); it is the inode
+        itself, whatever the host did to its name since."""
+        node = self._node(nodeid)
+        if node.fd < 0:
+            fh = self._files.get(nodeid)
+            if fh is not None:
+                return os.getxattr(fh, name)
+        return os.getxattr(b"/proc/self/fd/%d" % self.table.fd(node), name)
 
     def outside_group(self, nodeid: InodeT, req: Request) -> bool:
         """Whether the requester is neither in the group of ``nodeid`` nor has
         CAP_FSETID (the VFS's in_group_or_capable(), as `keeps_setgid` reads it)."""
-        st = self.statbuf.at(self.table.fd(self._node(nodeid)), b"", _EMPTY)
+        st = self.statbuf.at(self._fd(self._node(nodeid)), b"", _EMPTY)
         return not self.keeps_setgid(req.pid, req.uid, req.gid,
                                      (st[GID], self.shown_ids(st)[1]))
 

@@ -1,0 +1,127 @@
+"""What the handler core answers from what it already holds instead of asking the host
+again: a file created for writing and still open answers for its inode (xattrs, attributes,
+changes) through that descriptor; a root:root create looks nothing up in its parent; the
+page-cache stamp a release leaves.  Each shortcut must answer what the long way would."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cntr.fs import protocol
+from cntr.fs.inodes import ROOT_INODE, InodeT
+from cntr.fs.passthrough import FileHandle, Passthrough
+
+_TAG = b"user.tag"
+
+
+@pytest.fixture(params=[True, False], ids=["handles", "names"])
+def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Passthrough]:
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    fs = Passthrough(fd, use_handles=request.param)
+    yield fs
+    fs.close()
+
+
+def create(fs: Passthrough, name: bytes, flags: int = os.O_WRONLY,
+           req: protocol.Request | None = None) -> tuple[InodeT, FileHandle]:
+    """CREATE ``name`` in the root: (node id, file handle)."""
+    reply = fs.create(ROOT_INODE, name, stat.S_IFREG | 0o644, flags,
+                      req or protocol.Request(umask=0o022))
+    nodeid = protocol.ENTRY_OUT.unpack_from(reply)[0]
+    fh, _open_flags, _backing = protocol.OPEN_OUT.unpack_from(reply, protocol.ENTRY_OUT.size)
+    return InodeT(nodeid), FileHandle(fh)
+
+
+def open_flags(fs: Passthrough, nodeid: InodeT, flags: int = os.O_RDONLY) -> int:
+    """The fuse_open_out flags of an open of ``nodeid`` (released right after)."""
+    fh, got, _ = protocol.OPEN_OUT.unpack(fs.open(nodeid, flags))
+    fs.release(FileHandle(fh))
+    return int(got)
+
+
+def replace_on_host(tmp_path: Path) -> None:
+    """The host moves ``f`` to ``g`` (tagged ``old``) and puts a new ``f`` (tagged ``new``)
+    in its place."""
+    os.setxattr(tmp_path / "f", _TAG, b"old")
+    os.rename(tmp_path / "f", tmp_path / "g")
+    (tmp_path / "f").write_bytes(b"new file")
+    os.setxattr(tmp_path / "f", _TAG, b"new")
+
+
+def test_an_open_created_file_answers_for_its_own_inode(fs: Passthrough,
+                                                        tmp_path: Path) -> None:
+    nodeid, fh = create(fs, b"f")
+    with pytest.raises(OSError) as missing:
+        fs.getxattr(nodeid, b"security.capability")
+    assert missing.value.errno == errno.ENODATA
+    replace_on_host(tmp_path)
+    assert fs.getxattr(nodeid, _TAG) == b"old"
+    assert fs.listxattr(nodeid) == _TAG + b"\0"
+    fs.setxattr(nodeid, b"user.more", b"1", 0)
+    attr = protocol.ATTR_OUT.unpack(fs.setattr(nodeid, protocol.Request(), protocol.FATTR_MODE,
+                                               None, 0, 0o600, 0, 0, 0, 0))
+    fs.removexattr(nodeid, _TAG)
+    assert stat.S_IMODE(attr[12]) == 0o600
+    assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+    assert os.listxattr(tmp_path / "g") == ["user.more"]
+    assert os.getxattr(tmp_path / "f", _TAG) == b"new"
+    fs.release(fh)
+    assert (tmp_path / "g").read_bytes() == b""
+
+
+def test_after_its_release_the_long_way_answers(fs: Passthrough, tmp_path: Path) -> None:
+    nodeid, fh = create(fs, b"f")
+    fs.release(fh)
+    replace_on_host(tmp_path)
+    if fs.table.use_handles:
+        assert fs.getxattr(nodeid, _TAG) == b"old"  # the handle is the inode's
+    else:
+        with pytest.raises(OSError) as stale:  # the name is another file's now
+            fs.getxattr(nodeid, _TAG)
+        assert stale.value.errno == errno.ESTALE
+
+
+def test_two_opens_of_one_created_file(fs: Passthrough, tmp_path: Path) -> None:
+    nodeid, fh = create(fs, b"f")
+    other = FileHandle(protocol.OPEN_OUT.unpack(fs.open(nodeid, os.O_WRONLY))[0])
+    fs.release(fh)  # the created one goes first: the other stays usable
+    os.setxattr(tmp_path / "f", _TAG, b"v")
+    assert fs.getxattr(nodeid, _TAG) == b"v"
+    fs.release(other)
+    assert fs.getxattr(nodeid, _TAG) == b"v"
+
+
+def test_a_page_cache_writer_leaves_a_stamp_that_a_host_write_breaks(
+        fs: Passthrough, tmp_path: Path) -> None:
+    # passthrough off: every open goes through the page cache
+    nodeid, fh = create(fs, b"f")
+    fs.write(nodeid, fh, 0, b"a" * 100)
+    fs.release(fh)
+    assert open_flags(fs, nodeid) & protocol.FOPEN_KEEP_CACHE
+    with open(tmp_path / "f", "r+b") as f:
+        f.write(b"b" * 100)
+    st = (tmp_path / "f").stat()
+    os.utime(tmp_path / "f", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert not open_flags(fs, nodeid) & protocol.FOPEN_KEEP_CACHE
+    assert open_flags(fs, nodeid) & protocol.FOPEN_KEEP_CACHE
+
+
+@pytest.mark.parametrize("setgid", [False, True])
+def test_new_files_of_root_and_of_a_user_in_a_set_group_id_directory(
+        fs: Passthrough, tmp_path: Path, setgid: bool) -> None:
+    os.chown(tmp_path, 0, 4321)
+    os.chmod(tmp_path, 0o2777 if setgid else 0o777)
+    _, fh = create(fs, b"root", req=protocol.Request(0, 0, umask=0o022))
+    fs.release(fh)
+    _, fh = create(fs, b"user", req=protocol.Request(1234, 1234, umask=0o022))
+    fs.release(fh)
+    group = 4321 if setgid else 0
+    assert [((tmp_path / n).stat().st_uid, (tmp_path / n).stat().st_gid)
+            for n in ("root", "user")] == [(0, group), (1234, 4321 if setgid else 1234)]
