@@ -427,6 +427,16 @@ class StatxBuffer:
             raise OSError(err, os.strerror(err))
         return self._unpack(self._buf)
 
+    def find(self, dirfd: int, name: bytes, flags: int) -> tuple[Any, ...] | None:
+        """`at` with the mask given at creation, but None where ``name`` does not exist
+        (ENOENT): a lookup of a missing name is common and raising costs ~1 us."""
+        if statx_raw(dirfd, name, flags, self._mask, self._ptr) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            raise OSError(err, os.strerror(err))
+        return self._unpack(self._buf)
+
 
 class HandleBuffer:
     """name_to_handle_at(2) into one reusable struct file_handle, for hot paths."""
@@ -478,3 +488,28 @@ def linkat(olddirfd: int, oldpath: bytes, newdirfd: int, newpath: bytes, flags: 
 #: pidfd_open(2) flag (Linux 6.9): a pidfd for a thread (FUSE requests carry thread ids);
 #: older kernels reject it with EINVAL.  Same value as O_EXCL (linux/pidfd.h).
 PIDFD_THREAD = os.O_EXCL
+
+
+#: fchmodat2(2) (Linux 6.6) has one number on every architecture (those from 424 on do)
+_NR_FCHMODAT2 = 452
+# a handle of its own: argtypes set here must not reach `_syscall`'s other callers
+_fchmodat2 = _libc["syscall"]
+_fchmodat2.restype = ctypes.c_long
+_fchmodat2.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
+                       ctypes.c_int]
+#: whether fchmodat2 with AT_EMPTY_PATH works here (cleared at the first ENOSYS/EINVAL)
+_fchmodat2_works = [True]
+
+
+def chmod_fd(fd: int, mode: int) -> None:
+    """chmod of the file ``fd`` refers to, an O_PATH descriptor too: fchmodat2(fd, "",
+    mode, AT_EMPTY_PATH), else (a kernel before 6.6) chmod of /proc/self/fd/N, whose walk
+    through procfs costs ~5 us more.  OSError carries only the errno and its strerror."""
+    if _fchmodat2_works[0]:
+        if _fchmodat2(_NR_FCHMODAT2, fd, b"", mode, AT_EMPTY_PATH) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+        _fchmodat2_works[0] = False
+    os.chmod(b"/proc/self/fd/%d" % fd, mode)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from cntr.fs import protocol
 from cntr.fs.inodes import ROOT_INODE, InodeT
 from cntr.fs.passthrough import FileHandle, Passthrough
+from cntr.linux import syscalls as sc
 
 _TAG = b"user.tag"
 
@@ -125,3 +127,61 @@ def test_new_files_of_root_and_of_a_user_in_a_set_group_id_directory(
     group = 4321 if setgid else 0
     assert [((tmp_path / n).stat().st_uid, (tmp_path / n).stat().st_gid)
             for n in ("root", "user")] == [(0, group), (1234, 4321 if setgid else 1234)]
+
+
+#: a struct vfs_cap_data (revision 2): CAP_NET_BIND_SERVICE permitted and effective
+_CAPS = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)
+
+
+@pytest.mark.parametrize("still_open", [True, False], ids=["open", "released"])
+def test_a_chown_clears_set_user_id_and_capabilities(fs: Passthrough, tmp_path: Path,
+                                                     still_open: bool) -> None:
+    nodeid, fh = create(fs, b"f")
+    if not still_open:
+        fs.release(fh)
+    os.chmod(tmp_path / "f", 0o4755)
+    os.setxattr(tmp_path / "f", "security.capability", _CAPS)
+    valid = protocol.FATTR_UID | protocol.FATTR_KILL_SUIDGID
+    attr = protocol.ATTR_OUT.unpack(fs.setattr(nodeid, protocol.Request(), valid, None, 0, 0,
+                                               1234, 0, 0, 0))
+    assert (attr[14], stat.S_IMODE(attr[12])) == (1234, 0o755)  # uid, mode
+    st = (tmp_path / "f").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (1234, 0o755)
+    assert "security.capability" not in os.listxattr(tmp_path / "f")
+    valid = protocol.FATTR_MODE | protocol.FATTR_SIZE
+    fs.setattr(nodeid, protocol.Request(), valid, None, 7, 0o640, 0, 0, 0, 0)
+    st = (tmp_path / "f").stat()
+    assert (st.st_size, stat.S_IMODE(st.st_mode)) == (7, 0o640)
+    if still_open:
+        fs.release(fh)
+
+
+def test_chmod_fd_takes_an_o_path_descriptor(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    fd = os.open(tmp_path / "f", os.O_PATH)
+    try:
+        sc.chmod_fd(fd, 0o4711)
+        assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o4711
+        os.unlink(tmp_path / "f")
+        sc.chmod_fd(fd, 0o600)  # the inode, not a name
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as bad:
+        sc.chmod_fd(fd, 0o600)
+    assert bad.value.errno == errno.EBADF
+
+
+def test_a_missing_name_is_a_negative_entry_other_errors_raise(fs: Passthrough,
+                                                              tmp_path: Path) -> None:
+    entry = protocol.ENTRY_OUT.unpack(fs.lookup(ROOT_INODE, b"missing"))
+    assert entry[:6] == (0, 0, 1, 0, 0, 0)  # node id 0: cached as missing for 1 s
+    (tmp_path / "f").write_bytes(b"")
+    fd = os.open(tmp_path / "f", os.O_PATH)
+    try:
+        with pytest.raises(OSError) as not_dir:
+            fs.statbuf.find(fd, b"x", 0)
+        assert not_dir.value.errno == errno.ENOTDIR
+        assert fs.statbuf.find(fs.table.root.fd, b"nope", 0) is None
+    finally:
+        os.close(fd)
