@@ -185,3 +185,16 @@ def test_a_missing_name_is_a_negative_entry_other_errors_raise(fs: Passthrough,
         assert fs.statbuf.find(fs.table.root.fd, b"nope", 0) is None
     finally:
         os.close(fd)
+
+
+def test_chmod_fd_without_fchmodat2_goes_through_procfs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a kernel before 6.6 leaves (its first ENOSYS clears the flag)
+    monkeypatch.setattr(sc, "_fchmodat2_works", [False])
+    (tmp_path / "f").write_bytes(b"")
+    fd = os.open(tmp_path / "f", os.O_PATH)
+    try:
+        sc.chmod_fd(fd, 0o2750)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o2750
