@@ -455,22 +455,31 @@ class HandleBuffer:
 
     def __init__(self) -> None:
         self._handle = FileHandle()
-        self._handle_ptr = ctypes.addressof(self._handle)
+        self._handle_ptr = ctypes.c_void_p(ctypes.addressof(self._handle))
         self._mount_id = ctypes.c_int()
-        self._mount_id_ptr = ctypes.addressof(self._mount_id)
+        self._mount_id_ptr = ctypes.c_void_p(ctypes.addressof(self._mount_id))
 
     def handle(self, dirfd: int, path: bytes, flags: int) -> bytes | None:
-        """The struct file_handle of ``path`` as bytes; None where there is none."""
+        """The struct file_handle of ``path`` (bytes: the call is unchecked, as
+        `StatxBuffer`'s) as bytes; None where there is none."""
         self._handle.handle_bytes = MAX_HANDLE_SZ
-        if name_to_handle_at_raw(dirfd, path, self._handle_ptr, self._mount_id_ptr,
-                                 flags) < 0:
+        if _name_to_handle_at_unchecked(dirfd, path, self._handle_ptr, self._mount_id_ptr,
+                                        flags) < 0:
             return None
         return ctypes.string_at(self._handle_ptr, 8 + self._handle.handle_bytes)
 
 
+# open_by_handle_at(2) and name_to_handle_at(2) without argtypes, as `_statx_unchecked`
+_open_by_handle_at_unchecked = _libc["open_by_handle_at"]
+_open_by_handle_at_unchecked.restype = ctypes.c_int
+_name_to_handle_at_unchecked = _libc["name_to_handle_at"]
+_name_to_handle_at_unchecked.restype = ctypes.c_int
+
+
 def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
-    """open_by_handle_at(2) for hot paths: OSError carries only the errno and strerror."""
-    fd = int(open_by_handle_at_raw(mount_fd, handle, flags))
+    """open_by_handle_at(2) for hot paths (``handle`` bytes: the call is unchecked, as
+    `StatxBuffer`'s): OSError carries only the errno and strerror."""
+    fd = int(_open_by_handle_at_unchecked(mount_fd, handle, flags))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
