@@ -12,7 +12,8 @@ Every request is answered with descriptor-relative syscalls on the host (statx, 
 open_by_handle_at, *at calls with AT_EMPTY_PATH, fchmodat2 too; /proc/self/fd/N, a walk
 through procfs of ~5 us here, only where Linux has no form that takes an O_PATH
 descriptor: truncate, xattrs).  A file created for writing answers for its inode through
-its open descriptor until its release (f*xattr(2), no open_by_handle_at: `_files`).
+its open descriptor until its release (f*xattr(2), no open_by_handle_at: `_files`), and
+so does a file opened for writing.
 Handlers block (no await, no thread): a request runs to
 completion before the next one is read, so there is no locking.  The state a request
 touches is the inode table (`table`), the open directories (`_dirs`), the open-file
@@ -416,9 +417,9 @@ class Passthrough:
         return node
 
     def _file(self, node: Inode) -> int:
-        """A file created on ``node`` for writing and still open (`_files`: the same
-        inode, a regular descriptor, so f*xattr(2), fchmod(2) and ftruncate(2) take it);
-        -1 if none."""
+        """A file created or opened on ``node`` for writing and still open (`_files`: the
+        same inode, a regular descriptor, so f*xattr(2), fchmod(2) and ftruncate(2) take
+        it); -1 if none."""
         return self._files.get(node.nodeid, -1)
 
     def _fd(self, node: Inode) -> int:
@@ -732,6 +733,7 @@ class Passthrough:
         try:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 self._writers[fd] = node
+                self._files[nodeid] = fd
             st = os.fstat(fd)
             if kill_privs and self._kill_privs(fd, st.st_mode):
                 # The kernel keeps the mode it had cached (O_TRUNC invalidates only

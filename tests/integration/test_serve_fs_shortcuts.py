@@ -1,7 +1,8 @@
 """Through a real mount (FUSE passthrough on): what serve-fs answers from what it already
-holds must be what the host says.  A file created through the mount and still open answers
-for its own inode (its xattrs, its mode) whatever the host did to its name; a file written
-in passthrough mode leaves no page-cache stamp, so a host write after it is seen."""
+holds must be what the host says.  A file created or opened for writing through the mount
+and still open answers for its own inode (its xattrs, its mode) whatever the host did to
+its name; a file written in passthrough mode leaves no page-cache stamp, so a host write
+after it is seen."""
 
 from __future__ import annotations
 
@@ -40,10 +41,16 @@ def read(path: Path) -> bytes:
         return f.read()
 
 
+@pytest.mark.parametrize("opened", [False, True], ids=["created", "opened"])
 def test_an_open_file_answers_for_itself_after_the_host_replaced_it(
-        served: tuple[Served, Path]) -> None:
+        served: tuple[Served, Path], opened: bool) -> None:
     mnt, root = served[0].mountpoint, served[1]
-    fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if opened:  # a file that was there, opened for writing
+        (root / "f").write_bytes(b"")
+        os.chmod(root / "f", 0o644)
+        fd = os.open(mnt / "f", os.O_WRONLY)
+    else:
+        fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, b"x")
         os.setxattr(root / "f", _TAG, b"old")
