@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import select
 import struct
@@ -60,6 +59,7 @@ from collections.abc import Callable
 
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import InodeT
+from cntr.fs.log import log
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.protocol import (
     ACCESS,
@@ -169,8 +169,6 @@ from cntr.fs.protocol import (
 )
 from cntr.fs.uring import Transport
 from cntr.fs.workers import Workers
-
-log = logging.getLogger("cntr.fs")
 
 _NS = 1_000_000_000
 _IN_SIZE = IN_HEADER.size
