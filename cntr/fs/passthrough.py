@@ -105,7 +105,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import select
 import stat
@@ -906,6 +905,8 @@ class Passthrough:
                 raise
             # O_DIRECT wants an aligned buffer, which a request's bytes are not: the
             # requester's was (its offset and length are checked by the host as given).
+            import mmap  # here: only this rare case needs it (serve-fs's start does not)
+
             with mmap.mmap(-1, max(len(data), 1)) as aligned:
                 aligned.write(data)
                 written = os.pwrite(fh, memoryview(aligned)[:len(data)], offset)

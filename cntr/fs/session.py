@@ -167,8 +167,11 @@ from cntr.fs.protocol import (
     WRITE_IN_SIZE,
     Request,
 )
-from cntr.fs.uring import Transport
 from cntr.fs.workers import Workers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cntr.fs.uring import Transport
 
 _NS = 1_000_000_000
 _IN_SIZE = IN_HEADER.size
@@ -435,6 +438,9 @@ class Session:
         self.fs.notify_inval = self.inval_attrs
         self._setxattr_ext = bool(got & SETXATTR_EXT)
         if self.want_uring and flags & OVER_IO_URING and self._uring is None:
+            # here: the wire session (the default) needs neither it nor cntr.linux.io_uring
+            from cntr.fs.uring import Transport
+
             uring = Transport(self, self.fd, max_write=MAX_WRITE, max_pages=MAX_PAGES_WANTED)
             if uring.prepare():
                 got |= OVER_IO_URING
