@@ -23,6 +23,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+from cntr.fs.completions import Completions
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import max_inodes_from_env
 from cntr.fs.log import log
@@ -162,6 +163,7 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
     size = workers_size()
     if size:
         session.workers = Workers(session.answer, fs.open_dir_handle, fuse_fd, size)
+        session.completions = Completions.setup(fuse_fd, fs.open_dir_handle)
     counts_path = os.environ.get("CNTR_SERVE_FS_COUNTS")
     try:
         with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd, \
@@ -185,6 +187,8 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
     finally:
         if session.workers is not None:
             session.workers.stop()
+        if session.completions is not None:
+            session.completions.close()
         if mounted and mountpoint is not None:
             with contextlib.suppress(OSError):  # already unmounted from outside
                 sc.umount2(mountpoint, sc.MNT_DETACH)

@@ -15,16 +15,18 @@ against 260 ms answered here, C passthrough_ll 252 ms, native 225 ms).  The cost
 handoff, one thread wake-up: ~50-100 us per request (``fsync-p1``: 149 -> 163 ms for 200
 fsyncs; on a RAM-backed disk, where an fsync takes ~100 us, 0.42 -> 0.52 s for 2,000).
 
-So the opcodes in `BLOCKING` (FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE and its 64-bit
-form) are handed to a worker thread: the reading thread copies the request, duplicates
-the descriptors it names (``dup(2)``; for FSYNCDIR opens the directory) and goes back to
-reading; the worker runs the same handler as the reading thread would
-(`Session.answer`, on the copy whose handles name the duplicates) and writes the reply
-to ``/dev/fuse`` itself.  The duplicates are what make this safe: the kernel may send the
-RELEASE of a file while a request on it is still being answered (its requester was
-killed), and the reading thread then closes the file's descriptor, whose number a later
-open may reuse; the worker's duplicate still names the file the request was for, and is
-closed by the worker when it is done.
+FSYNC and FSYNCDIR go first to the reading thread's io_uring (`cntr.fs.completions`),
+which has no hand-off to a Python thread: they come here only when the kernel refused
+that ring, or while it is full.  The other opcodes in `BLOCKING` (FALLOCATE,
+COPY_FILE_RANGE and its 64-bit form) always come here: each is handed to a worker thread:
+the reading thread copies the request, duplicates the descriptors it names (``dup(2)``;
+for FSYNCDIR opens the directory) and goes back to reading; the worker runs the same
+handler as the reading thread would (`Session.answer`, on the copy whose handles name the
+duplicates) and writes the reply to ``/dev/fuse`` itself.  The duplicates are what make
+this safe: the kernel may send the RELEASE of a file while a request on it is still being
+answered (its requester was killed), and the reading thread then closes the file's
+descriptor, whose number a later open may reuse; the worker's duplicate still names the
+file the request was for, and is closed by the worker when it is done.
 
 The handlers of these opcodes touch no state of the handler core that another thread
 changes (`cntr.fs.passthrough`: a syscall on the descriptor, a check of the requester's
@@ -32,13 +34,13 @@ capabilities in /proc, a FUSE_NOTIFY_INVAL_INODE written to ``/dev/fuse``), so w
 take no lock.
 
 Threads are started on demand, up to `Workers.size` (``CNTR_SERVE_FS_WORKERS``, default
-`DEFAULT_SIZE`; 0 answers these requests inline as before): a workload without them
-never starts one.  Requests beyond that wait for a free worker, in order, without
-holding up the reading thread.
+`DEFAULT_SIZE`; 0 answers these requests inline, and FSYNC and FSYNCDIR too: no ring
+either): a workload without them never starts one.  Requests beyond that wait for a free
+worker, in order, without holding up the reading thread.
 
 Caveats:
-- only the ``/dev/fuse`` loop hands requests over; with FUSE over io_uring
-  (`cntr.fs.uring`) every request is answered on its queue's thread, as before.
+- only the ``/dev/fuse`` loop hands requests over (to the ring or here); with FUSE over
+  io_uring (`cntr.fs.uring`) every request is answered on its queue's thread, as before.
 - a worker blocked when the session ends (a frozen filesystem) is left to the process's
   exit (daemon threads): its reply has nobody to go to.
 """

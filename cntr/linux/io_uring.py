@@ -30,10 +30,12 @@ SETUP_DEFER_TASKRUN = 1 << 13
 FEAT_SINGLE_MMAP = 1 << 0
 ENTER_GETEVENTS = 1 << 0
 OFF_SQ_RING, OFF_CQ_RING, OFF_SQES = 0, 0x8000000, 0x10000000
-OP_POLL_ADD, OP_URING_CMD = 6, 46
+OP_FSYNC, OP_POLL_ADD, OP_URING_CMD = 3, 6, 46
+FSYNC_DATASYNC = 1 << 0  # IORING_FSYNC_DATASYNC, in the SQE's fsync_flags
 SQE_FIXED_FILE = 1 << 0
 REGISTER_FILES = 2
 SQE_SIZE = 128  # with IORING_SETUP_SQE128
+SQE64_SIZE = 64  # without it
 CQE_SIZE = 16
 U32_MASK = 0xFFFFFFFF
 
@@ -116,13 +118,15 @@ class Iovecs:
 
 class Ring:
     """An io_uring of ``entries`` SQEs set up with ``flags`` (SETUP_*), mapped: ``sqes``
-    (SQE i in slot i of the SQ array), ``cq`` (the CQ ring: CQE i at ``cqes_at + (i &
-    cq_mask) * CQE_SIZE``), and the kernel's indices ``sq_head``, ``sq_tail``, ``cq_head``,
-    ``cq_tail``: 32-bit cells of the shared memory whose ``value`` loads or stores them
-    (one instruction each on x86_64; ctypes objects, cheaper on the request path than a
-    property).  `close` unmaps it and closes the ring, which cancels its requests."""
+    (SQE i in slot i of the SQ array, ``sqe_size`` bytes each), ``cq`` (the CQ ring of
+    ``cq_entries`` CQEs: CQE i at ``cqes_at + (i & cq_mask) * CQE_SIZE``), and the
+    kernel's indices ``sq_head``, ``sq_tail``, ``cq_head``, ``cq_tail``: 32-bit cells of
+    the shared memory whose ``value`` loads or stores them (one instruction each on
+    x86_64; ctypes objects, cheaper on the request path than a property).  `close`
+    unmaps it and closes the ring, which cancels its requests."""
 
     def __init__(self, entries: int, flags: int) -> None:
+        self.sqe_size = SQE_SIZE if flags & SETUP_SQE128 else SQE64_SIZE
         params = _Params()
         params.flags = flags
         self.fd = _check(_setup(_NR_IO_URING_SETUP, entries, ctypes.byref(params)),
@@ -149,7 +153,8 @@ class Ring:
             self._maps.append(sq_map)
             cq_map = mmap.mmap(self.fd, cq_size, flags, prot, offset=OFF_CQ_RING)
             self._maps.append(cq_map)
-        self.sqes = mmap.mmap(self.fd, params.sq_entries * SQE_SIZE, flags, prot,
+        self.cq_entries = int(params.cq_entries)
+        self.sqes = mmap.mmap(self.fd, params.sq_entries * self.sqe_size, flags, prot,
                               offset=OFF_SQES)
         self._maps.append(self.sqes)
         self.cq = cq_map
