@@ -9,8 +9,11 @@ Which requests it serves is the dispatcher's business, and so is the mount-names
 (`cntr.fs.gate`).
 
 Every request is answered with descriptor-relative syscalls on the host (statx, openat,
-open_by_handle_at, *at calls with AT_EMPTY_PATH, /proc/self/fd/N only where Linux has no
-*at form: chmod, truncate, xattrs).  Handlers block (no await, no thread): a request runs to
+open_by_handle_at, *at calls with AT_EMPTY_PATH, fchmodat2 too; /proc/self/fd/N, a walk
+through procfs of ~5 us here, only where Linux has no form that takes an O_PATH
+descriptor: truncate, xattrs).  A file created for writing answers for its inode through
+its open descriptor until its release (f*xattr(2), no open_by_handle_at: `_files`).
+Handlers block (no await, no thread): a request runs to
 completion before the next one is read, so there is no locking.  The state a request
 touches is the inode table (`table`), the open directories (`_dirs`), the open-file
 bookkeeping (`_writers`, and the passthrough counts below) and the process umask
@@ -336,6 +339,11 @@ class Passthrough:
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
+        #: node id -> a file handle open on it, for files created for writing: it stands
+        #: in for the inode's O_PATH descriptor (`_fd`, `_file`): the GETXATTR of
+        #: security.capability at the first write, and whatever else comes before the
+        #: release, then cost no open_by_handle_at(2) and no walk through procfs
+        self._files: dict[int, int] = {}
         #: the process umask `create_mode` set last (None: not known)
         self._umask: int | None = None
         #: st_dev -> whether that filesystem is a pseudo filesystem (`PSEUDO_FS_TYPES`)
@@ -360,28 +368,41 @@ class Passthrough:
     def _entry(self, node: Inode, st: StatT) -> bytes:
         """The fuse_entry_out of ``node`` with attributes ``st``: the node id as inode
         number, host id 0 shown as the container root's when it is not mapped."""
-        uid, gid = self.shown_ids(st)
+        # shown_ids() and makedev() inline: every LOOKUP, CREATE and readdir entry
+        uid, gid = st[UID], st[GID]
+        if not uid and self.root_uid is not None:
+            uid = self.root_uid
+        if not gid and self.root_gid is not None:
+            gid = self.root_gid
         ev, av, evn, avn = self._timeouts
         nodeid = node.nodeid
         if nodeid in self._pt_writers:
             av, avn = self._writer_timeout
+        rdev = st[RDEV_MAJ] or st[RDEV_MIN]
         return _ENTRY_PACK(
             nodeid, node.gen, ev, av, evn, avn, nodeid, st[SIZE], st[BLOCKS], st[ATIME],
             st[MTIME], st[CTIME], st[ATIME_NS], st[MTIME_NS], st[CTIME_NS], st[MODE],
-            st[NLINK], uid, gid, _makedev(st[RDEV_MAJ], st[RDEV_MIN]) & 0xFFFFFFFF,
+            st[NLINK], uid, gid,
+            _makedev(st[RDEV_MAJ], st[RDEV_MIN]) & 0xFFFFFFFF if rdev else 0,
             st[BLKSIZE], 0)
 
     def _attr(self, node: Inode, st: StatT) -> bytes:
         """The fuse_attr_out of ``node`` with attributes ``st`` (as `_entry`)."""
-        uid, gid = self.shown_ids(st)
+        uid, gid = st[UID], st[GID]
+        if not uid and self.root_uid is not None:
+            uid = self.root_uid
+        if not gid and self.root_gid is not None:
+            gid = self.root_gid
         _, av, _, avn = self._timeouts
         nodeid = node.nodeid
         if nodeid in self._pt_writers:
             av, avn = self._writer_timeout
+        rdev = st[RDEV_MAJ] or st[RDEV_MIN]
         return _ATTR_OUT_PACK(
             av, avn, 0, nodeid, st[SIZE], st[BLOCKS], st[ATIME], st[MTIME], st[CTIME],
             st[ATIME_NS], st[MTIME_NS], st[CTIME_NS], st[MODE], st[NLINK], uid, gid,
-            _makedev(st[RDEV_MAJ], st[RDEV_MIN]) & 0xFFFFFFFF, st[BLKSIZE], 0)
+            _makedev(st[RDEV_MAJ], st[RDEV_MIN]) & 0xFFFFFFFF if rdev else 0,
+            st[BLKSIZE], 0)
 
     def shown_ids(self, st: StatT) -> tuple[int, int]:
         """The owner of ``st`` as replies show it: host id 0 as the container root's host
@@ -395,6 +416,18 @@ class Passthrough:
         if node is None:
             raise OSError(errno.ESTALE, "unknown node id")
         return node
+
+    def _file(self, node: Inode) -> int:
+        """A file created on ``node`` for writing and still open (`_files`: the same
+        inode, a regular descriptor, so f*xattr(2), fchmod(2) and ftruncate(2) take it);
+        -1 if none."""
+        return self._files.get(node.nodeid, -1)
+
+    def _fd(self, node: Inode) -> int:
+        """A descriptor of ``node`` for metadata calls (statx, chown, utimens, chmod):
+        `_file`, else its O_PATH descriptor (cached or reopened)."""
+        fh = self._files.get(node.nodeid)
+        return fh if fh is not None else self.table.fd(node)
 
     def _new_entry(self, parent: Inode, pfd: int, name: bytes) -> bytes:
         """statx ``name`` (just created or linked), count a lookup, build the reply."""
@@ -446,12 +479,14 @@ class Passthrough:
         return bool(status.cap_effective >> _CAP_FSETID & 1)
 
     def _owner(self, req: Request, pfd: int) -> tuple[int, int]:
-        """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group)."""
+        """(uid, gid) for a new file; -1 = leave as created (root, or the setgid group).
+        root:root is answered without looking at the parent: whether it is set-group-ID
+        or not, the file keeps what serve-fs (root) created it with."""
         if self.effective_user is not None:
             uid, gid = self.effective_user
         else:
             uid, gid = req.uid, req.gid
-        if os.stat(pfd).st_mode & stat.S_ISGID:
+        if (uid or gid) and os.stat(pfd).st_mode & stat.S_ISGID:
             gid = -1
         return uid, gid
 
@@ -478,18 +513,19 @@ class Passthrough:
                 os.chmod(name, created, dir_fd=pfd, follow_symlinks=False)
 
     @staticmethod
-    def _kill_privs(fd: int, mode: int | None = None) -> bool:
+    def _kill_privs(fd: int, mode: int | None = None, *, o_path: bool = False) -> bool:
         """Clear set-user-ID, set-group-ID (with group execute) and file capabilities of
-        the file ``fd`` (of mode ``mode``, else fstat'ed), as a write, truncate or chown by
-        an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2: the kernel leaves that to
-        serve-fs, whose own syscalls run with CAP_FSETID); True if anything was cleared."""
+        the file ``fd`` (of mode ``mode``, else fstat'ed; ``o_path``: an O_PATH
+        descriptor, whose xattrs only /proc/self/fd/N reaches), as a write, truncate or
+        chown by an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2: the kernel leaves
+        that to serve-fs, whose own syscalls run with CAP_FSETID); True if anything was
+        cleared."""
         if mode is None:
             mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             return False
-        path = b"/proc/self/fd/%d" % fd  # also for O_PATH descriptors
         try:
-            os.removexattr(path, b"security.capability")
+            os.removexattr(b"/proc/self/fd/%d" % fd if o_path else fd, b"security.capability")
             changed = True
         except OSError as exc:
             if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
@@ -497,7 +533,7 @@ class Passthrough:
             changed = False
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
         if mode & kill:
-            os.chmod(path, stat.S_IMODE(mode) & ~kill)
+            sc.chmod_fd(fd, stat.S_IMODE(mode) & ~kill)
             changed = True
         return changed
 
@@ -550,26 +586,25 @@ class Passthrough:
                 raise OSError(errno.ESTALE, "removed")
             parent.nlookup += 1
             return self._entry(parent, st)
-        try:
-            st = self.statbuf.at(pfd, name, _LOOKUP_FLAGS)
-        except FileNotFoundError:
+        found = self.statbuf.find(pfd, name, _LOOKUP_FLAGS)
+        if found is None:
             return self._negative
-        if st[MNT_ID] in self.self_mount_ids:
+        if found[MNT_ID] in self.self_mount_ids:
             raise OSError(errno.ENOENT, "serve-fs's own mount")
-        node = table.learn(parent, pfd, name, st)
+        node = table.learn(parent, pfd, name, found)
         node.nlookup += 1
-        return self._entry(node, st)
+        return self._entry(node, found)
 
     def getattr(self, nodeid: InodeT) -> bytes:
         """fuse_attr_out of ``nodeid``."""
         node = self._node(nodeid)
-        return self._attr(node, self.statbuf.at(self.table.fd(node), b"", _EMPTY))
+        return self._attr(node, self.statbuf.at(self._fd(node), b"", _EMPTY))
 
     def statx(self, nodeid: InodeT, sx_flags: int) -> bytes:
         """fuse_statx_out of ``nodeid``: getattr with the birth time (and the host's
         attribute flags); ``sx_flags``' sync type is passed on."""
         node = self._node(nodeid)
-        st = self.statbuf.at(self.table.fd(node), b"", _EMPTY | (sx_flags & STATX_SYNC_TYPE))
+        st = self.statbuf.at(self._fd(node), b"", _EMPTY | (sx_flags & STATX_SYNC_TYPE))
         uid, gid = self.shown_ids(st)
         _, av, _, avn = self._timeouts
         if nodeid in self._pt_writers:
@@ -589,10 +624,15 @@ class Passthrough:
         already resolved (FATTR_*_NOW: the caller's clock); FATTR_KILL_SUIDGID clears
         set-ID bits and capabilities afterwards (`_kill_privs`)."""
         node = self._node(nodeid)
-        fd = self.table.fd(node)
+        fd = self._file(node)
+        o_path = fd < 0
+        if o_path:
+            fd = self.table.fd(node)
         if valid & FATTR_SIZE:
             if fh is not None:
                 os.ftruncate(fh, size)
+            elif not o_path:
+                os.ftruncate(fd, size)
             else:
                 os.truncate(b"/proc/self/fd/%d" % fd, size)
         if valid & FATTR_MODE:
@@ -602,7 +642,7 @@ class Passthrough:
                 if not self.keeps_setgid(req.pid, req.uid, req.gid,
                                          (st[GID], self.shown_ids(st)[1])):
                     mode &= ~stat.S_ISGID
-            os.chmod(b"/proc/self/fd/%d" % fd, mode)
+            sc.chmod_fd(fd, mode)
         if valid & (FATTR_UID | FATTR_GID):
             sc.fchownat(fd, b"", uid if valid & FATTR_UID else -1,
                         gid if valid & FATTR_GID else -1, _EMPTY_NOFOLLOW)
@@ -614,7 +654,7 @@ class Passthrough:
             sc.utimensat(fd, b"", atime, mtime, _EMPTY_NOFOLLOW)
         # FATTR_CTIME: any change above already set ctime; it cannot be set directly.
         st = self.statbuf.at(fd, b"", _EMPTY)
-        if valid & FATTR_KILL_SUIDGID and self._kill_privs(fd, st[MODE]):
+        if valid & FATTR_KILL_SUIDGID and self._kill_privs(fd, st[MODE], o_path=o_path):
             st = self.statbuf.at(fd, b"", _EMPTY)
         return self._attr(node, st)
 
@@ -775,6 +815,7 @@ class Passthrough:
         node.stamp = (st[MTIME] * _NS + st[MTIME_NS], st[SIZE])
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writers[fh] = node
+            self._files[node.nodeid] = fh
         try:
             opened = self._opened(node.nodeid, fh, flags, FOPEN_KEEP_CACHE, st[MODE],
                                   st[SIZE], new=True)
@@ -922,13 +963,23 @@ class Passthrough:
         raise OSError(errno.ENOSYS, "no flush")
 
     def release(self, fh: FileHandle) -> None:
-        """Close ``fh``; its inode keeps the (mtime, size) it was left with."""
+        """Close ``fh``; its inode keeps the (mtime, size) it was left with, or no stamp
+        at all after a writable open in passthrough mode: its writes bypassed the FUSE
+        inode's page cache, so the next open through that cache must not keep whatever
+        it holds (FOPEN_KEEP_CACHE), and an fstat would not change that."""
+        passed_through = fh in self._pt_files
         self._released(fh)
         node = self._writers.pop(fh, None)
         try:
             if node is not None:
-                st = os.fstat(fh)
-                node.stamp = (st.st_mtime_ns, st.st_size)
+                files = self._files
+                if files.get(node.nodeid) == fh:
+                    del files[node.nodeid]
+                if passed_through:
+                    node.stamp = None
+                else:
+                    st = os.fstat(fh)
+                    node.stamp = (st.st_mtime_ns, st.st_size)
         finally:
             os.close(fh)
 
@@ -1079,10 +1130,18 @@ class Passthrough:
             os.close(fd)
 
     # --- extended attributes ---------------------------------------------------------
-    # An O_PATH descriptor cannot be passed to f*xattr(2); /proc/self/fd/N, followed,
-    # resolves to the inode itself (a symlink stays the symlink, not its target).
-    def _xpath(self, nodeid: int) -> bytes:
-        return b"/proc/self/fd/%d" % self.table.fd(self._node(nodeid))
+    # An O_PATH descriptor cannot be passed to f*xattr(2) (nor to the *xattrat(2) calls
+    # of Linux 6.13); /proc/self/fd/N, followed, resolves to the inode itself (a symlink
+    # stays the symlink, not its target), for a walk through procfs (~5 us here).
+    def _xpath(self, nodeid: int) -> int | bytes:
+        """What the xattr calls take for ``nodeid``: `_file` (f*xattr(2): no
+        open_by_handle_at, no walk; the inode itself, whatever the host did to its name
+        since), else its O_PATH descriptor's /proc/self/fd/N."""
+        node = self._node(nodeid)
+        fh = self._file(node)
+        if fh >= 0:
+            return fh
+        return b"/proc/self/fd/%d" % self.table.fd(node)
 
     def getxattr(self, nodeid: InodeT, name: bytes) -> bytes:
         """The value of ``name`` (the caller applies the size the kernel asked for)."""
@@ -1091,7 +1150,7 @@ class Passthrough:
     def outside_group(self, nodeid: InodeT, req: Request) -> bool:
         """Whether the requester is neither in the group of ``nodeid`` nor has
         CAP_FSETID (the VFS's in_group_or_capable(), as `keeps_setgid` reads it)."""
-        st = self.statbuf.at(self.table.fd(self._node(nodeid)), b"", _EMPTY)
+        st = self.statbuf.at(self._fd(self._node(nodeid)), b"", _EMPTY)
         return not self.keeps_setgid(req.pid, req.uid, req.gid,
                                      (st[GID], self.shown_ids(st)[1]))
 
@@ -1101,12 +1160,12 @@ class Passthrough:
         (FUSE_SETXATTR_ACL_KILL_SGID: an access ACL set by someone outside the file's
         group without CAP_FSETID, as the kernel judged) clears set-group-ID after, as
         the disk's own setfacl does."""
-        path = self._xpath(nodeid)
-        os.setxattr(path, name, value, flags)
+        target = self._xpath(nodeid)
+        os.setxattr(target, name, value, flags)
         if kill_sgid:
-            mode = os.stat(path).st_mode
+            mode = os.stat(target).st_mode
             if mode & stat.S_ISGID:
-                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_ISGID)
+                os.chmod(target, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def listxattr(self, nodeid: InodeT) -> bytes:
         """The names, each followed by a NUL (the caller applies the size)."""

@@ -190,9 +190,7 @@ Reply = tuple[int, bytes | None] | None
 
 def _name(body: memoryview, start: int = 0) -> bytes:
     """The NUL-terminated name at ``start``."""
-    raw = bytes(body[start:])
-    end = raw.find(b"\0")
-    return raw if end < 0 else raw[:end]
+    return bytes(body[start:]).partition(b"\0")[0]
 
 
 def _two_names(body: memoryview, start: int) -> tuple[bytes, bytes]:
