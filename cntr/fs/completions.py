@@ -42,11 +42,11 @@ Caveats:
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import struct
 from collections.abc import Callable
 
+from cntr.fs.log import log
 from cntr.fs.protocol import (
     FSYNC,
     FSYNC_FDATASYNC,
@@ -58,8 +58,6 @@ from cntr.fs.protocol import (
     U64,
 )
 from cntr.linux.io_uring import CQE_SIZE, FSYNC_DATASYNC, OP_FSYNC, U32_MASK, Ring
-
-log = logging.getLogger("cntr.fs")
 
 OPCODES = frozenset({FSYNC, FSYNCDIR})
 """The opcodes answered through the ring."""

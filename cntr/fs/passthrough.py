@@ -109,14 +109,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
-import mmap
 import os
 import select
 import stat
 import time
 from collections.abc import Callable, Iterable
-from typing import NewType
 
 from cntr.fs.inodes import (
     ATIME,
@@ -145,6 +142,7 @@ from cntr.fs.inodes import (
     InodeTable,
     StatT,
 )
+from cntr.fs.log import log
 from cntr.fs.protocol import (
     ATTR_OUT,
     BACKING_MAP,
@@ -178,9 +176,13 @@ from cntr.fs.protocol import (
 from cntr.linux import procfs
 from cntr.linux import syscalls as sc
 
-log = logging.getLogger("cntr.fs")
+TYPE_CHECKING = False  # typing costs ~3.5 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from typing import NewType
 
-FileHandle = NewType("FileHandle", int)
+    FileHandle = NewType("FileHandle", int)
+else:
+    FileHandle = int
 """A FUSE file handle: for files the host descriptor itself, for directories an index
 into the open directories."""
 IdMap = list[tuple[int, int, int]]
@@ -946,6 +948,8 @@ class Passthrough:
                 raise
             # O_DIRECT wants an aligned buffer, which a request's bytes are not: the
             # requester's was (its offset and length are checked by the host as given).
+            import mmap  # here: only this rare case needs it (serve-fs's start does not)
+
             with mmap.mmap(-1, max(len(data), 1)) as aligned:
                 aligned.write(data)
                 written = os.pwrite(fh, memoryview(aligned)[:len(data)], offset)

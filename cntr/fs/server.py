@@ -20,14 +20,13 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
 from collections.abc import Callable, Iterator
 
 from cntr.fs.completions import Completions
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import max_inodes_from_env
+from cntr.fs.log import log
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.protocol import OPCODE_NAMES
 from cntr.fs.session import Session
@@ -36,7 +35,11 @@ from cntr.fs.workers import size_from_env as workers_size
 from cntr.linux import syscalls as sc
 from cntr.linux.mounts import fuse_mount
 
-log = logging.getLogger("cntr.fs")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
+    import _signal as signal
 
 LOOPS = ("wire", "uring", "libfuse")
 """The FUSE sessions: serve-fs's own over /dev/fuse, the same over io_uring, pyfuse3's."""

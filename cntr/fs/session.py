@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import select
 import struct
@@ -61,6 +60,7 @@ from collections.abc import Callable
 from cntr.fs.completions import OPCODES, Completions
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import InodeT
+from cntr.fs.log import log
 from cntr.fs.passthrough import Passthrough
 from cntr.fs.protocol import (
     ACCESS,
@@ -168,13 +168,14 @@ from cntr.fs.protocol import (
     WRITE_IN_SIZE,
     Request,
 )
-from cntr.fs.uring import Transport
 from cntr.fs.workers import Workers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cntr.fs.uring import Transport
 
 RING_OPCODES = frozenset(op & 0xFF for op in OPCODES)
 """The low bytes of `cntr.fs.completions.OPCODES` (what the request loop looks at)."""
-
-log = logging.getLogger("cntr.fs")
 
 _NS = 1_000_000_000
 _IN_SIZE = IN_HEADER.size
@@ -470,6 +471,9 @@ class Session:
         self.fs.notify_inval = self.inval_attrs
         self._setxattr_ext = bool(got & SETXATTR_EXT)
         if self.want_uring and flags & OVER_IO_URING and self._uring is None:
+            # here: the wire session (the default) needs neither it nor cntr.linux.io_uring
+            from cntr.fs.uring import Transport
+
             uring = Transport(self, self.fd, max_write=MAX_WRITE, max_pages=MAX_PAGES_WANTED)
             if uring.prepare():
                 got |= OVER_IO_URING

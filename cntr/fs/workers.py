@@ -48,13 +48,12 @@ Caveats:
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import queue
 import threading
 from collections.abc import Callable
 
 from cntr.errors import CntrError
+from cntr.fs.log import log
 from cntr.fs.protocol import (
     COPY_FILE_RANGE,
     COPY_FILE_RANGE_64,
@@ -70,7 +69,11 @@ from cntr.fs.protocol import (
     Request,
 )
 
-log = logging.getLogger("cntr.fs")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import queue
+else:  # the C module under queue: its SimpleQueue, without heapq and queue's own (~1 ms)
+    import _queue as queue
 
 BLOCKING = frozenset({FSYNC, FSYNCDIR, FALLOCATE, COPY_FILE_RANGE, COPY_FILE_RANGE_64})
 """The opcodes answered by a worker."""

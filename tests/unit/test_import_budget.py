@@ -24,7 +24,7 @@ Three views of it:
   the engines resolve asks may be imported after cntr.stages.attach).  serve-fs
   sends its stderr to /dev/null before its imports, so its pyfuse3 is not counted;
 - serve-fs's own imports (its log, ``CNTR_SERVE_FS_LOG``, gets its report): never
-  pyfuse3 or trio.
+  pyfuse3 or trio, nor logging, typing or signal, and few modules outside cntr.
 """
 
 from __future__ import annotations
@@ -190,16 +190,27 @@ def test_real_attach_imports_nothing_forbidden(which: str,
 
 
 SERVE_FS_FORBIDDEN = frozenset({"pyfuse3", "trio", "importlib.metadata", "cntr.fs.libfuse",
-                                "click", "cntr.cli", "cntr.stages", "shutil"})
+                                "click", "cntr.cli", "cntr.stages", "shutil",
+                                "logging", "typing", "signal", "re", "enum", "queue",
+                                "cntr.fs.uring"})
 """What serve-fs's own process never imports on its default (wire) session: neither
 pyfuse3 nor trio (~140 ms; only `cntr.fs.libfuse`, the libfuse session, imports them) nor
 importlib.metadata (~15 ms, pyfuse3's), nor shutil (~2.5 ms with bz2, lzma and zlib: only
-a --tools session's helper copy needs it); and nothing of the stages above it: cntr.launch
-forks it with `cntr.fs.tree` alone."""
+a --tools session's helper copy needs it); nor logging (~16 ms with re, enum, traceback,
+string, weakref: `cntr.fs.log` imports it at the first message that can show), typing
+(TYPE_CHECKING = False), signal (_signal) or queue (_queue), nor the FUSE over io_uring
+transport (imported when an INIT grants it); and nothing of the stages above it:
+cntr.launch forks it with `cntr.fs.tree` alone.  Its imports come before the session's
+first exec, which goes through its mount."""
+
+MAX_SERVE_FS_STDLIB_MODULES = 2
+"""Modules outside cntr that serve-fs's own process imports (2 when this was written,
+_queue and mmap, the fsync ring's; 26 with logging, typing and signal): what the attach
+process imported before the fork is not counted."""
 
 
 @pytest.mark.fuse
-def test_serve_fs_imports_neither_pyfuse3_nor_trio(
+def test_serve_fs_imports_neither_pyfuse3_nor_trio_nor_logging(
         demo: Container, tmp_path: Path) -> None:
     log = tmp_path / "serve-fs.log"
     run_imports(demo.ident, serve_fs_log=log)
@@ -207,6 +218,8 @@ def test_serve_fs_imports_neither_pyfuse3_nor_trio(
     assert "cntr.fs.tree" in names
     assert sorted(m for m in names if any(m == f or m.startswith(f + ".")
                                           for f in SERVE_FS_FORBIDDEN)) == []
+    stdlib = sorted(m for m in names if m.split(".")[0] != "cntr")
+    assert len(stdlib) <= MAX_SERVE_FS_STDLIB_MODULES, stdlib
 
 
 def imports_of(path: Path) -> set[str]:
