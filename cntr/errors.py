@@ -97,6 +97,20 @@ def os_error(what: str, exc: OSError, hint: str | None = None) -> CntrError:
     return CntrError(msg)
 
 
+def count_from_env(name: str, default: int) -> int:
+    """The environment variable ``name`` as a number >= 0, ``default`` when it is unset
+    or empty; anything else is one clear line (CntrError)."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        count = int(raw)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise CntrError(f"{name} must be a number >= 0, not {raw!r}")
+    return count
+
 class CommandNotRun(CntrError):
     """The session was built but its command could not be executed (126/127, as sh)."""
 

@@ -72,7 +72,7 @@ import stat
 import struct
 from collections import OrderedDict
 
-from cntr.errors import CntrError
+from cntr.errors import count_from_env
 from cntr.fs.log import log
 from cntr.linux import syscalls as sc
 
@@ -92,16 +92,9 @@ _NO_BOUND = 1 << 62
 
 def max_inodes_from_env() -> int:
     """``CNTR_SERVE_FS_INODES`` (a number >= 0, 0: no bound), `MAX_INODES` when unset."""
-    raw = os.environ.get("CNTR_SERVE_FS_INODES", "")
-    if not raw:
-        return MAX_INODES
-    try:
-        size = int(raw)
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise CntrError(f"CNTR_SERVE_FS_INODES must be a number >= 0, not {raw!r}")
-    return size
+    return count_from_env("CNTR_SERVE_FS_INODES", MAX_INODES)
+
+
 STATX_MASK = sc.STATX_BASIC_STATS | sc.STATX_BTIME | sc.STATX_MNT_ID
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -52,7 +52,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from cntr.errors import CntrError
+from cntr.errors import count_from_env
 from cntr.fs.log import log
 from cntr.fs.protocol import (
     COPY_FILE_RANGE,
@@ -95,16 +95,7 @@ OpenDir = Callable[[int], int]
 
 def size_from_env() -> int:
     """``CNTR_SERVE_FS_WORKERS`` (a number >= 0), `DEFAULT_SIZE` when unset."""
-    raw = os.environ.get("CNTR_SERVE_FS_WORKERS", "")
-    if not raw:
-        return DEFAULT_SIZE
-    try:
-        size = int(raw)
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise CntrError(f"CNTR_SERVE_FS_WORKERS must be a number >= 0, not {raw!r}")
-    return size
+    return count_from_env("CNTR_SERVE_FS_WORKERS", DEFAULT_SIZE)
 
 
 class _Job:
