@@ -3,6 +3,8 @@
 A shell inside a container's namespaces sees the host's files through this mount.  The
 floors, each importing only those below it:
 
+- `cntr.fs.log`: the ``cntr.fs`` logger, which imports logging only once a message can
+  show (serve-fs's start-up is on the attach path);
 - `cntr.fs.protocol`: ``<linux/fuse.h>``: opcodes, flags, struct layouts, ioctl numbers;
 - `cntr.fs.inodes`: the inode table (FUSE node ids <-> host files, by file handle; a
   bounded cache of O_PATH descriptors, never one descriptor per inode);
@@ -11,6 +13,8 @@ floors, each importing only those below it:
   reply payloads in the kernel's layout out, OSError for errors;
 - `cntr.fs.workers`: the threads that answer requests which can block on the host for
   long (fsync, fallocate, copy_file_range), so that they hold up no other requester;
+- `cntr.fs.completions`: the io_uring of the reading thread that FSYNC and FSYNCDIR go to
+  first (the kernel waits for them; the workers are the fallback);
 - `cntr.fs.uring` and `cntr.fs.session`: the transports (FUSE over io_uring, /dev/fuse)
   and the dispatcher both use: the gate checked once per request, errors turned into
   -errno once;

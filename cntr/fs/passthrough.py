@@ -13,11 +13,10 @@ open_by_handle_at, *at calls with AT_EMPTY_PATH, fchmodat2 too; /proc/self/fd/N,
 through procfs of ~5 us here, only where Linux has no form that takes an O_PATH
 descriptor: truncate, xattrs).  A file created for writing answers for its inode through
 its open descriptor until its release (f*xattr(2), no open_by_handle_at: `_files`), and
-so does a file opened for writing.
-Handlers block (no await, no thread): a request runs to
-completion before the next one is read, so there is no locking.  The state a request
+so does a file opened for writing.  Handlers block (no await, no thread): a request runs
+to completion before the next one is read, so there is no locking.  The state a request
 touches is the inode table (`table`), the open directories (`_dirs`), the open-file
-bookkeeping (`_writers`, and the passthrough counts below) and the process umask
+bookkeeping (`_writers`, `_files` and the passthrough counts below) and the process umask
 (`create_mode`): what a multi-threaded server has to lock.
 
 Owners and ids:
@@ -340,9 +339,9 @@ class Passthrough:
         self._next_dir = 1
         #: open file handle -> inode, for writable opens (to refresh the cache stamp)
         self._writers: dict[int, Inode] = {}
-        #: node id -> a file handle open on it, for files created for writing: it stands
-        #: in for the inode's O_PATH descriptor (`_fd`, `_file`): the GETXATTR of
-        #: security.capability at the first write, and whatever else comes before the
+        #: node id -> a file handle open on it, for files created or opened for writing:
+        #: it stands in for the inode's O_PATH descriptor (`_fd`, `_file`): the GETXATTR
+        #: of security.capability at the first write, and whatever else comes before the
         #: release, then cost no open_by_handle_at(2) and no walk through procfs
         self._files: dict[int, int] = {}
         #: the process umask `create_mode` set last (None: not known)

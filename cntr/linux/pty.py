@@ -27,14 +27,13 @@ from collections.abc import Iterator
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
-else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
-    import _signal as signal
-if TYPE_CHECKING:
     from typing import Protocol
 
     class Recorder(Protocol):
         def output(self, data: bytes) -> None: ...
         def resize(self, width: int, height: int) -> None: ...
+else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
+    import _signal as signal
 
 _BUF = 65536
 recorder: Recorder | None = None
