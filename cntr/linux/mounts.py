@@ -58,13 +58,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 
 from cntr.linux import syscalls
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 

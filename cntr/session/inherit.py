@@ -5,7 +5,6 @@ signals are the session's."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from cntr.context import Context
 from cntr.linux.namespaces import NamespaceFds
@@ -15,6 +14,7 @@ from cntr.session.plan import EnterOptions, Op, Plan
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 
