@@ -62,9 +62,9 @@ def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
 
 def below(path: str, dirs: list[str]) -> bool:
     """``path`` (as written, or with its links resolved here) is one of ``dirs`` or below
-    one."""
-    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs
-               for p in (os.path.normpath(path), os.path.realpath(path)))
+    one.  Its links are resolved once (realpath stats every component)."""
+    forms = (os.path.normpath(path), os.path.realpath(path))
+    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs for p in forms)
 
 
 def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
