@@ -55,7 +55,7 @@ class Inherited:
     `cntr.session.setup.prefetch` (empty: none)."""
     start_serve_fs: Callable[[int], None] | None = None
     """hands serve-fs its parameters, given the inode of the session's mount namespace:
-    the setup child calls it once the FUSE filesystem is mounted (None: no serve-fs)."""
+    the setup child calls it once the FUSE filesystem is created (None: no serve-fs)."""
 
     def log(self, op: Op) -> None:
         """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run

@@ -6,7 +6,7 @@ namespaces: it joins the container's cgroups, builds the session's mount namespa
 (``cntr.linux.mounts``), joins the container's namespaces (the user namespace last, so the
 others are joined with the host's privileges), mounts the fresh /proc and /sys it needs in
 between, and forks the reaper (``cntr.session.reaper``), in the container's pid namespace.
-It hands serve-fs its parameters itself once the FUSE filesystem is mounted, and once in
+It hands serve-fs its parameters itself once the FUSE filesystem is created, and once in
 the session's tree starts `prefetch` (the command's execve then finds what it looks up
 known to the kernel).  Any failure is one ``E`` message and exit status 125.
 
@@ -214,7 +214,7 @@ class _Steps:
         fuse_fd = inh.fuse_fd
         assert fuse_fd is not None  # the plan mounts FUSE only where enter opened it
 
-        def mounted() -> None:
+        def created() -> None:
             os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
             if inh.start_serve_fs is not None:
                 # Here, not by the supervisor on a message: one wake-up less on the way
@@ -224,7 +224,7 @@ class _Steps:
         items: list[mounts.Item] = [
             (b.source, b.target, b.recursive) if isinstance(b, plan.Bind) else (None, "dev", True)
             for b in binds]
-        skipped = mounts.assemble(fuse_fd, items, mounted,
+        skipped = mounts.assemble(fuse_fd, items, created,
                                   lambda i: inh.log(fuse if i < 0 else binds[i]))
         # offline: no container /proc, /dev, /sys to bind; the session mounts its own
         for item in skipped if inh.ctx.offline is None else ():

@@ -1,7 +1,7 @@
 """The supervisor: cntr's own process, in the host's namespaces, for the session's lifetime.
 
 ``run`` forks the setup child (``cntr.session.setup``) with the plan and serve-fs's
-parameters (the setup child hands them over once the FUSE filesystem is mounted), relays
+parameters (the setup child hands them over once the FUSE filesystem is created), relays
 the pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
 the reaper exists) and returns the command's exit status; a set-up that fails is a
 ``SessionSetupError`` (exit 125), one that takes longer than ``SETUP_TIMEOUT`` too.
