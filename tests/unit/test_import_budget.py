@@ -7,7 +7,9 @@ concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of ht
 (~16 ms) and urllib.parse/ipaddress (~5 ms), the C module _socket instead of socket
 (~3 ms), _signal instead of signal and cntr.cjson instead of json (with re and enum,
 ~6 ms), a console script without site and re (scripts/setup's, ~7 ms), an attach that
-runs without click (~30 ms),
+runs without click (~30 ms), cntr.errors.suppress instead of contextlib and _thread's locks
+instead of threading's (with the collections and functools they import, ~6 ms; an attach
+by pid imports none of them, nor termios and tty without a terminal),
 and a serve-fs whose default session imports neither pyfuse3 nor trio.  These tests are
 what holds them to it: they name the modules the attach process must never load, and
 bound how many modules it loads at all.  Both are properties of the code, not timings:
