@@ -28,7 +28,6 @@ from __future__ import annotations
 # _socket, the C module under socket: socket itself costs ~3 ms to import on every session
 # (selectors, the enums of its constants), for one datagram.
 import _socket
-import functools
 import os
 import time
 
@@ -153,7 +152,6 @@ def logged(default_command: Callable[[], list[str]]) -> Callable[[F], F]:
     after it.  Only the calling process sends the end: forked children never return."""
 
     def decorate(fn: F) -> F:
-        @functools.wraps(fn)
         def wrapper(ctx: Any, opts: Any = None, *args: Any, **kw: Any) -> int:
             from cntr.errors import CntrError
 
@@ -187,6 +185,10 @@ def logged(default_command: Callable[[], list[str]]) -> Callable[[F], F]:
                           "session_pid": SESSION_PID, "exit_status": status, "error": error,
                           "duration_s": round(time.monotonic() - began, 3)})
 
+        # What functools.wraps would copy (functools is not imported on the attach path).
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__"):
+            setattr(wrapper, attr, getattr(fn, attr))
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]  # as functools.wraps sets it
         return wrapper  # type: ignore[return-value]  # same signature as fn
 
     return decorate

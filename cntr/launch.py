@@ -100,6 +100,12 @@ class SessionServer:
         os.close(ready_w)
         self.pidfd = _pidfd(self.pid)
 
+    def __enter__(self) -> SessionServer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def start(self, params: dict[str, object]) -> None:
         """Hand serve-fs its parameters: it starts reading the mounted descriptor."""
         from cntr import cjson
@@ -257,13 +263,11 @@ def _import_shared() -> None:
     """Import, before serve-fs is forked, the modules both processes import: the fork
     inherits them instead of importing them a second time, and this process needs each
     of them on the way to a session anyway (cntr.cjson for ``start``, select for
-    ``close``, the mount and syscall layers for capture and enter, contextlib, fcntl and
-    threading for enter and the engines).  Not json: cntr.cjson does without it (and
-    without the re and enum it imports)."""
-    import contextlib  # noqa: F401
-    import fcntl  # noqa: F401
+    ``close``, the mount and syscall layers for capture and enter).  Not json: cntr.cjson
+    does without it (and without the re and enum it imports); not threading or
+    contextlib, which this process does without on a plain attach (serve-fs imports
+    them itself, while this process resolves and captures)."""
     import select  # noqa: F401
-    import threading  # noqa: F401
 
     from cntr import cjson  # noqa: F401
     from cntr.linux import mounts  # noqa: F401

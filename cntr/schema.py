@@ -19,7 +19,6 @@ validator.
 from __future__ import annotations
 
 import os
-from functools import cache
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -41,14 +40,20 @@ class SchemaError(ValueError):
     """The record does not match; the message names the field and what was expected."""
 
 
-@cache
-def load(name: str) -> dict[str, Any]:
-    """Load ``schemas/NAME.json`` (e.g. ``context.v1``)."""
-    import json  # not at the top: a plain attach validates no record
+_loaded: dict[str, dict[str, Any]] = {}
 
-    with open(os.path.join(SCHEMA_DIR, f"{name}.json")) as f:
-        schema: dict[str, Any] = json.load(f)
-    _check_keywords(schema, name)
+
+def load(name: str) -> dict[str, Any]:
+    """Load ``schemas/NAME.json`` (e.g. ``context.v1``), once per process (a dict, not
+    functools.cache: functools is not imported on the attach path)."""
+    schema = _loaded.get(name)
+    if schema is None:
+        import json  # not at the top: a plain attach validates no record
+
+        with open(os.path.join(SCHEMA_DIR, f"{name}.json")) as f:
+            schema = json.load(f)
+        _check_keywords(schema, name)
+        _loaded[name] = schema
     return schema
 
 

@@ -16,10 +16,8 @@ Caveats:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
 
 from cntr import audit, launch
 from cntr.context import Context
@@ -32,6 +30,7 @@ from cntr.stages.capture import verify_tools
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 __all__ = ["EnterOptions", "default_command", "describe", "enter", "open_server", "verify",
@@ -71,20 +70,16 @@ def verify(ctx: Context, proc: str = "/proc") -> None:
                 f"({ino} -> {current.get(kind)})")
 
 
-@contextlib.contextmanager
-def open_server(base_dir: str | None = None) -> Iterator[SessionServer]:
+def open_server(base_dir: str | None = None) -> SessionServer:
     """The serve-fs of a session: the one the console entry prestarted, or a new one;
-    ended (if it never started) or waited for when the block ends."""
+    ended (if it never started) or waited for when the ``with`` block it is used in ends."""
     base_dir = base_dir or EnterOptions().base_dir
     server = launch.take_prestarted()
     if server is None or server.base_dir != base_dir:
         if server is not None:
             server.close()
         server = SessionServer(base_dir)
-    try:
-        yield server
-    finally:
-        server.close()
+    return server
 
 
 @audit.logged(default_command)

@@ -19,9 +19,7 @@ Caveats:
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from functools import partial
+import _thread
 
 from cntr.context import Offline
 from cntr.engines.base import (
@@ -29,11 +27,16 @@ from cntr.engines.base import (
     EngineError,
     Match,
     NotRunning,
+    bound,
     in_threads,
     inline_then_threads,
     shared_process_scan,
 )
 from cntr.errors import Ambiguous, NotFound
+
+TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _engine(module: str, name: str) -> Callable[[], Engine]:
@@ -138,7 +141,7 @@ class StoppedContainer(NotFound):
 
 
 _stopped: dict[int, NotRunning] = {}
-_stopped_lock = threading.Lock()
+_stopped_lock = _thread.allocate_lock()  # not threading's: see base.in_threads
 
 
 def _describe(m: Match) -> str:
@@ -187,7 +190,7 @@ def _resolve(ident: str, types: list[str] | None) -> Match:
         engines = [make(t) for t in names]
         if names == ["containerd"]:  # asked alone: containers without a task too
             engines[0].ask_ctr = True  # type: ignore[attr-defined]  # ContainerdEngine
-        asked = inline_then_threads([partial(_ask, engine, ident) for engine in engines])
+        asked = inline_then_threads([bound(_ask, e, ident) for e in engines])
         for t, (found, answer) in zip(names, asked, strict=True):
             results[t], answers[t] = found, answer
     # One process reached through two engines is one container: keep the first engine's.
@@ -241,7 +244,7 @@ def _list_all(types: list[str] | None, stopped: bool = False) -> list[Match]:
         except EngineError:
             return []
 
-    lists = in_threads([partial(one, t) for t in names]) if names else []
+    lists = in_threads([bound(one, t) for t in names]) if names else []
     out: list[Match] = []
     seen: set[int] = set()
     for found in lists:

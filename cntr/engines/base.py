@@ -17,20 +17,18 @@ from __future__ import annotations
 # _socket, the C module under socket: socket itself costs ~3 ms to import (selectors, the
 # enums of its constants), for a class whose methods used here are all _socket's.
 import _socket
-import contextlib
+import _thread
 import os
-import threading
-from collections.abc import Iterator, Sequence
 
 from cntr import cjson
 from cntr.context import Offline
-from cntr.errors import CntrError
+from cntr.errors import CntrError, suppress
 from cntr.linux.procfs import split_stat
 from cntr.record import record
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Any, Protocol, TypeVar
 
     T = TypeVar("T")
@@ -214,12 +212,20 @@ def api_message(data: Any, body_default: str = "") -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def bound(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """``fn`` with ``args``: functools.partial, without functools (see `in_threads`)."""
+    return lambda: fn(*args)
+
+
 def in_threads(calls: Sequence[Callable[[], T]]) -> list[T]:
     """The results of ``calls``, run each in a thread of its own (engines mostly wait on
     sockets and processes); the first exception a call raised is raised after all ended.
-    Plain threads: concurrent.futures costs ~5 ms to import."""
+    Plain threads: concurrent.futures costs ~5 ms to import; threading itself (with
+    functools and collections, ~6 ms of CPU) is imported here, where threads run."""
     if len(calls) == 1:
         return [calls[0]()]
+    import threading
+
     results: list[Any] = [None] * len(calls)
     errors: list[BaseException] = []
 
@@ -309,9 +315,9 @@ def run_tool(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)  # SIGKILL (subprocess imported signal, the attach path not)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=1)
         raise EngineError(f"`{' '.join(argv)}` gave no answer within {timeout:g} s") from exc
     return proc.returncode, out, err
@@ -394,32 +400,46 @@ def read_stat(pid: int, proc: str = "/proc") -> ProcStat | None:
         return None
 
 
-_scan_lock = threading.Lock()
-_scans: dict[str, dict[int, ProcStat]] | None = None
+_scan_lock = _thread.allocate_lock()
+_scans: dict[tuple[str, str], Any] | None = None
 
 
-@contextlib.contextmanager
-def shared_process_scan() -> Iterator[None]:
-    """While inside, `processes` reads /proc once and every engine shares that reading
-    (resolve asks the engines at once; three of them look for daemon processes)."""
-    global _scans
-    _scans = {}
-    try:
-        yield
-    finally:
+class shared_process_scan:
+    """While inside, `processes` and `commands` read /proc once each and every engine
+    shares that reading (resolve asks the engines at once; three of them look for daemon
+    processes)."""
+
+    def __enter__(self) -> None:
+        global _scans
+        _scans = {}
+
+    def __exit__(self, *_exc: object) -> None:
+        global _scans
         _scans = None
+
+
+def _shared(kind: str, proc: str, read: Callable[[str], T]) -> T:
+    scans = _scans
+    if scans is None:
+        return read(proc)
+    with _scan_lock:
+        if (kind, proc) not in scans:
+            scans[kind, proc] = read(proc)
+        found: T = scans[kind, proc]
+        return found
 
 
 def processes(proc: str = "/proc") -> dict[int, ProcStat]:
     """The stat of every process (pid -> ProcStat); shared within `shared_process_scan`."""
-    scans = _scans
-    if scans is None:
-        return _read_all(proc)
-    with _scan_lock:
-        found = scans.get(proc)
-        if found is None:
-            found = scans[proc] = _read_all(proc)
-        return found
+    return _shared("stat", proc, _read_all)
+
+
+def commands(proc: str = "/proc") -> dict[int, str]:
+    """The command name (comm) of every process; shared within `shared_process_scan`.
+    What the engines look for daemons by: reading ``/proc/PID/comm`` costs the kernel
+    far less than ``stat`` (measured here over the host's ~130 processes: 0.9 ms against
+    1.5 ms, and no parsing), so a lookup by name that finds no daemon reads no stat."""
+    return _shared("comm", proc, _read_comms)
 
 
 def _read_all(proc: str) -> dict[int, ProcStat]:
@@ -428,6 +448,22 @@ def _read_all(proc: str) -> dict[int, ProcStat]:
         st = read_stat(pid, proc)
         if st is not None:
             out[pid] = st
+    return out
+
+
+def _read_comms(proc: str) -> dict[int, str]:
+    out = {}
+    for pid in iter_pids(proc):
+        try:
+            fd = os.open(f"{proc}/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            out[pid] = os.read(fd, 64).decode(errors="replace").removesuffix("\n")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return out
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import _socket  # not socket: see cntr.engines.base
 import os
-from collections.abc import Callable, Sequence
-from functools import partial
 
 from cntr import cjson
 from cntr.context import Offline
@@ -43,13 +41,14 @@ from cntr.engines.base import (
     EngineError,
     Match,
     NotRunning,
+    bound,
+    commands,
     first_line,
     host_path,
     in_threads,
     is_hex,
     on_path,
     option_value,
-    processes,
     read_cmdline,
     reason_of,
     run_tool,
@@ -58,6 +57,7 @@ from cntr.record import record
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import TypeVar
 
     T = TypeVar("T")
@@ -196,8 +196,8 @@ def find_state_dirs(proc: str = "/proc") -> list[str] | None:
     """Task directories of every running containerd, or None when one cannot be read (then
     only ctr can tell)."""
     out: list[str] = []
-    for pid, st in processes(proc).items():
-        if st.comm != "containerd":
+    for pid, comm in commands(proc).items():
+        if comm != "containerd":
             continue
         tasks = host_path(os.path.join(state_of(read_cmdline(pid, proc)), TASK_DIR))
         if not os.path.isdir(tasks):
@@ -254,8 +254,8 @@ def find_sockets(proc: str = "/proc") -> list[str]:
     if env:
         return [host_path(env.removeprefix("unix://"))]
     candidates = [DEFAULT_SOCKET, *DOCKER_SOCKETS]
-    for pid, st in processes(proc).items():
-        if st.comm == "containerd":
+    for pid, comm in commands(proc).items():
+        if comm == "containerd":
             candidates.append(address_of(read_cmdline(pid, proc)))
     out: list[str] = []
     seen: set[str] = set()
@@ -387,7 +387,7 @@ def _parallel(calls: Sequence[Callable[[], T]]) -> list[T | EngineError]:
         except EngineError as exc:
             return exc
 
-    return in_threads([partial(guarded, c) for c in calls]) if calls else []
+    return in_threads([bound(guarded, c) for c in calls]) if calls else []
 
 
 def _find_in(ctr: Ctr, ns: str, ident: str) -> tuple[list[Task], list[str]]:
@@ -456,7 +456,7 @@ class ContainerdEngine(BaseEngine):
                 pairs += [(ctr, ns) for ns in result]
         found: list[Match] = []
         stopped: list[tuple[Ctr, str, str]] = []
-        calls = [partial(_find_in, ctr, ns, ident) for ctr, ns in pairs]
+        calls = [bound(_find_in, ctr, ns, ident) for ctr, ns in pairs]
         for (ctr, ns), answer in zip(pairs, _parallel(calls), strict=True):
             if isinstance(answer, EngineError):
                 errors.append(str(answer).removeprefix("containerd: "))

@@ -23,10 +23,11 @@ from cntr.engines.base import (
     NOT_INSTALLED,
     BaseEngine,
     Match,
+    alive,
     children,
+    commands,
     on_path,
     option_value,
-    processes,
     read_cmdline,
     run_tool,
 )
@@ -52,13 +53,17 @@ def parse_leader(text: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def scan(proc: str = "/proc") -> list[tuple[str, int]]:
-    """(machine name, leader pid) of every systemd-nspawn process that has a living child."""
+def scan(proc: str = "/proc", only: str | None = None) -> list[tuple[str, int]]:
+    """(machine name, leader pid) of every systemd-nspawn process that has a living child
+    (``only``: of those whose machine is called so; the children of the others are not
+    looked for, a scan of every process's stat)."""
     out = []
-    for pid, st in processes(proc).items():
-        if st.comm != "systemd-nspawn" or st.state in ("Z", "X"):
+    for pid, comm in commands(proc).items():
+        if comm != "systemd-nspawn" or not alive(pid, proc):
             continue
         name = machine_name(read_cmdline(pid, proc))
+        if only is not None and name != only:
+            continue
         kids = children(pid, proc)
         if name and kids:
             out.append((name, kids[0]))
@@ -90,7 +95,7 @@ class NspawnEngine(BaseEngine):
         leader = self._machined(ident)
         if leader:
             return [Match(self.name, ident, ident, leader)]
-        found = [Match(self.name, n, n, pid) for n, pid in scan(self.proc) if n == ident]
+        found = [Match(self.name, n, n, pid) for n, pid in scan(self.proc, ident)]
         if found:
             return found
         if not on_path("systemd-nspawn"):

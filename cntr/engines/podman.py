@@ -38,7 +38,6 @@ Caveats:
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from cntr.engines import bolt
@@ -50,12 +49,14 @@ from cntr.engines.base import (
     NotRunning,
     alive,
     children,
+    commands,
     find_on_path,
     option_value,
-    processes,
     read_cmdline,
+    read_stat,
 )
 from cntr.engines.docker import DockerCompatEngine, socket_from_host
+from cntr.errors import suppress
 from cntr.record import record
 
 
@@ -126,7 +127,7 @@ def db_path() -> str | None:
     if not graphroot or not graphroot.startswith("/"):
         return None
     confs = list(CONTAINERS_CONFS)
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         confs += sorted(os.path.join(CONTAINERS_CONF_DIR, name)
                         for name in os.listdir(CONTAINERS_CONF_DIR))
     for conf in confs:
@@ -186,8 +187,11 @@ def parse_conmon(pid: int, argv: list[str], uid: int) -> Conmon | None:
 def scan_conmon(proc: str = "/proc") -> list[Conmon]:
     """Every conmon process's container."""
     found = []
-    for pid, st in processes(proc).items():
-        if st.comm != "conmon":
+    for pid, comm in commands(proc).items():
+        if comm != "conmon":
+            continue
+        st = read_stat(pid, proc)
+        if st is None:
             continue
         c = parse_conmon(pid, read_cmdline(pid, proc), st.uid)
         if c is not None:

@@ -22,12 +22,12 @@ from __future__ import annotations
 # _socket, the C module under socket: socket itself costs ~3 ms to import on every attach.
 # Imported here, not where it is used: that runs chrooted into the container (no Python).
 import _socket
-import contextlib
 import fcntl
 import os
 import stat
 import struct
 
+from cntr.errors import suppress
 from cntr.linux import mounts, syscalls
 
 SIOCGIFFLAGS = 0x8913
@@ -135,7 +135,7 @@ def _make_dev(target: str) -> None:
     os.mkdir(f"{target}/pts", 0o755)
     os.mkdir(f"{target}/shm", 0o1777)
     os.chmod(f"{target}/shm", 0o1777)
-    with contextlib.suppress(OSError):  # a kernel without devpts: no ptys in the session
+    with suppress(OSError):  # a kernel without devpts: no ptys in the session
         syscalls.mount("devpts", f"{target}/pts", "devpts",
                        syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                        "newinstance,ptmxmode=0666,mode=0620")

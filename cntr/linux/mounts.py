@@ -12,16 +12,18 @@ descriptor of the container's root (``/proc/PID/root``) and of its mount namespa
 2. ``unshare(CLONE_NEWNS)`` (``unshare_private``): a private copy; the kernel moves root
    and cwd into the copy.  Everything is made private at once, so nothing done afterwards
    propagates back into the container (mount_namespaces(7), "shared subtrees").
-3. ``open_tree(OPEN_TREE_CLONE)`` takes detached copies of the container's root, its
+3. The FUSE filesystem is created with fsopen/fsconfig on the ``/dev/fuse`` descriptor
+   serve-fs will read, and serve-fs is handed its parameters: it answers the kernel's
+   INIT while the copies of 4 are taken (``assemble``, as are 4 and 5).
+4. ``open_tree(OPEN_TREE_CLONE)`` takes detached copies of the container's root, its
    ``proc``/``dev``/``sys`` mounts and the bound files, resolved with ``RESOLVE_IN_ROOT``
-   so a symlink in the container cannot name a host path (``assemble``, as are 4 and 5).
-4. The FUSE filesystem is created with fsopen/fsconfig/fsmount on the ``/dev/fuse``
-   descriptor serve-fs will read; nothing shows in any mount table but the session's.
-5. It is attached over ``/`` of the private namespace, the copies are moved onto it (onto
-   the host's names themselves: a host ``/etc/localtime`` that is a symlink is covered, its
-   target is not looked up), and ``pivot_root(".", ".")`` + ``umount2(".", MNT_DETACH)``
-   (``pivot``) make it the root with the old root gone, as runc does (pivot_root(2),
-   "NOTES").
+   so a symlink in the container cannot name a host path.
+5. fsmount makes the FUSE filesystem a detached mount (nothing shows in any mount table
+   but the session's), attached over ``/`` of the private namespace; the copies are moved
+   onto it (onto the host's names themselves: a host ``/etc/localtime`` that is a symlink
+   is covered, its target is not looked up), and ``pivot_root(".", ".")`` +
+   ``umount2(".", MNT_DETACH)`` (``pivot``) make it the root with the old root gone, as
+   runc does (pivot_root(2), "NOTES").
 
 A container whose ``/proc``, ``/dev`` or ``/sys`` is not a mount of its own (a chroot-style
 container, a sandboxed process attached by pid), or whose ``/proc`` shows another pid
@@ -29,18 +31,18 @@ namespace than its own (a ``/sys`` of another net namespace), gets fresh ones, a
 runtime would give it, in the session's namespace only (nothing is mounted or written in
 the container):
 
-- ``/dev`` (step 3, ``dev_mounts``): a tmpfs (``mode=755,nosuid``) holding ``null``,
+- ``/dev`` (step 4, ``dev_mounts``): a tmpfs (``mode=755,nosuid``) holding ``null``,
   ``zero``, ``full``, ``random``, ``urandom`` and ``tty``, a new devpts instance at ``pts``
   with ``ptmx -> pts/ptmx``, a tmpfs ``shm`` (1777) and the ``fd``, ``stdin``, ``stdout``,
   ``stderr`` links to ``/proc/self/fd``: the served host's ``/dev`` is ``nodev``, so its
-  nodes would not open.  It is made and filled while detached, before serve-fs serves
-  anything (filling it needs no FUSE round trip, and a failure is known before serve-fs
-  starts), and moved onto the FUSE mount with the copies: its mount point, the host's
+  nodes would not open.  It is made and filled while detached, with the copies of step 4
+  (filling it needs no FUSE round trip), and moved onto the FUSE mount with them: its
+  mount point, the host's
   ``/dev`` in the served tree, exists only once the FUSE mount is attached;
 - ``/proc`` and ``/sys`` (``mount_fresh_proc``, ``mount_fresh_sys``, after the pid and net
   namespaces are joined, before the user namespace): a procfs shows the pid namespace of
   the process that creates it and a sysfs the mounter's net namespace, so they cannot be
-  made in step 3.  A container ``/sys`` of another net namespace than the container's is
+  made in step 4.  A container ``/sys`` of another net namespace than the container's is
   covered too.  ``/proc`` is read-write (``ps``, ``gdb``'s ``/proc/PID/mem`` work) with the
   paths docker makes read-only (``sys``, ``sysrq-trigger``, ``irq``, ``bus``, ``fs``)
   read-only; ``/sys`` is read-only, as docker mounts it, and has no cgroup hierarchies
@@ -58,13 +60,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 
 from cntr.linux import syscalls
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 
@@ -102,6 +104,17 @@ def open_in_container(root_fd: int, rel: str, flags: int) -> int | None:
 
 def fuse_mount(fuse_fd: int) -> int:
     """Create a detached FUSE mount on ``fuse_fd``; returns its mount descriptor."""
+    fs = fuse_filesystem(fuse_fd)
+    try:
+        return fuse_attachable(fs)
+    finally:
+        os.close(fs)
+
+
+def fuse_filesystem(fuse_fd: int) -> int:
+    """The FUSE filesystem of ``fuse_fd``, created (its filesystem context descriptor):
+    from here on ``fuse_fd`` can be read, and the kernel's INIT waits there (before, a
+    read of it fails with EPERM)."""
     fs = syscalls.fsopen("fuse")
     try:
         for key, value in (
@@ -114,13 +127,19 @@ def fuse_mount(fuse_fd: int) -> int:
         for flag in ("allow_other", "default_permissions"):
             syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_FLAG, flag)
         syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
-        # nosuid, nodev: with the uid translation a container's root owns the host's root
-        # files in the kernel's eyes, and must not get the host's setuid programs or block
-        # devices with them.
-        return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC,
-                                syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV)
-    finally:
+    except BaseException:
         os.close(fs)
+        raise
+    return fs
+
+
+def fuse_attachable(fs: int) -> int:
+    """A detached mount of the FUSE filesystem ``fs`` (`fuse_filesystem`)."""
+    # nosuid, nodev: with the uid translation a container's root owns the host's root
+    # files in the kernel's eyes, and must not get the host's setuid programs or block
+    # devices with them.
+    return syscalls.fsmount(fs, syscalls.FSMOUNT_CLOEXEC,
+                            syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV)
 
 
 def detached_mount(fstype: str, attrs: int = 0, strings: tuple[tuple[str, str], ...] = (),
@@ -262,14 +281,15 @@ Item = tuple[str | None, str, bool]
 itself, None for a fresh /dev; target relative to the served tree; recursive)."""
 
 
-def assemble(fuse_fd: int, items: list[Item], on_mounted: Callable[[], None],
+def assemble(fuse_fd: int, items: list[Item], on_created: Callable[[], None],
              attached: Callable[[int], None]) -> list[str]:
     """Steps 3-5 of the module docstring but the pivot, in the calling (single-threaded)
     process, whose working directory is the container's root in the private copy.
 
-    Every item is copied (or made) first, in order, then the FUSE filesystem is created
-    and ``on_mounted`` called, so the caller can start serving it: the moves that follow
-    look paths up through it and wait for serve-fs.  ``attached(i)`` is called once item
+    The FUSE filesystem is created first and ``on_created`` called, so the caller can
+    start serving it: serve-fs takes its parameters and answers the kernel's INIT while
+    every item is copied (or made), in order; the moves that follow look paths up through
+    it and wait for serve-fs.  ``attached(i)`` is called once item
     ``i`` is in place (-1: the FUSE mount over ``/``).  Returns what was skipped: a fresh
     /dev that could not be made, a directory the served tree lacks.  A file gone from
     the container since the caller looked, or from the served tree, is skipped silently;
@@ -278,7 +298,10 @@ def assemble(fuse_fd: int, items: list[Item], on_mounted: Callable[[], None],
     croot = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     clones: list[tuple[int, str, int]] = []
     skipped: list[str] = []
+    fs = -1
     try:
+        fs = fuse_filesystem(fuse_fd)
+        on_created()
         for i, (source, target, recursive) in enumerate(items):
             if source is None:
                 try:
@@ -300,8 +323,9 @@ def assemble(fuse_fd: int, items: list[Item], on_mounted: Callable[[], None],
                     clones.append((_clone(fd, recursive), target, i))
             finally:
                 os.close(fd)
-        mnt = fuse_mount(fuse_fd)
-        on_mounted()
+        mnt = fuse_attachable(fs)
+        os.close(fs)
+        fs = -1
         # Over "/" of our private copy: nothing outside this namespace sees it.
         syscalls.move_mount(mnt, "", syscalls.AT_FDCWD, "/", syscalls.MOVE_MOUNT_F_EMPTY_PATH)
         attached(-1)
@@ -325,6 +349,8 @@ def assemble(fuse_fd: int, items: list[Item], on_mounted: Callable[[], None],
         os.fchdir(mnt)
         os.close(mnt)
     finally:
+        if fs >= 0:
+            os.close(fs)
         for fd, _, _ in clones:
             os.close(fd)
         os.close(croot)

@@ -73,6 +73,13 @@ def make_controlling(slave: int) -> None:
         os.close(slave)
 
 
+def give_up(tty_fd: int) -> None:
+    """What the kernel does when a session leader exits, for ``tty_fd``'s session: SIGHUP
+    to the foreground process group, and the terminal no longer controls the session."""
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(tty_fd, termios.TIOCNOTTY)
+
+
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on the terminal ``fd`` for the duration, restored afterwards."""

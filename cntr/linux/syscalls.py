@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
 
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
@@ -293,9 +292,18 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_sys("capset", ctypes.byref(hdr), ctypes.byref(data)), "capset")
 
 
-@functools.cache
+_cap_last_cap: list[int] = []
+
+
 def cap_last_cap() -> int:
-    """The highest capability number this kernel knows (read once per process)."""
+    """The highest capability number this kernel knows (read once per process, and kept
+    by its forks: the session's processes ask after they have left the host's /proc)."""
+    if not _cap_last_cap:
+        _cap_last_cap.append(_read_cap_last_cap())
+    return _cap_last_cap[0]
+
+
+def _read_cap_last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             return int(f.read())

@@ -7,9 +7,9 @@ prints it, and the session's processes execute it, each the part that is its own
 
 - the *supervisor* (``supervisor``; host namespaces) has done the operations before the
   first fork (the context checked, ``/dev/fuse`` opened, serve-fs started by
-  ``cntr.launch``); it forks the setup child, hands serve-fs its parameters once the
-  filesystem is mounted, relays the pty, forwards signals to the reaper and returns the
-  command's exit status;
+  ``cntr.launch``); it forks the setup child (which hands serve-fs its parameters once
+  the FUSE filesystem is created), relays the pty, forwards signals to the reaper and
+  returns the command's exit status;
 - the *setup child* (``setup``), single-threaded, joins the container's cgroups, builds
   the session's mount namespace (``cntr.linux.mounts``), joins the uts, ipc, net, cgroup,
   pid, time and user namespaces, forks the reaper and waits for it; when told to stop

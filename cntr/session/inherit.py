@@ -5,7 +5,6 @@ signals are the session's."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from cntr.context import Context
 from cntr.linux.namespaces import NamespaceFds
@@ -15,6 +14,7 @@ from cntr.session.plan import EnterOptions, Op, Plan
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 
@@ -55,7 +55,7 @@ class Inherited:
     `cntr.session.setup.prefetch` (empty: none)."""
     start_serve_fs: Callable[[int], None] | None = None
     """hands serve-fs its parameters, given the inode of the session's mount namespace:
-    the setup child calls it once the FUSE filesystem is mounted (None: no serve-fs)."""
+    the setup child calls it once the FUSE filesystem is created (None: no serve-fs)."""
 
     def log(self, op: Op) -> None:
         """Append ``op``, carried out, to the plan log (one JSON line, as --dry-run

@@ -15,12 +15,11 @@ sent as a space; a write to a supervisor that is gone is dropped.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
 
-from cntr.errors import os_error
+from cntr.errors import os_error, suppress
 
 REAPER = b"P"
 WARNING = b"W"
@@ -36,7 +35,7 @@ class SetupTimeout(Exception):
 
 def send(fd: int, tag: bytes, text: str = "") -> None:
     """Write one message (a process of the session; never raises)."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         os.write(fd, tag + text.encode(errors="replace").replace(b"\n", b" ") + b"\n")
 
 

@@ -199,7 +199,7 @@ class MakeBaseDir(Op):
 
 @record(frozen=True)
 class ServeFs(Op):
-    """serve-fs's parameters: the setup child hands them over once it has mounted the
+    """serve-fs's parameters: the setup child hands them over once it has created the
     FUSE filesystem, and serve-fs starts serving."""
 
     where = "supervisor"

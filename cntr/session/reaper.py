@@ -19,13 +19,11 @@ Caveats:
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
-import termios
 
-from cntr.linux import caps, lsm, pty, seccomp, syscalls
+from cntr.errors import suppress
+from cntr.linux import caps, lsm, seccomp, syscalls
 from cntr.session import messages, plan
 from cntr.session.inherit import FORWARDED, Inherited
 from cntr.session.messages import send
@@ -81,6 +79,9 @@ def _run(inh: Inherited, op: plan.Op, ended_w: int, at: _Step) -> None:
         syscalls.set_name(plan.REAPER_COMM)  # what ps shows in the container
         if inh.slave is not None and op.controlling_tty:
             at.step = "make the pty the controlling terminal"
+            # The supervisor imported it with the pty (this process imports nothing).
+            from cntr.linux import pty
+
             pty.make_controlling(inh.slave)
         else:
             os.setsid()
@@ -105,7 +106,7 @@ def _run(inh: Inherited, op: plan.Op, ended_w: int, at: _Step) -> None:
         at.step = "set groups"
         # A user namespace with setgroups denied (user_namespaces(7)) refuses this; the
         # container itself cannot change groups either.
-        with contextlib.suppress(PermissionError):
+        with suppress(PermissionError):
             os.setgroups(op.groups)
         at.step = f"setresgid({op.gid})"
         os.setresgid(op.gid, op.gid, op.gid)
@@ -146,13 +147,13 @@ def reaper(inh: Inherited, ended_w: int) -> None:
         command(inh, fork)
     try:
         os.close(exec_w)
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.setpgid(cmd, cmd)  # the command does it too: whichever runs first
         tty = os.dup(0) if inh.slave is not None else None
         # The command has stdio now; holding them would keep a reader of cntr's output
         # waiting for leftovers that closed theirs.
         for fd in (0, 1, 2):
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
         os.read(exec_r, 1)  # end-of-file: the command was executed, or failed to be
         os.close(exec_r)
@@ -178,17 +179,16 @@ def _reap(cmd: int, status_w: int, ended_w: int, tty: int | None) -> None:
             if pid == cmd and os.WIFSTOPPED(status):
                 # No job-control shell stands above the command to resume it (Ctrl-Z on a
                 # command that is not a shell): it goes on, as it did with no reaper.
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.killpg(cmd, signal.SIGCONT)
                 continue
             if pid == cmd:
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
                 if tty is not None:
-                    # What the kernel does when a session leader exits: SIGHUP to the
-                    # foreground group, the terminal no longer controls the session.
-                    with contextlib.suppress(OSError):
-                        fcntl.ioctl(tty, termios.TIOCNOTTY)
+                    from cntr.linux import pty  # the supervisor's, with the pty
+
+                    pty.give_up(tty)
                     os.close(tty)
                     tty = None
                 # Before the supervisor hears of it: the setup child reads this to know
@@ -205,7 +205,7 @@ def _reap(cmd: int, status_w: int, ended_w: int, tty: int | None) -> None:
             try:
                 os.killpg(cmd, info.si_signo)
             except ProcessLookupError:  # it left its group (setsid)
-                with contextlib.suppress(ProcessLookupError):
+                with suppress(ProcessLookupError):
                     os.kill(cmd, info.si_signo)
 
 
@@ -223,7 +223,7 @@ def execute(argv: list[str], env: dict[str, str], first: str | None) -> None:
     search runs as os.execvpe's, whose result it then is. Returns only by raising OSError."""
     name = argv[0]
     if first is not None:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.execve(first, argv, env)
     if "/" in name:  # os.execvpe: a path is executed as it is, not searched
         os.execve(name, argv, env)

@@ -6,7 +6,7 @@ namespaces: it joins the container's cgroups, builds the session's mount namespa
 (``cntr.linux.mounts``), joins the container's namespaces (the user namespace last, so the
 others are joined with the host's privileges), mounts the fresh /proc and /sys it needs in
 between, and forks the reaper (``cntr.session.reaper``), in the container's pid namespace.
-It hands serve-fs its parameters itself once the FUSE filesystem is mounted, and once in
+It hands serve-fs its parameters itself once the FUSE filesystem is created, and once in
 the session's tree starts `prefetch` (the command's execve then finds what it looks up
 known to the kernel).  Any failure is one ``E`` message and exit status 125.
 
@@ -17,11 +17,11 @@ ended and cntr is gone, what the command left running goes on (README).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
-from cntr.linux import cgroups, fresh, mounts, namespaces, procfs, syscalls
+from cntr.errors import suppress
+from cntr.linux import cgroups, mounts, namespaces, procfs, syscalls
 from cntr.session import messages, plan
 from cntr.session import reaper as reaper_process
 from cntr.session.inherit import FORWARDED, Inherited
@@ -70,14 +70,14 @@ def kill_session(proc_fd: int, reaper: int) -> None:
         if not tree:
             break
         for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             os.kill(reaper, signal.SIGCONT)  # a stopped reaper reaps nothing
         time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
+    with suppress(ProcessLookupError):
         os.kill(reaper, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
+    with suppress(ChildProcessError):
         os.waitpid(reaper, 0)
 
 
@@ -92,9 +92,9 @@ def prefetch(paths: tuple[str, ...]) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the setup child's stop()
             os.closerange(0, os.sysconf("SC_OPEN_MAX"))
             for path in paths[:-1]:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.stat(path)
-            with contextlib.suppress(OSError), open(paths[-1], "rb") as f:
+            with suppress(OSError), open(paths[-1], "rb") as f:
                 f.read()
         finally:
             os._exit(0)
@@ -105,9 +105,9 @@ def _end_prefetch(pid: int) -> None:
     """End and reap the prefetching process when the set-up ends before the reaper is
     forked (killed first: it may wait on a serve-fs that is gone)."""
     if pid:
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
+        with suppress(ChildProcessError):
             os.waitpid(pid, 0)
 
 
@@ -174,6 +174,8 @@ class _Steps:
         elif isinstance(op, plan.Chroot):
             self.step = "enter the container's root"
             if op.private:
+                from cntr.linux import fresh  # imported by setup_child, in the host's
+
                 fresh.chroot_private_copy()
             else:
                 os.chroot(".")
@@ -200,6 +202,8 @@ class _Steps:
                 self.warn(f"not provided in the session: {failed}")
         elif isinstance(op, plan.UnshareNamespaces):
             self.step = "create the session's namespaces"
+            from cntr.linux import fresh  # imported by setup_child, in the host's
+
             fresh.unshare_namespaces(op.hostname, network=op.network)
         else:
             raise AssertionError(f"not an operation of the setup child: {op!r}")
@@ -210,7 +214,7 @@ class _Steps:
         fuse_fd = inh.fuse_fd
         assert fuse_fd is not None  # the plan mounts FUSE only where enter opened it
 
-        def mounted() -> None:
+        def created() -> None:
             os.close(fuse_fd)  # serve-fs holds it now: if it dies, FUSE aborts
             if inh.start_serve_fs is not None:
                 # Here, not by the supervisor on a message: one wake-up less on the way
@@ -220,7 +224,7 @@ class _Steps:
         items: list[mounts.Item] = [
             (b.source, b.target, b.recursive) if isinstance(b, plan.Bind) else (None, "dev", True)
             for b in binds]
-        skipped = mounts.assemble(fuse_fd, items, mounted,
+        skipped = mounts.assemble(fuse_fd, items, created,
                                   lambda i: inh.log(fuse if i < 0 else binds[i]))
         # offline: no container /proc, /dev, /sys to bind; the session mounts its own
         for item in skipped if inh.ctx.offline is None else ():
@@ -257,6 +261,10 @@ def setup_child(inh: Inherited) -> None:
     if os.getppid() != inh.supervisor:
         os._exit(125)  # it died before the line above
     ops = inh.plan.part("setup")
+    if any(isinstance(op, plan.Chroot | plan.UnshareNamespaces) for op in ops):
+        # Here, in the host's namespaces: an import once in the container's would read its
+        # files.  Only offline sessions and cntr exec use it (with _socket and fcntl).
+        from cntr.linux import fresh  # noqa: F401
     fork = ops.pop()
     assert isinstance(fork, plan.ForkReaper)
     try:
@@ -283,7 +291,7 @@ def setup_child(inh: Inherited) -> None:
         if steps.prefetching:
             # Reaped now, a few look-ups from its end: the reaper is again this process's
             # only child (with SIGTERM blocked still, stop() never signals a reaped pid).
-            with contextlib.suppress(ChildProcessError):
+            with suppress(ChildProcessError):
                 os.waitpid(steps.prefetching, 0)
             steps.prefetching = 0
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -291,7 +299,7 @@ def setup_child(inh: Inherited) -> None:
         if inh.slave is not None:
             os.close(inh.slave)
         for fd in (0, 1, 2):
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)  # cntr's stdio: a reader waits for its end-of-file
         _, status = os.waitpid(pid, 0)
         reaper = 0  # reaped: its pid may be reused, stop() must not signal it

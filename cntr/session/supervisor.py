@@ -1,7 +1,7 @@
 """The supervisor: cntr's own process, in the host's namespaces, for the session's lifetime.
 
 ``run`` forks the setup child (``cntr.session.setup``) with the plan and serve-fs's
-parameters (the setup child hands them over once the FUSE filesystem is mounted), relays
+parameters (the setup child hands them over once the FUSE filesystem is created), relays
 the pty, forwards signals to the reaper (to the setup child, which ends the set-up, before
 the reaper exists) and returns the command's exit status; a set-up that fails is a
 ``SessionSetupError`` (exit 125), one that takes longer than ``SETUP_TIMEOUT`` too.
@@ -13,20 +13,18 @@ Caveats:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import stat
 import struct
 import sys
 import time
-from collections.abc import Callable
 
 from cntr import audit, launch
 from cntr.context import Context
-from cntr.errors import SessionSetupError
+from cntr.errors import SessionSetupError, suppress
 from cntr.launch import SessionServer
-from cntr.linux import procfs, pty
+from cntr.linux import procfs
 from cntr.linux.namespaces import NamespaceFds
 from cntr.session import messages, plan
 from cntr.session.inherit import FORWARDED, Inherited, open_log
@@ -36,6 +34,7 @@ from cntr.session.setup import setup_child
 TYPE_CHECKING = False  # typing costs ~9 ms to import: only for the type checker
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 if TYPE_CHECKING:
@@ -63,9 +62,9 @@ def serve_fs_params(op: plan.ServeFs) -> dict[str, Any]:
 
 def below(path: str, dirs: list[str]) -> bool:
     """``path`` (as written, or with its links resolved here) is one of ``dirs`` or below
-    one."""
-    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs
-               for p in (os.path.normpath(path), os.path.realpath(path)))
+    one.  Its links are resolved once (realpath stats every component)."""
+    forms = (os.path.normpath(path), os.path.realpath(path))
+    return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs for p in forms)
 
 
 def host_exec_path(argv: list[str], env: dict[str, str], differs: list[str]) -> str | None:
@@ -137,6 +136,10 @@ def run(ctx: Context, opts: plan.EnterOptions, session: plan.Plan, *,
     assert exe is not None
     master = slave = None
     if exe.pty:
+        # Imported only for a pty (with termios, tty and contextlib), before the session's
+        # processes are forked: they use it and import nothing themselves.
+        from cntr.linux import pty
+
         master, slave = pty.open_pty(0)
     status_r, status_w = os.pipe()
     fuse_fd = server.fuse_fd if server is not None and serve is not None else None
@@ -207,7 +210,7 @@ def supervise(child: int, *, server: SessionServer | None, status_r: int,
 
     def forward(signum: int, _frame: object) -> None:
         forwarded.append(signum)
-        with contextlib.suppress(ProcessLookupError):
+        with suppress(ProcessLookupError):
             if reaper:
                 os.kill(reaper, signum)  # it forwards to the command's process group
             else:  # still setting up: stop it (the setup child ends on SIGTERM)
@@ -246,7 +249,7 @@ def supervise(child: int, *, server: SessionServer | None, status_r: int,
             # setup child then ends what it started (SIGTERM), else it is killed.
             if server is not None:
                 server.kill()
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
             pidfd = os.pidfd_open(child)
             try:
@@ -262,6 +265,8 @@ def supervise(child: int, *, server: SessionServer | None, status_r: int,
         left = False
         if started:
             if master is not None and not errors:
+                from cntr.linux import pty  # imported by run, with the pty
+
                 pty.relay(master, status_r)  # until the command's end is reported
             while (msg := msgs.next()) is not None:
                 tag, text = msg
@@ -279,7 +284,7 @@ def supervise(child: int, *, server: SessionServer | None, status_r: int,
         elif left and forwarded:
             # cntr was told to stop: what the session left running (a job that ignores the
             # signal, as background jobs of sh do) goes too, so nothing stays behind.
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
             wait_child()
         elif not left:

@@ -99,11 +99,12 @@ def api_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
 
 def fake_proc(root: Path, pid: int, comm: str, argv: list[str], *, ppid: int = 1,
               state: str = "S", start: int = 100) -> None:
-    """One process in a fake /proc tree (stat fields per proc(5))."""
+    """One process in a fake /proc tree (stat fields and comm per proc(5))."""
     d = root / str(pid)
     d.mkdir(parents=True, exist_ok=True)
     rest = ["0"] * 17 + [str(start)] + ["0"] * 10
     (d / "stat").write_text(f"{pid} ({comm}) {state} {ppid} {' '.join(rest)}\n")
+    (d / "comm").write_text(f"{comm}\n")
     (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
 
 
@@ -694,6 +695,36 @@ def test_nspawn_scan_fake_proc(tmp_path: Path) -> None:
     assert eng.lookup("cntr-test-nspawn") == [m]
     assert eng.lookup("starting") == []  # no container process yet
     assert eng.list() == [m]
+
+
+def test_lookups_by_name_read_the_stat_of_no_process_but_the_daemons(
+        tmp_path: Path, no_tools: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the engines look for daemons by is every process's comm (cheap to read): a
+    name that no machine, conmon or containerd has reads only their stat (nspawn, podman
+    and containerd, sharing one scan, as resolve asks them)."""
+    argv = data("nspawn.cmdline").split("\0")[:-1]
+    fake_proc(tmp_path, 300, "systemd-nspawn", argv)
+    fake_proc(tmp_path, 301, "sleep", ["/bin/sleep", "100000"], ppid=300)
+    fake_proc(tmp_path, 302, "bash", ["bash"])
+    read: list[str] = []
+    real = base.read_stat
+
+    def read_stat(pid: int, proc: str = "/proc") -> base.ProcStat | None:
+        read.append(str(pid))
+        return real(pid, proc)
+
+    def alive(pid: int, proc: str = "/proc") -> bool:
+        read.append(str(pid))
+        return True
+
+    monkeypatch.setattr(base, "read_stat", read_stat)
+    monkeypatch.setattr(nspawn, "alive", alive)
+    with base.shared_process_scan():
+        assert nspawn.NspawnEngine(proc=str(tmp_path)).lookup("web") == []
+        assert podman.scan_conmon(str(tmp_path)) == []
+        assert containerd.find_state_dirs(str(tmp_path)) == []
+    assert read == ["300"]  # is the nspawn process alive; its children are not looked for
+    assert nspawn.NspawnEngine(proc=str(tmp_path)).lookup("cntr-test-nspawn") != []
 
 
 # --------------------------------------------------------------------------- rkt (samples)

@@ -138,3 +138,20 @@ def test_what_an_execve_looks_up_ahead(tmp_path: Path) -> None:
     static = next(p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p))
     for path in (str(script), static, str(tmp_path / "absent"), str(tmp_path), None):
         assert exec_prefetch(path) == ()
+
+
+def test_a_path_below_a_mount_of_the_session_as_written_or_resolved(tmp_path: Path) -> None:
+    from cntr.session.supervisor import below
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "bin").symlink_to(tmp_path / "proc")
+    mounts = [str(tmp_path / "dev"), str(tmp_path / "proc")]
+    assert below(str(tmp_path / "proc" / "x"), mounts)
+    assert below(str(tmp_path / "bin" / "x"), mounts)  # only once its link is resolved
+    assert below(str(tmp_path / "dev"), mounts)
+    assert not below(str(tmp_path / "device"), mounts)
+    assert not below(str(tmp_path / "sys" / "x"), mounts)
+    # A search in a PATH whose entry leads into one: decided in the session, not here.
+    (tmp_path / "proc" / PROG).write_text("#!/bin/sh\n")
+    (tmp_path / "proc" / PROG).chmod(0o755)
+    assert host_exec_path([PROG], {"PATH": str(tmp_path / "bin")}, mounts) is None

@@ -7,7 +7,9 @@ concurrent.futures (~5 ms), a few lines of HTTP over a unix socket instead of ht
 (~16 ms) and urllib.parse/ipaddress (~5 ms), the C module _socket instead of socket
 (~3 ms), _signal instead of signal and cntr.cjson instead of json (with re and enum,
 ~6 ms), a console script without site and re (scripts/setup's, ~7 ms), an attach that
-runs without click (~30 ms),
+runs without click (~30 ms), cntr.errors.suppress instead of contextlib and _thread's locks
+instead of threading's (with the collections and functools they import, ~6 ms; an attach
+by pid imports none of them, nor termios and tty without a terminal),
 and a serve-fs whose default session imports neither pyfuse3 nor trio.  These tests are
 what holds them to it: they name the modules the attach process must never load, and
 bound how many modules it loads at all.  Both are properties of the code, not timings:
@@ -54,6 +56,15 @@ FORBIDDEN = frozenset({
     "cntr.cli", "cntr.stages.serve_fs", "cntr.fs",
 })
 """Modules (and packages: their submodules too) the attach process never imports."""
+
+NOT_BY_PID = frozenset({
+    "contextlib", "functools", "collections",  # cntr.errors.suppress; with their imports,
+    "threading",  # ~4 ms of CPU; engines.base.in_threads imports it where threads run
+    "termios", "tty", "fcntl",  # cntr.linux.pty: with a pty only; fresh: offline only
+})
+"""Modules an attach by pid with no terminal (and the entry, up to its first act) never
+imports; an attach by name imports fcntl (podman's database lock) and, when its engines
+are slow, threading."""
 
 MAX_STDLIB_MODULES = 35
 """Modules outside cntr that the entry may add to a bare interpreter's on the
@@ -104,6 +115,7 @@ def test_attach_entry_imports_nothing_forbidden() -> None:
     assert {"cntr.entry", "cntr.stages.attach", "cntr.stages.enter", "cntr.stages.resolve",
             "cntr.stages.capture"} <= modules
     assert forbidden(modules) == []
+    assert sorted(modules & NOT_BY_PID) == []
 
 
 def test_attach_entry_stays_within_its_module_count() -> None:
@@ -143,21 +155,44 @@ def test_forbidden_matches_packages_and_their_submodules() -> None:
         "trio._core", "typing"]
 
 
-def imported(report: str) -> list[str]:
-    """The module names of a ``-X importtime`` report, in order."""
-    names = []
+def imported_tree(report: str) -> list[tuple[str, int]]:
+    """The modules of a ``-X importtime`` report, in order, each with its depth (0: imported
+    by the program itself, 1: by a module of depth 0, ...); a module comes after those
+    it imported."""
+    out = []
     for line in report.splitlines():
         # import time: self [us] | cumulative | imported package
         if line.startswith("import time:") and line.count("|") == 2:
-            name = line.rsplit("|", 1)[1].strip()
+            field = line.rsplit("|", 1)[1]
+            name = field.strip()
             if name != "imported package":
-                names.append(name)
-    return names
+                out.append((name, (len(field) - len(field.lstrip()) - 1) // 2))
+    return out
 
 
-def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[str]:
-    """The modules a real ``cntr attach IDENT -- true`` imports, in order, by name
-    (serve-fs's go to ``serve_fs_log`` when one is given, else nowhere)."""
+def imported(report: str) -> list[str]:
+    """The module names of a ``-X importtime`` report, in order."""
+    return [name for name, _ in imported_tree(report)]
+
+
+def outside_engines(tree: list[tuple[str, int]]) -> list[str]:
+    """The modules of ``tree`` (`imported_tree`) that are neither an engine module
+    (``cntr.engines.*``) nor imported, directly or not, by one, in order."""
+    out = []
+    above: list[tuple[str, int]] = []  # the modules this one was imported by
+    for name, depth in reversed(tree):
+        while above and above[-1][1] >= depth:
+            above.pop()
+        if not any(m.startswith("cntr.engines.") for m, _ in [*above, (name, depth)]):
+            out.append(name)
+        above.append((name, depth))
+    return out[::-1]
+
+
+def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[tuple[str, int]]:
+    """The modules a real ``cntr attach IDENT -- true`` imports, in order, by name with
+    their depth (`imported_tree`; serve-fs's go to ``serve_fs_log`` when one is given,
+    else nowhere)."""
     cntr = Path(sys.executable).with_name("cntr")
     assert cntr.exists(), f"no console script {cntr}: scripts/setup installs it"
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
@@ -166,7 +201,7 @@ def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[str]:
     out = subprocess.run([str(cntr), "attach", ident, "--", "true"], capture_output=True,
                          text=True, env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    return imported(out.stderr)
+    return imported_tree(out.stderr)
 
 
 @pytest.mark.fuse
@@ -174,17 +209,22 @@ def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[str]:
 def test_real_attach_imports_nothing_forbidden(which: str,
                                                request: pytest.FixtureRequest) -> None:
     container: Container = request.getfixturevalue(which)
-    names = run_imports(container.ident)
+    tree = run_imports(container.ident)
+    names = [name for name, _ in tree]
     assert "cntr.stages.attach" in names
     assert forbidden(set(names)) == []
     # Nothing is imported once cntr.stages.attach is but the engines resolve asks (each is
-    # imported when it is first asked): not lazily by capture or enter, and not in the
-    # session's processes, whose / is the served tree (an import there, such as
-    # os.execvpe's of warnings, is a round of FUSE requests before the command).
-    later = names[names.index("cntr.stages.attach") + 1:]
-    assert [m for m in later if not m.startswith("cntr.engines.")] == [], later
+    # imported when it is first asked, with what it imports): not lazily by capture or
+    # enter, and not in the session's processes, whose / is the served tree (an import
+    # there, such as os.execvpe's of warnings, is a round of FUSE requests before the
+    # command).  threading comes when the engines take longer than
+    # `cntr.engines.base.inline_then_threads` runs them inline (a loaded machine).
+    later = outside_engines(tree[names.index("cntr.stages.attach") + 1:])
+    assert [m for m in later if m != "threading"] == [], later
     if container.ident.isdigit():  # by pid: process_id answers, no other engine is loaded
-        assert [m for m in later if m.startswith("cntr.engines.")] == ["cntr.engines.process_id"]
+        assert [m for m in names[names.index("cntr.stages.attach") + 1:]
+                if m.startswith("cntr.engines.")] == ["cntr.engines.process_id"]
+        assert sorted(set(names) & NOT_BY_PID) == []
     stdlib = sorted({m for m in names if m.split(".")[0] != "cntr"})
     assert len(stdlib) <= MAX_RUN_STDLIB_MODULES, stdlib
 
@@ -203,10 +243,12 @@ transport (imported when an INIT grants it); and nothing of the stages above it:
 cntr.launch forks it with `cntr.fs.tree` alone.  Its imports come before the session's
 first exec, which goes through its mount."""
 
-MAX_SERVE_FS_STDLIB_MODULES = 2
+MAX_SERVE_FS_STDLIB_MODULES = 16
 """Modules outside cntr that serve-fs's own process imports (2 when this was written,
-_queue and mmap, the fsync ring's; 26 with logging, typing and signal): what the attach
-process imported before the fork is not counted."""
+_queue and mmap, the fsync ring's; 26 with logging, typing and signal; 16 since the attach
+process no longer imports threading, contextlib, functools and collections for it, which
+serve-fs imports while the attach process resolves and captures): what the attach process
+imported before the fork is not counted."""
 
 
 @pytest.mark.fuse
