@@ -101,6 +101,7 @@ from cntr.fs.protocol import (
     HANDLE_KILLPRIV_V2,
     HAS_IOCTL_DIR,
     IN_HEADER,
+    IN_HEADER_ARGS,
     INIT,
     INIT_EXT,
     INIT_IN,
@@ -179,6 +180,7 @@ RING_OPCODES = frozenset(op & 0xFF for op in OPCODES)
 
 _NS = 1_000_000_000
 _IN_SIZE = IN_HEADER.size
+_in_header_args = IN_HEADER_ARGS.unpack_from
 _OUT_SIZE = OUT_HEADER.size
 
 Handler = Callable[[InodeT, Request, memoryview], bytes | None]
@@ -287,8 +289,7 @@ class Session:
         takes no reply (FORGET, INTERRUPT).  ``header`` starts with the fuse_in_header,
         ``body`` is what follows it; ``req`` is filled with its requester.  Not
         reentrant: one request at a time (`lock`)."""
-        _len, opcode, _unique, nodeid, req.uid, req.gid, req.pid, _ext, _ = (
-            IN_HEADER.unpack_from(header))
+        opcode, nodeid, req.uid, req.gid, req.pid = _in_header_args(header)
         if self.counts is not None:
             self.counts[opcode] = self.counts.get(opcode, 0) + 1
         entry = self._table.get(opcode)
