@@ -419,8 +419,8 @@ class Passthrough:
 
     def _file(self, node: Inode) -> int:
         """A file created or opened on ``node`` for writing and still open (`_files`: the
-        same inode, a regular descriptor, so f*xattr(2), fchmod(2) and ftruncate(2) take
-        it); -1 if none."""
+        same inode, a regular descriptor, so f*xattr(2), fchmod(2), fchown(2) and
+        ftruncate(2) take it); -1 if none."""
         return self._files.get(node.nodeid, -1)
 
     def _fd(self, node: Inode) -> int:
@@ -642,10 +642,17 @@ class Passthrough:
                 if not self.keeps_setgid(req.pid, req.uid, req.gid,
                                          (st[GID], self.shown_ids(st)[1])):
                     mode &= ~stat.S_ISGID
-            sc.chmod_fd(fd, mode)
+            if o_path:
+                sc.chmod_fd(fd, mode)
+            else:  # a regular descriptor: os.fchmod, cheaper than fchmodat2 through ctypes
+                os.fchmod(fd, mode)
         if valid & (FATTR_UID | FATTR_GID):
-            sc.fchownat(fd, b"", uid if valid & FATTR_UID else -1,
-                        gid if valid & FATTR_GID else -1, _EMPTY_NOFOLLOW)
+            uid = uid if valid & FATTR_UID else -1
+            gid = gid if valid & FATTR_GID else -1
+            if o_path:
+                sc.fchownat(fd, b"", uid, gid, _EMPTY_NOFOLLOW)
+            else:
+                os.fchown(fd, uid, gid)
         if valid & (FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW):
             atime = (divmod(atime_ns, _NS) if valid & (FATTR_ATIME | FATTR_ATIME_NOW)
                      else (0, sc.UTIME_OMIT))
