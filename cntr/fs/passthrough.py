@@ -228,6 +228,8 @@ _ENTRY_PACK = ENTRY_OUT.pack
 _ATTR_OUT_PACK = ATTR_OUT.pack
 _DIRENT_PACK = DIRENT.pack
 _ENTRY_DIRENT_SIZE = ENTRY_OUT.size + DIRENT.size
+#: a fuse_dirent's name is padded to 8 bytes: the padding of a name of length n
+_PADDING = tuple(b"\0" * n for n in range(8))
 
 
 def host_root_id(idmap: IdMap | None) -> int | None:
@@ -278,8 +280,8 @@ class _DirBuffer:
         if size > self.left:
             return False
         self.left -= size
-        self.parts.append(entry + _DIRENT_PACK(ino, next_id, namelen, (mode & 0o170000) >> 12)
-                          + name + b"\0" * (-namelen & 7))
+        self.parts += (entry, _DIRENT_PACK(ino, next_id, namelen, (mode & 0o170000) >> 12),
+                       name, _PADDING[-namelen & 7])  # joined once, at the end
         return True
 
 
@@ -597,8 +599,14 @@ class Passthrough:
 
     def getattr(self, nodeid: InodeT) -> bytes:
         """fuse_attr_out of ``nodeid``."""
-        node = self._node(nodeid)
-        return self._attr(node, self.statbuf.at(self._fd(node), b"", _EMPTY))
+        # _node() and _fd() inline: the kernel asks for a directory's attributes after
+        # every create and unlink in it (default_permissions)
+        node = self.table.by_id.get(nodeid)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown node id")
+        fh = self._files.get(nodeid)
+        return self._attr(node, self.statbuf.at(self.table.fd(node) if fh is None else fh,
+                                                b"", _EMPTY))
 
     def statx(self, nodeid: InodeT, sx_flags: int) -> bytes:
         """fuse_statx_out of ``nodeid``: getattr with the birth time (and the host's
