@@ -192,11 +192,11 @@ Reply = tuple[int, bytes | None] | None
 
 def _name(body: memoryview, start: int = 0) -> bytes:
     """The NUL-terminated name at ``start``."""
-    return bytes(body[start:]).partition(b"\0")[0]
+    return body[start:].tobytes().partition(b"\0")[0]
 
 
 def _two_names(body: memoryview, start: int) -> tuple[bytes, bytes]:
-    raw = bytes(body[start:])
+    raw = body[start:].tobytes()
     first, _, rest = raw.partition(b"\0")
     second, _, _ = rest.partition(b"\0")
     return first, second
@@ -668,7 +668,7 @@ class Session:
     def _ioctl(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, flags, cmd, _arg, in_size, out_size = IOCTL_IN.unpack_from(body)
         return self.fs.ioctl(fh, flags, cmd,
-                             bytes(body[IOCTL_IN.size:IOCTL_IN.size + in_size]), out_size)
+                             body[IOCTL_IN.size:IOCTL_IN.size + in_size].tobytes(), out_size)
 
     # --- directories ------------------------------------------------------------------
     def _opendir(self, nodeid: InodeT, _req: Request, _body: memoryview) -> bytes:
@@ -693,11 +693,11 @@ class Session:
     def _setxattr(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         if self._setxattr_ext:
             size, flags, setxattr_flags, _ = SETXATTR_EXT_IN.unpack_from(body)
-            raw = bytes(body[SETXATTR_EXT_IN.size:])
+            raw = body[SETXATTR_EXT_IN.size:].tobytes()
         else:
             size, flags = U32_PAIR.unpack_from(body)
             setxattr_flags = 0
-            raw = bytes(body[SETXATTR_IN_SIZE:])
+            raw = body[SETXATTR_IN_SIZE:].tobytes()
         name, _, rest = raw.partition(b"\0")
         self.fs.setxattr(nodeid, name, rest[:size], flags,
                          bool(setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID))
