@@ -228,6 +228,8 @@ _ENTRY_PACK = ENTRY_OUT.pack
 _ATTR_OUT_PACK = ATTR_OUT.pack
 _DIRENT_PACK = DIRENT.pack
 _ENTRY_DIRENT_SIZE = ENTRY_OUT.size + DIRENT.size
+#: a fuse_dirent's name is padded to 8 bytes: the padding of a name of length n
+_PADDING = tuple(b"\0" * n for n in range(8))
 
 
 def host_root_id(idmap: IdMap | None) -> int | None:
@@ -278,8 +280,8 @@ class _DirBuffer:
         if size > self.left:
             return False
         self.left -= size
-        self.parts.append(entry + _DIRENT_PACK(ino, next_id, namelen, (mode & 0o170000) >> 12)
-                          + name + b"\0" * (-namelen & 7))
+        self.parts += (entry, _DIRENT_PACK(ino, next_id, namelen, (mode & 0o170000) >> 12),
+                       name, _PADDING[-namelen & 7])  # joined once, at the end
         return True
 
 
@@ -419,8 +421,8 @@ class Passthrough:
 
     def _file(self, node: Inode) -> int:
         """A file created or opened on ``node`` for writing and still open (`_files`: the
-        same inode, a regular descriptor, so f*xattr(2), fchmod(2) and ftruncate(2) take
-        it); -1 if none."""
+        same inode, a regular descriptor, so f*xattr(2), fchmod(2), fchown(2) and
+        ftruncate(2) take it); -1 if none."""
         return self._files.get(node.nodeid, -1)
 
     def _fd(self, node: Inode) -> int:
@@ -597,8 +599,14 @@ class Passthrough:
 
     def getattr(self, nodeid: InodeT) -> bytes:
         """fuse_attr_out of ``nodeid``."""
-        node = self._node(nodeid)
-        return self._attr(node, self.statbuf.at(self._fd(node), b"", _EMPTY))
+        # _node() and _fd() inline: the kernel asks for a directory's attributes after
+        # every create and unlink in it (default_permissions)
+        node = self.table.by_id.get(nodeid)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown node id")
+        fh = self._files.get(nodeid)
+        return self._attr(node, self.statbuf.at(self.table.fd(node) if fh is None else fh,
+                                                b"", _EMPTY))
 
     def statx(self, nodeid: InodeT, sx_flags: int) -> bytes:
         """fuse_statx_out of ``nodeid``: getattr with the birth time (and the host's
@@ -642,10 +650,17 @@ class Passthrough:
                 if not self.keeps_setgid(req.pid, req.uid, req.gid,
                                          (st[GID], self.shown_ids(st)[1])):
                     mode &= ~stat.S_ISGID
-            sc.chmod_fd(fd, mode)
+            if o_path:
+                sc.chmod_fd(fd, mode)
+            else:  # a regular descriptor: os.fchmod, cheaper than fchmodat2 through ctypes
+                os.fchmod(fd, mode)
         if valid & (FATTR_UID | FATTR_GID):
-            sc.fchownat(fd, b"", uid if valid & FATTR_UID else -1,
-                        gid if valid & FATTR_GID else -1, _EMPTY_NOFOLLOW)
+            uid = uid if valid & FATTR_UID else -1
+            gid = gid if valid & FATTR_GID else -1
+            if o_path:
+                sc.fchownat(fd, b"", uid, gid, _EMPTY_NOFOLLOW)
+            else:
+                os.fchown(fd, uid, gid)
         if valid & (FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW):
             atime = (divmod(atime_ns, _NS) if valid & (FATTR_ATIME | FATTR_ATIME_NOW)
                      else (0, sc.UTIME_OMIT))

@@ -94,6 +94,8 @@ URING_ENT_PAYLOAD_SZ = 256 + 16
 
 # --- struct layouts --------------------------------------------------------------------
 IN_HEADER = struct.Struct("=IIQQIIIHH")  # fuse_in_header
+#: the fields of a fuse_in_header a dispatcher reads: opcode, nodeid, uid, gid, pid
+IN_HEADER_ARGS = struct.Struct("=4xI8xQIII")
 OUT_HEADER = struct.Struct("=IiQ")  # fuse_out_header
 _ATTR = "QQQqqqIIIIIIIIII"  # fuse_attr, seconds signed (module docstring)
 ENTRY_OUT = struct.Struct("=QQQQII" + _ATTR)  # fuse_entry_out

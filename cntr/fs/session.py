@@ -101,6 +101,7 @@ from cntr.fs.protocol import (
     HANDLE_KILLPRIV_V2,
     HAS_IOCTL_DIR,
     IN_HEADER,
+    IN_HEADER_ARGS,
     INIT,
     INIT_EXT,
     INIT_IN,
@@ -179,6 +180,7 @@ RING_OPCODES = frozenset(op & 0xFF for op in OPCODES)
 
 _NS = 1_000_000_000
 _IN_SIZE = IN_HEADER.size
+_in_header_args = IN_HEADER_ARGS.unpack_from
 _OUT_SIZE = OUT_HEADER.size
 
 Handler = Callable[[InodeT, Request, memoryview], bytes | None]
@@ -190,11 +192,11 @@ Reply = tuple[int, bytes | None] | None
 
 def _name(body: memoryview, start: int = 0) -> bytes:
     """The NUL-terminated name at ``start``."""
-    return bytes(body[start:]).partition(b"\0")[0]
+    return body[start:].tobytes().partition(b"\0")[0]
 
 
 def _two_names(body: memoryview, start: int) -> tuple[bytes, bytes]:
-    raw = bytes(body[start:])
+    raw = body[start:].tobytes()
     first, _, rest = raw.partition(b"\0")
     second, _, _ = rest.partition(b"\0")
     return first, second
@@ -287,8 +289,7 @@ class Session:
         takes no reply (FORGET, INTERRUPT).  ``header`` starts with the fuse_in_header,
         ``body`` is what follows it; ``req`` is filled with its requester.  Not
         reentrant: one request at a time (`lock`)."""
-        _len, opcode, _unique, nodeid, req.uid, req.gid, req.pid, _ext, _ = (
-            IN_HEADER.unpack_from(header))
+        opcode, nodeid, req.uid, req.gid, req.pid = _in_header_args(header)
         if self.counts is not None:
             self.counts[opcode] = self.counts.get(opcode, 0) + 1
         entry = self._table.get(opcode)
@@ -667,7 +668,7 @@ class Session:
     def _ioctl(self, _nodeid: InodeT, _req: Request, body: memoryview) -> bytes:
         fh, flags, cmd, _arg, in_size, out_size = IOCTL_IN.unpack_from(body)
         return self.fs.ioctl(fh, flags, cmd,
-                             bytes(body[IOCTL_IN.size:IOCTL_IN.size + in_size]), out_size)
+                             body[IOCTL_IN.size:IOCTL_IN.size + in_size].tobytes(), out_size)
 
     # --- directories ------------------------------------------------------------------
     def _opendir(self, nodeid: InodeT, _req: Request, _body: memoryview) -> bytes:
@@ -692,11 +693,11 @@ class Session:
     def _setxattr(self, nodeid: InodeT, _req: Request, body: memoryview) -> None:
         if self._setxattr_ext:
             size, flags, setxattr_flags, _ = SETXATTR_EXT_IN.unpack_from(body)
-            raw = bytes(body[SETXATTR_EXT_IN.size:])
+            raw = body[SETXATTR_EXT_IN.size:].tobytes()
         else:
             size, flags = U32_PAIR.unpack_from(body)
             setxattr_flags = 0
-            raw = bytes(body[SETXATTR_IN_SIZE:])
+            raw = body[SETXATTR_IN_SIZE:].tobytes()
         name, _, rest = raw.partition(b"\0")
         self.fs.setxattr(nodeid, name, rest[:size], flags,
                          bool(setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID))

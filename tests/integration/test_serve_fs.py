@@ -362,6 +362,34 @@ def test_chmod_chown_utimes(pair: Pair) -> None:
     assert (st.st_atime_ns, st.st_mtime_ns) == (5_000_000_000, 7_000_000_000)
 
 
+def test_chmod_chown_while_open_for_writing(pair: Pair) -> None:
+    # A file created or opened for writing answers for its inode through that descriptor
+    # (fchown, fchmod, fstat: not the O_PATH calls of the test above): tar's sequence.
+    for opened in ("created", "opened"):
+        f = pair.mnt / opened
+        if opened == "opened":
+            f.write_text("x")
+            fd = os.open(f, os.O_WRONLY)
+        else:
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"data")
+            os.fchown(fd, 1234, 5678)
+            os.fchmod(fd, 0o640)
+            os.utime(fd, ns=(1_000_000_123, 2_000_000_456))
+            st = os.stat(pair.src / opened)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
+            for seen in (os.fstat(fd), os.stat(f)):
+                assert (seen.st_uid, seen.st_gid, stat.S_IMODE(seen.st_mode)) == (
+                    1234, 5678, 0o640)
+                assert (seen.st_atime_ns, seen.st_mtime_ns) == (1_000_000_123,
+                                                                2_000_000_456)
+            os.fchown(fd, -1, 91)  # -1: the owner stays
+            assert (os.stat(pair.src / opened).st_uid, os.stat(f).st_gid) == (1234, 91)
+        finally:
+            os.close(fd)
+
+
 def test_symlink_metadata_nofollow(pair: Pair) -> None:
     (pair.mnt / "t").write_text("x")
     os.utime(pair.mnt / "t", ns=(10**9, 10**9))
