@@ -468,8 +468,12 @@ class HostChangesBehindTheMount(ServeFsVsPlain):
     @rule(path=PATHS, data=DATA, how=st.sampled_from(["write", "unlink", "mkdir", "chmod"]))
     def on_the_host(self, path: str, data: bytes, how: str) -> None:
         def change(r: Path) -> object:
-            if how == "write":
-                return (r / path).write_bytes(data)
+            if how == "write":  # non-blocking: a fifo made by a step above, no reader
+                fd = os.open(r / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NB, 0o644)
+                try:
+                    return os.write(fd, data)
+                finally:
+                    os.close(fd)
             if how == "unlink":
                 os.unlink(r / path)
             elif how == "mkdir":
