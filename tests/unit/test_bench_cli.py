@@ -33,7 +33,7 @@ def test_an_unknown_target_is_one_line() -> None:
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
         "bench: unknown target(s) bogus; one of: serve-fs, serve-fs-uring, serve-fs-libfuse, "
-        "serve-fs-inline, serve-fs-before, c-ll, c-ll-wb, bindfs"]
+        "serve-fs-inline, serve-fs-before, c-ll, c-ll-wb, c-ll-perm, bindfs"]
 
 
 def test_the_before_target_needs_a_tree() -> None:
