@@ -840,12 +840,10 @@ def wl_untar_parallel(n: int) -> Callable[[FsContext, Target], float]:
         # (RLIMIT_NOFILE): 4 trees of 4,000 files next to the trees of the workloads
         # before pass it.  So the kernel forgets every unused inode first (on every
         # target alike; the tarball is read again, untimed, so that tar finds it in the
-        # page cache), and the trees go again once timed, before the next workload.
-        for old in t.path.glob("untar-p*-*"):
-            shutil.rmtree(old)
+        # page cache), and the trees go once timed, before the next workload.
         drop_caches(ctx, "2")
         assert ctx.tarball is not None
-        ctx.tarball.read_bytes()
+        read_all(ctx, ctx.tarball)
         t0 = time.perf_counter()
         try:
             untar_parallel(ctx, dests)
