@@ -44,7 +44,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable
 
 from cntr.fs.log import log
 from cntr.fs.protocol import (
@@ -72,7 +71,11 @@ _OUT_SIZE = OUT_HEADER.size
 _SQE = struct.Struct("=BBHiQQIIQHHiQQ")
 _CQE = struct.Struct("=QiI")  # user_data, res, flags
 
-OpenDir = Callable[[int], int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    OpenDir = Callable[[int], int]
 
 
 class Completions:

@@ -70,7 +70,6 @@ import errno
 import os
 import stat
 import struct
-from collections import OrderedDict
 
 from cntr.errors import count_from_env
 from cntr.fs.log import log
@@ -78,10 +77,13 @@ from cntr.linux import syscalls as sc
 
 TYPE_CHECKING = False  # typing costs ~3.5 ms to import: only for the type checker
 if TYPE_CHECKING:
+    from collections import OrderedDict
     from typing import NewType
 
     InodeT = NewType("InodeT", int)
 else:
+    from _collections import OrderedDict  # collections would import keyword, operator, reprlib
+
     InodeT = int
 
 ROOT_INODE = InodeT(1)  # pyfuse3.ROOT_INODE, FUSE_ROOT_ID

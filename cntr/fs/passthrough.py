@@ -112,7 +112,6 @@ import os
 import select
 import stat
 import time
-from collections.abc import Callable, Iterable
 
 from cntr.fs.inodes import (
     ATIME,
@@ -177,6 +176,7 @@ from cntr.linux import syscalls as sc
 
 TYPE_CHECKING = False  # typing costs ~3.5 ms to import: only for the type checker
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import NewType
 
     FileHandle = NewType("FileHandle", int)
@@ -185,7 +185,8 @@ else:
 """A FUSE file handle: for files the host descriptor itself, for directories an index
 into the open directories."""
 IdMap = list[tuple[int, int, int]]
-AddEntry = Callable[[bytes, bytes, int, int, int], bool]
+if TYPE_CHECKING:
+    AddEntry = Callable[[bytes, bytes, int, int, int], bool]
 """A readdir sink: (name, fuse_entry_out, inode number, mode, next offset) -> whether it
 fit (`Passthrough.readdir`)."""
 

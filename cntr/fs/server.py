@@ -14,15 +14,14 @@ Caveats:
 - in ``fuse_fd`` mode the mount options were chosen by the mounter; ours only configure
   the session.
 - ``CNTR_SERVE_FS_COUNTS=FILE`` (serve-fs's own session, for the benchmark) counts the
-  requests by opcode and writes them to FILE on SIGUSR1 and at the end (`_counting`).
+  requests by opcode and writes them to FILE on SIGUSR1 and at the end (`_Counting`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
 
+from cntr.errors import suppress
 from cntr.fs.completions import Completions
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import max_inodes_from_env
@@ -38,6 +37,7 @@ from cntr.linux.mounts import fuse_mount
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:  # the C module under signal, without its enums (~1.5 ms of enum at every start)
     import _signal as signal
 
@@ -51,59 +51,71 @@ def mount_id_of(path: str) -> int:
     return int(st.stx_mnt_id)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: Callable[[int], None]) -> Iterator[int]:
+class _StopOnSignals:
     """While inside, SIGTERM and SIGINT call ``stop(signum)`` and wake the descriptor
-    yielded (a request loop polls it); the previous handlers are put back after."""
-    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    ``with`` gives (a request loop polls it); the previous handlers are put back after.
+    (A class, as `_Counting`: contextlib's decorator would import contextlib, collections
+    and functools into serve-fs, ~4 ms of its start.)"""
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def __init__(self, stop: Callable[[int], None]) -> None:
+        self.stop = stop
+        self.rfd = self.wfd = self.old_wakeup = -1
+        self.old_handlers: dict[int, object] = {}
+
+    def __enter__(self) -> int:
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old_wakeup = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+        self.old_handlers = {sig: signal.signal(sig, self._on_signal)
+                             for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self.rfd
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("serve-fs: signal %d, stopping", signum)
-        stop(signum)
+        self.stop(signum)
 
-    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,
-                                                                   signal.SIGINT)}
-    try:
-        yield rfd
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(rfd)
-        os.close(wfd)
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self.old_handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]  # what signal() returned
+        signal.set_wakeup_fd(self.old_wakeup)
+        os.close(self.rfd)
+        os.close(self.wfd)
 
 
-@contextlib.contextmanager
-def _counting(session: Session, path: str | None) -> Iterator[None]:
-    """With ``path`` (CNTR_SERVE_FS_COUNTS, for the benchmark): count the requests by
-    opcode, and on each SIGUSR1 and at the end replace ``path`` with them as JSON,
-    ``{"seq": N, "counts": {"LOOKUP": n, ...}}`` (N: the dumps so far).  (The byte the
-    signal writes to the wakeup pipe is read away by the request loop.)"""
-    if not path:
-        yield
-        return
-    import json  # the benchmark's alone: no import on a session's path
+class _Counting:
+    """With ``path`` (CNTR_SERVE_FS_COUNTS, for the benchmark): while inside, count the
+    requests by opcode, and on each SIGUSR1 and at the end replace ``path`` with them as
+    JSON, ``{"seq": N, "counts": {"LOOKUP": n, ...}}`` (N: the dumps so far).  (The byte
+    the signal writes to the wakeup pipe is read away by the request loop.)"""
 
-    counts: dict[int, int] = {}
-    session.counts = counts
-    seq = 0
+    def __init__(self, session: Session, path: str | None) -> None:
+        self.session = session
+        self.path = path
+        self.counts: dict[int, int] = {}
+        self.seq = 0
+        self.old: object = None
 
-    def dump(_signum: int = 0, _frame: object = None) -> None:
-        nonlocal seq
-        seq += 1
-        doc = {"seq": seq, "counts": {OPCODE_NAMES.get(op, str(op)): n
-                                      for op, n in sorted(counts.items())}}
-        with open(path + ".tmp", "w") as f:
+    def __enter__(self) -> None:
+        if self.path:
+            import json  # noqa: F401  # loaded now, not in the first SIGUSR1's handler
+
+            self.session.counts = self.counts
+            self.old = signal.signal(signal.SIGUSR1, self._dump)
+
+    def _dump(self, _signum: int = 0, _frame: object = None) -> None:
+        import json  # the benchmark's alone: no import on a session's path
+
+        assert self.path
+        self.seq += 1
+        doc = {"seq": self.seq, "counts": {OPCODE_NAMES.get(op, str(op)): n
+                                           for op, n in sorted(self.counts.items())}}
+        with open(self.path + ".tmp", "w") as f:
             json.dump(doc, f)
-        os.replace(path + ".tmp", path)
+        os.replace(self.path + ".tmp", self.path)
 
-    old = signal.signal(signal.SIGUSR1, dump)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-        dump()
+    def __exit__(self, *_exc: object) -> None:
+        if self.path:
+            signal.signal(signal.SIGUSR1, self.old)  # type: ignore[arg-type]  # signal()'s
+            self._dump()
 
 
 def _signal_ready(ready_fd: int | None) -> None:
@@ -166,8 +178,8 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
         session.completions = Completions.setup(fuse_fd, fs.open_dir_handle)
     counts_path = os.environ.get("CNTR_SERVE_FS_COUNTS")
     try:
-        with _stop_on_signals(lambda _signum: session.stop()) as wakeup_fd, \
-                _counting(session, counts_path):
+        with _StopOnSignals(lambda _signum: session.stop()) as wakeup_fd, \
+                _Counting(session, counts_path):
             session.wakeup_fd = wakeup_fd
             if mountpoint is not None:
                 try:
@@ -190,7 +202,7 @@ def _serve_wire(fs: Passthrough, gate: MountNsGate | None, mountpoint: str | Non
         if session.completions is not None:
             session.completions.close()
         if mounted and mountpoint is not None:
-            with contextlib.suppress(OSError):  # already unmounted from outside
+            with suppress(OSError):  # already unmounted from outside
                 sc.umount2(mountpoint, sc.MNT_DETACH)
         if own_fd:
             os.close(fuse_fd)

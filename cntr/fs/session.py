@@ -48,15 +48,14 @@ FUSE_DESTROY, or when `stop` is called (signal handlers).
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import errno
 import os
 import select
 import struct
-import threading
 import time
-from collections.abc import Callable
 
+from cntr.errors import suppress
 from cntr.fs.completions import OPCODES, Completions
 from cntr.fs.gate import MountNsGate
 from cntr.fs.inodes import InodeT
@@ -173,6 +172,8 @@ from cntr.fs.workers import Workers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cntr.fs.uring import Transport
 
 RING_OPCODES = frozenset(op & 0xFF for op in OPCODES)
@@ -183,9 +184,10 @@ _IN_SIZE = IN_HEADER.size
 _in_header_args = IN_HEADER_ARGS.unpack_from
 _OUT_SIZE = OUT_HEADER.size
 
-Handler = Callable[[InodeT, Request, memoryview], bytes | None]
-"""A request's parser: node id, requester and body (what follows the fuse_in_header) in,
-the reply payload out (None: an empty reply)."""
+if TYPE_CHECKING:
+    Handler = Callable[[InodeT, Request, memoryview], bytes | None]
+    """A request's parser: node id, requester and body (what follows the fuse_in_header)
+    in, the reply payload out (None: an empty reply)."""
 Reply = tuple[int, bytes | None] | None
 """What `Session.answer` returns: (0 or -errno, payload), None for no reply at all."""
 
@@ -233,7 +235,7 @@ class Session:
         #: ask for FUSE over io_uring (granted when the kernel offers it)
         self.want_uring = uring
         #: held while a request is answered (the io_uring threads answer too)
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()  # threading's Lock, without threading
         #: the io_uring transport, once INIT granted it; started after the INIT reply
         self._uring: Transport | None = None
         self._uring_start: Callable[[], None] | None = None
@@ -447,7 +449,7 @@ class Session:
             elif ring is not None and ready == ring.fd:
                 pass  # completions: reaped by the loop
             else:
-                with contextlib.suppress(BlockingIOError):
+                with suppress(BlockingIOError):
                     os.read(ready, 512)
         return fuse
 

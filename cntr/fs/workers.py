@@ -47,10 +47,9 @@ Caveats:
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
-import threading
-from collections.abc import Callable
 
 from cntr.errors import count_from_env
 from cntr.fs.log import log
@@ -72,6 +71,8 @@ from cntr.fs.protocol import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
+    import threading
+    from collections.abc import Callable
 else:  # the C module under queue: its SimpleQueue, without heapq and queue's own (~1 ms)
     import _queue as queue
 
@@ -88,9 +89,10 @@ _OUT_SIZE = OUT_HEADER.size
 _HANDLES = {FSYNC: (0,), FALLOCATE: (0,), COPY_FILE_RANGE: (0, 24),
             COPY_FILE_RANGE_64: (0, 24)}
 
-Answer = Callable[[bytes | bytearray | memoryview, memoryview, Request],
-                  "tuple[int, bytes | None] | None"]
-OpenDir = Callable[[int], int]
+if TYPE_CHECKING:
+    Answer = Callable[[bytes | bytearray | memoryview, memoryview, Request],
+                      "tuple[int, bytes | None] | None"]
+    OpenDir = Callable[[int], int]
 
 
 def size_from_env() -> int:
@@ -136,7 +138,7 @@ class Workers:
         #: while there are: `cntr.fs.session.Session._wait`)
         self.busy = 0
         self._stopped = False
-        self._mutex = threading.Lock()
+        self._mutex = _thread.allocate_lock()
 
     def take(self, opcode: int, buf: bytearray, n: int) -> bool:
         """Whether the request of ``n`` bytes in ``buf`` was handed to a worker, which
@@ -172,6 +174,8 @@ class Workers:
             else:
                 self._idle = max(self._idle - 1, 0)
         if spawn:
+            import threading  # with the first worker: most sessions never start one
+
             thread = threading.Thread(target=self._work, name="serve-fs-worker",
                                       daemon=True)
             self._threads.append(thread)

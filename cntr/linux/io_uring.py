@@ -16,11 +16,12 @@ Caveats:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import mmap
 import os
 import struct
+
+from cntr.errors import suppress
 
 # The same numbers on every architecture (added after the syscall tables were unified).
 _NR_IO_URING_SETUP, _NR_IO_URING_ENTER, _NR_IO_URING_REGISTER = 425, 426, 427
@@ -102,7 +103,7 @@ class Buffer:
     def release(self) -> None:
         self.view.release()
         del self._anchor
-        with contextlib.suppress(BufferError):  # a handler still holds a slice
+        with suppress(BufferError):  # a handler still holds a slice
             self.mem.close()
 
 
@@ -184,7 +185,7 @@ class Ring:
             if hasattr(self, name):
                 delattr(self, name)
         for m in self._maps:
-            with contextlib.suppress(BufferError):
+            with suppress(BufferError):
                 m.close()
         self._maps.clear()
         if self.fd >= 0:

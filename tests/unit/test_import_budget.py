@@ -232,23 +232,26 @@ def test_real_attach_imports_nothing_forbidden(which: str,
 SERVE_FS_FORBIDDEN = frozenset({"pyfuse3", "trio", "importlib.metadata", "cntr.fs.libfuse",
                                 "click", "cntr.cli", "cntr.stages", "shutil",
                                 "logging", "typing", "signal", "re", "enum", "queue",
+                                "contextlib", "functools", "collections", "threading",
                                 "cntr.fs.uring"})
 """What serve-fs's own process never imports on its default (wire) session: neither
 pyfuse3 nor trio (~140 ms; only `cntr.fs.libfuse`, the libfuse session, imports them) nor
 importlib.metadata (~15 ms, pyfuse3's), nor shutil (~2.5 ms with bz2, lzma and zlib: only
 a --tools session's helper copy needs it); nor logging (~16 ms with re, enum, traceback,
 string, weakref: `cntr.fs.log` imports it at the first message that can show), typing
-(TYPE_CHECKING = False), signal (_signal) or queue (_queue), nor the FUSE over io_uring
+(TYPE_CHECKING = False), signal (_signal) or queue (_queue), nor contextlib, functools,
+collections or threading (`cntr.errors.suppress`, `_thread` locks, `_collections`'
+OrderedDict; threading with the first fsync worker), nor the FUSE over io_uring
 transport (imported when an INIT grants it); and nothing of the stages above it:
 cntr.launch forks it with `cntr.fs.tree` alone.  Its imports come before the session's
 first exec, which goes through its mount."""
 
-MAX_SERVE_FS_STDLIB_MODULES = 16
-"""Modules outside cntr that serve-fs's own process imports (2 when this was written,
-_queue and mmap, the fsync ring's; 26 with logging, typing and signal; 16 since the attach
-process no longer imports threading, contextlib, functools and collections for it, which
-serve-fs imports while the attach process resolves and captures): what the attach process
-imported before the fork is not counted."""
+MAX_SERVE_FS_STDLIB_MODULES = 4
+"""Modules outside cntr that serve-fs's own process imports: _collections, fcntl, mmap and
+_queue (2 when this was written, _queue and mmap, the fsync ring's; 26 with logging,
+typing and signal; 16 while it imported threading, contextlib, functools and collections
+itself, ~3-4 ms of its start on this machine): what the attach process imported before
+the fork is not counted."""
 
 
 @pytest.mark.fuse
