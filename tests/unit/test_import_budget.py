@@ -195,11 +195,18 @@ def run_imports(ident: str, serve_fs_log: Path | None = None) -> list[tuple[str,
     else nowhere)."""
     cntr = Path(sys.executable).with_name("cntr")
     assert cntr.exists(), f"no console script {cntr}: scripts/setup installs it"
+    # The venv's script names the checkout scripts/setup ran in; this one is under test
+    # (scripts/mutants runs a copy): its text runs with the checkout swapped in.
+    lines = cntr.read_text().splitlines()
+    swap = [i for i, line in enumerate(lines) if line.startswith("sys.path[0] = ")]
+    assert len(swap) == 1, f"{cntr} is not scripts/setup's launcher"
+    lines[swap[0]] = f"sys.path[0] = {str(REPO)!r}"
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     if serve_fs_log is not None:
         env["CNTR_SERVE_FS_LOG"] = str(serve_fs_log)
-    out = subprocess.run([str(cntr), "attach", ident, "--", "true"], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=120)
+    out = subprocess.run([sys.executable, "-S", "-c", "\n".join(lines), "attach", ident,
+                          "--", "true"], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return imported_tree(out.stderr)
 
