@@ -24,7 +24,8 @@ Filesystem workloads, each on seven targets:
               run) serve-fs without its worker threads (``CNTR_SERVE_FS_WORKERS=0``):
               fsync and the like answered on the reading thread.
   ``serve-fs-before`` with ``CNTR_BENCH_BEFORE=DIR``: serve-fs from another checkout
-              (the code before a change, A/B in one run).
+              (the code before a change, A/B in one run), on that checkout's own
+              virtualenv's Python when it has one (``DIR/.venv``), else on this one's.
   Workloads: sequential write of a large file (write + close; the flush to disk is not
   timed), sequential read cold (after ``drop_caches``) and warm, 4 KiB random reads of the
   warm file (fio, fixed seed), creating 4,000 small files in 40 directories, stat of every
@@ -153,8 +154,11 @@ LL_SRC_DIR = Path("/usr/share/doc/libfuse3-dev/examples")
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 CNTR = str(REPO / ".venv" / "bin" / "cntr")
 #: ``CNTR_BENCH_BEFORE=DIR``: another checkout of cntr (the code before a change), served
-#: as the target ``serve-fs-before`` with this tree's virtualenv
+#: as the target ``serve-fs-before`` with its own virtualenv's Python, else this tree's
 BEFORE = os.environ.get("CNTR_BENCH_BEFORE", "")
+BEFORE_PYTHON = (os.path.join(BEFORE, ".venv", "bin", "python")
+                 if BEFORE and os.path.exists(os.path.join(BEFORE, ".venv", "bin", "python"))
+                 else sys.executable)
 CONTAINER = "cntr-test-docker"
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
@@ -432,7 +436,8 @@ def start_mount(kind: str, root: Path, mnt: Path, tools: Tools, logdir: Path, *,
             env.pop("CNTR_SERVE_FS_LOOP", None)
             if not os.path.exists(os.path.join(BEFORE, "cntr", "stages")):
                 stage = "stages.serve_fs"  # a tree from before the stages were cntr.stages
-        argv = [sys.executable, "-m", stage, f"--ready-fd={wfd}", str(root), str(mnt)]
+        python = BEFORE_PYTHON if kind == "serve-fs-before" else sys.executable
+        argv = [python, "-m", stage, f"--ready-fd={wfd}", str(root), str(mnt)]
         if tools.profile_dir is not None:
             prof = tools.profile_dir / f"{kind}-{mnt.parent.name}.prof"
             argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", stage]
