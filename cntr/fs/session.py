@@ -31,6 +31,17 @@ sides share a CPU, i.e. most of the cost of a request.  Spinning keeps that wake
 bursts of requests (untar, create: -30 to -40 % wall time there; neutral for read, delete
 and large writes) for at most ``spin_ns`` of CPU after each burst; 0 turns it off.
 
+Where serve-fs runs is most of what a round trip costs, and one thread cannot follow the
+requester.  Measured on that guest, the CREATE of a new file (its name already looked up)
+in a directory just written to: 60 us with serve-fs and the requester pinned to one CPU,
+87-127 us on two; C passthrough_ll 45 us on one CPU, 116 us on two and 64-88 us unpinned,
+its idle threads being woken where the requester runs.  Tried and dropped: serve-fs pinned
+to one CPU with the requester free (the scheduler moves the requester away: 127-158 us),
+2-3 threads blocked in read(2) under one lock (146-196 us: the GIL's hand-offs), and
+RELEASE answered only once /dev/fuse had been idle for 10-25 us, so that the next
+synchronous request never waits behind it (no change beyond the noise).  FUSE over
+io_uring (`cntr.fs.uring`) is what gets the placement: its queues are per CPU.
+
 The inode table stays within its bound (`cntr.fs.inodes`): once a reply has gone out and
 the table is past it, `prune` asks the kernel to forget the oldest inodes
 (FUSE_NOTIFY_PRUNE); their FORGETs take them out.  The kernel evicts them inside that
