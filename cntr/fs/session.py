@@ -36,8 +36,9 @@ requester.  Measured on that guest, the CREATE of a new file (its name already l
 in a directory just written to: 60 us with serve-fs and the requester pinned to one CPU,
 87-127 us on two; C passthrough_ll 45 us on one CPU, 116 us on two and 64-88 us unpinned,
 its idle threads being woken where the requester runs.  Tried and dropped: serve-fs pinned
-to one CPU with the requester free (the scheduler moves the requester away: 127-158 us),
-2-3 threads blocked in read(2) under one lock (146-196 us: the GIL's hand-offs), and
+to one CPU with the requester free (127-158 us: the requester ends up on the other CPU),
+2-3 threads blocked in read(2) under one lock, no spinning (146-196 us, one such thread
+257 us; the workers' module gives the same design under concurrency), and
 RELEASE answered only once /dev/fuse had been idle for 10-25 us, so that the next
 synchronous request never waits behind it (no change beyond the noise).  FUSE over
 io_uring (`cntr.fs.uring`) is what gets the placement: its queues are per CPU.
